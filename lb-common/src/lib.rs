@@ -13,6 +13,7 @@ pub mod csum;
 pub mod filter;
 pub mod hash;
 pub mod maps;
+pub mod packet;
 pub mod stats;
 
 #[cfg(feature = "user")]

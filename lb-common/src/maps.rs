@@ -31,6 +31,9 @@ pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
 /// from dirtying a shared cache line on every packet.
 pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
 
+/// Value of a `TABLES` slot that no backend owns (the pool is empty): new flows are dropped.
+pub const NO_BACKEND: u32 = u32::MAX;
+
 /// Key of `VIPS`: one virtual address and port clients connect to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -188,6 +191,9 @@ pub struct BenchPacket {
     pub data: [u8; BENCH_PACKET_MAX],
     /// Length of the packet in `data`.
     pub len: u32,
+    /// When not zero: offset of a 32-bit word the wrapper overwrites with a per-repeat counter
+    /// (e.g. the IPv4 source address), so every repeat is a new flow.
+    pub vary_offset: u32,
 }
 
 /// Largest packet the bench wrapper can restore.
@@ -226,7 +232,7 @@ mod tests {
         assert_eq!((size_of::<NextHop>(), align_of::<NextHop>()), (24, 8));
         assert_eq!((size_of::<ReverseValue>(), align_of::<ReverseValue>()), (48, 8));
         assert_eq!((size_of::<Counter>(), align_of::<Counter>()), (16, 8));
-        assert_eq!(size_of::<BenchPacket>(), BENCH_PACKET_MAX + 4);
+        assert_eq!(size_of::<BenchPacket>(), BENCH_PACKET_MAX + 8);
     }
 
     #[test]

@@ -1,0 +1,298 @@
+//! The XDP data plane: forwards TCP traffic for VIPs to the active pool's backends.
+//!
+//! Per packet: parse (`parse`), then
+//! 1. a packet to a VIP: reuse its flow's backend (`FLOWS`) unless the service epoch moved on
+//!    (hard switch) or the backend went down; otherwise pick from the service's active Maglev
+//!    table and record the flow;
+//! 2. in NAT mode, a backend's reply (found in `NAT_REVERSE`) is rewritten back to the VIP;
+//! 3. anything else goes to the kernel untouched.
+//!
+//! Forwarding rewrites the destination (NAT) or only the MACs (DSR) and leaves by `XDP_TX` or a
+//! DEVMAP redirect, with the next hop cached per backend (`NEXTHOPS`).
+#![no_std]
+#![no_main]
+
+mod forward;
+mod maps;
+mod nexthop;
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::bpf_ktime_get_coarse_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::{
+    hash::flow_hash,
+    maps::{
+        BACKEND_UP, FLOW_FIN, FLOW_RST, FLOW_TOUCH_NS, FlowValue, NO_BACKEND, NextHop,
+        PROTO_TCP, ReverseValue, SERVICE_DSR, SERVICE_ENABLED, Service, VipKey, VipValue,
+    },
+    packet::{TCP_FIN, TCP_RST},
+    stats::{Reason, backend_counter, backend_new_flow_counter, reason_counter, vip_counter},
+};
+
+use crate::{
+    forward::{egress_action, rewrite_dst, rewrite_src, set_macs},
+    maps::{
+        BACKEND_FILTER, BACKENDS, FLOWS, NAT_REVERSE, NEXTHOPS, SERVICES, STATS, TABLES,
+        VIP_FILTER, VIPS,
+    },
+    parse::{Packet, parse},
+};
+
+/// Slots per Maglev table; set by the loader (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static RING_SIZE: u32 = lb_common::maps::DEFAULT_RING_SIZE;
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// The load balancer's XDP entry point.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    match parse(&ctx) {
+        Ok(pkt) => handle(&ctx, &pkt, bytes),
+        Err(reason) => pass(reason, bytes),
+    }
+}
+
+#[inline(always)]
+fn count(index: u32, bytes: u64) {
+    if let Some(c) = STATS.get_ptr_mut(index) {
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+fn pass(reason: Reason, bytes: u64) -> u32 {
+    count(reason_counter(reason), bytes);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn drop(reason: Reason, bytes: u64) -> u32 {
+    count(reason_counter(reason), bytes);
+    xdp_action::XDP_DROP
+}
+
+#[inline(always)]
+fn ring_size() -> u32 {
+    unsafe { core::ptr::read_volatile(&RING_SIZE) }
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Is the bit for (`addr`, `port`) set in a filter map?
+#[inline(always)]
+fn filter_hit(filter: &aya_ebpf::maps::Array<u64>, addr: &[u32; 4], port: u16) -> bool {
+    let (word, mask) = lb_common::filter::word_and_mask(lb_common::filter::filter_bit(addr, port));
+    match filter.get(word) {
+        Some(w) => *w & mask != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
+    let key = &pkt.key;
+    if filter_hit(&VIP_FILTER, &key.dst, key.dport) {
+        let now = now_ns();
+        if let Some(flow) = FLOWS.get_ptr_mut(key) {
+            if let Some(action) = established(ctx, pkt, unsafe { &mut *flow }, now, bytes) {
+                return action;
+            }
+        }
+        let vip_key = VipKey { addr: key.dst, port: key.dport, proto: PROTO_TCP, family: key.family };
+        if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
+            return new_flow(ctx, pkt, vip, now, bytes);
+        }
+    }
+    if filter_hit(&BACKEND_FILTER, &key.src, key.sport) {
+        if let Some(rev) = NAT_REVERSE.get_ptr_mut(key) {
+            return reply(ctx, pkt, unsafe { &mut *rev }, bytes);
+        }
+    }
+    pass(Reason::PassNotVip, bytes)
+}
+
+/// Picks the backend for a flow from the service's active table.
+#[inline(always)]
+fn pick(svc: &Service, pkt: &Packet) -> Option<u32> {
+    let m = ring_size();
+    if m == 0 {
+        return None;
+    }
+    let slot = svc.table.wrapping_mul(m).wrapping_add(flow_hash(&pkt.key) % m);
+    match TABLES.get(slot) {
+        Some(b) if *b != NO_BACKEND => Some(*b),
+        _ => None,
+    }
+}
+
+/// Records the reverse (reply) entry of a NAT flow.
+#[inline(always)]
+fn record_reverse(pkt: &Packet, backend: u32, vip_index: u32) {
+    let Some(b) = BACKENDS.get(backend) else { return };
+    let key = &pkt.key;
+    let rkey = lb_common::maps::FlowKey {
+        src: b.addr,
+        dst: key.src,
+        sport: b.port,
+        dport: key.sport,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    };
+    let value = ReverseValue {
+        vip_addr: key.dst,
+        vip_port: key.dport,
+        _pad: 0,
+        vip_index,
+        nexthop: NextHop { dmac: [0; 6], smac: [0; 6], ifindex: 0, expires_ns: 0 },
+    };
+    let _ = NAT_REVERSE.insert(&rkey, &value, 0);
+}
+
+/// A packet of a known flow. `None` when the flow's service is gone (the caller then treats
+/// the packet as new).
+#[inline(always)]
+fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, bytes: u64) -> Option<u32> {
+    let svc = SERVICES.get(flow.service)?;
+    if svc.flags & SERVICE_ENABLED == 0 {
+        let _ = FLOWS.remove(&pkt.key);
+        return None;
+    }
+    let backend_up = match BACKENDS.get(flow.backend) {
+        Some(b) => b.flags & BACKEND_UP != 0,
+        None => false,
+    };
+    if flow.epoch != svc.epoch || !backend_up {
+        let Some(backend) = pick(svc, pkt) else {
+            return Some(drop(Reason::DropNoBackend, bytes));
+        };
+        let why = if flow.epoch != svc.epoch { Reason::FlowRebalanced } else { Reason::FlowBackendDown };
+        count(reason_counter(why), bytes);
+        flow.backend = backend;
+        flow.epoch = svc.epoch;
+        if svc.flags & SERVICE_DSR == 0 {
+            record_reverse(pkt, backend, flow.vip_index);
+        }
+    }
+    if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
+        flow.last_seen_ns = now;
+    }
+    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        if pkt.tcp_flags & TCP_FIN != 0 {
+            flow.flags |= FLOW_FIN;
+        }
+        if pkt.tcp_flags & TCP_RST != 0 {
+            flow.flags |= FLOW_RST;
+        }
+    }
+    Some(to_backend(ctx, pkt, svc, flow.backend, flow.vip_index, now, bytes))
+}
+
+/// The first packet of a flow to a VIP.
+#[inline(always)]
+fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64) -> u32 {
+    let Some(svc) = SERVICES.get(vip.service) else {
+        return drop(Reason::DropBadState, bytes);
+    };
+    if svc.flags & SERVICE_ENABLED == 0 {
+        return drop(Reason::DropNoBackend, bytes);
+    }
+    let Some(backend) = pick(svc, pkt) else {
+        return drop(Reason::DropNoBackend, bytes);
+    };
+    let flags = (if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 })
+        | (if pkt.tcp_flags & TCP_RST != 0 { FLOW_RST } else { 0 });
+    let value = FlowValue {
+        backend,
+        service: vip.service,
+        vip_index: vip.vip_index,
+        epoch: svc.epoch,
+        flags,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    let _ = FLOWS.insert(&pkt.key, &value, 0);
+    if svc.flags & SERVICE_DSR == 0 {
+        record_reverse(pkt, backend, vip.vip_index);
+    }
+    count(reason_counter(Reason::NewFlow), bytes);
+    count(backend_new_flow_counter(backend), bytes);
+    to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes)
+}
+
+/// Sends a client packet to its backend.
+#[inline(always)]
+fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, backend: u32, vip_index: u32, now: u64, bytes: u64) -> u32 {
+    let (Some(b), Some(nh)) = (BACKENDS.get(backend), NEXTHOPS.get_ptr_mut(backend)) else {
+        return drop(Reason::DropBadState, bytes);
+    };
+    let nat = svc.flags & SERVICE_DSR == 0;
+    if b.family != pkt.key.family {
+        return drop(Reason::DropBadState, bytes);
+    }
+    let nh = unsafe { &mut *nh };
+    if !nexthop::is_fresh(nh, now) && !nexthop::resolve(ctx, b.family, &pkt.key.src, &b.addr, now, nh) {
+        // The kernel forwards it (NAT: already addressed to the backend) and resolves the
+        // neighbour; later packets take the fast path.
+        if nat {
+            rewrite_dst(pkt, &b.addr, b.port);
+        }
+        return pass(Reason::PassNoNextHop, bytes);
+    }
+    let action = egress_action(ctx, nh);
+    if action == xdp_action::XDP_PASS {
+        if nat {
+            rewrite_dst(pkt, &b.addr, b.port);
+        }
+        return pass(Reason::PassEgressUnknown, bytes);
+    }
+    if nat {
+        rewrite_dst(pkt, &b.addr, b.port);
+    }
+    set_macs(pkt, nh);
+    count(vip_counter(vip_index), bytes);
+    count(backend_counter(backend), bytes);
+    count(reason_counter(if action == xdp_action::XDP_TX { Reason::FwdTx } else { Reason::FwdRedirect }), bytes);
+    action
+}
+
+/// A backend's reply in NAT mode: back to the client from the VIP.
+#[inline(always)]
+fn reply(ctx: &XdpContext, pkt: &Packet, rev: &mut ReverseValue, bytes: u64) -> u32 {
+    let now = now_ns();
+    if !nexthop::is_fresh(&rev.nexthop, now)
+        && !nexthop::resolve(ctx, pkt.key.family, &rev.vip_addr, &pkt.key.dst, now, &mut rev.nexthop)
+    {
+        rewrite_src(pkt, &rev.vip_addr, rev.vip_port);
+        return pass(Reason::PassNoNextHop, bytes);
+    }
+    let action = egress_action(ctx, &rev.nexthop);
+    rewrite_src(pkt, &rev.vip_addr, rev.vip_port);
+    if action == xdp_action::XDP_PASS {
+        return pass(Reason::PassEgressUnknown, bytes);
+    }
+    set_macs(pkt, &rev.nexthop);
+    count(vip_counter(rev.vip_index), bytes);
+    count(reason_counter(Reason::FwdReply), bytes);
+    action
+}

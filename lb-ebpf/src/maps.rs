@@ -1,0 +1,72 @@
+//! Every map of the data plane. Each has one writer: the daemon for configuration, the XDP
+//! program for flow state and counters. Sizes marked "resized at load" are set by the loader.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    filter::FILTER_WORDS,
+    maps::{
+        Backend, Counter, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, FlowKey,
+        FlowValue, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, NextHop, ReverseValue, Service, VipKey,
+        VipValue,
+    },
+    stats::STATS_ENTRIES,
+};
+
+/// VIP (address, port, protocol) → service and VIP counter index. Written by the daemon.
+#[map]
+pub static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Service id → active table, epoch, mode. Written by the daemon; a switch is one update of an
+/// entry here.
+#[map]
+pub static SERVICES: Array<Service> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// All Maglev tables back to back: table `t` is slots `t * RING_SIZE .. (t + 1) * RING_SIZE`,
+/// each a backend index (or `NO_BACKEND`). Written by the daemon, never while a service points
+/// at the table being written. Resized at load to `slots * RING_SIZE`.
+#[map]
+pub static TABLES: Array<u32> = Array::with_max_entries(DEFAULT_TABLE_SLOTS * DEFAULT_RING_SIZE, 0);
+
+/// Backend index → address, port, up flag. Written by the daemon.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Client-side 5-tuple → backend, service epoch, last seen. Written by the XDP program; shared by
+/// all CPUs so a flow keeps its backend whichever CPU sees its next packet (drain relies on it).
+/// Resized at load.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+
+/// NAT mode: backend-side 5-tuple of the reply (backend → client) → the VIP to restore and the
+/// next hop towards the client. Written by the XDP program. Resized at load.
+#[map]
+pub static NAT_REVERSE: LruHashMap<FlowKey, ReverseValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+
+/// Backend index → next hop (MACs, egress interface) learnt by `bpf_fib_lookup`, per CPU, reused
+/// for `NEXTHOP_TTL_NS`. Written by the XDP program; the daemon may clear it.
+#[map]
+pub static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Interfaces the program may redirect to (ifindex → ifindex). Written by the daemon for each
+/// interface it attached to.
+#[map]
+pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// Bit filter of VIP (address, port): a clear bit proves a packet is not for a VIP. Written by
+/// the daemon (`lb_common::filter`).
+#[map]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
+
+/// Bit filter of NAT backend (address, port): a clear bit proves a packet is not a backend's
+/// reply. Written by the daemon.
+#[map]
+pub static BACKEND_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
+
+/// Per-CPU counters, laid out by `lb_common::stats`. Written by the XDP program.
+#[map]
+pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
