@@ -23,7 +23,7 @@ pub const MAX_VIPS: u32 = 256;
 pub const MAX_SERVICES: u32 = 256;
 /// Maximum number of backends over all pools (size of the `BACKENDS` array).
 pub const MAX_BACKENDS: u32 = 4096;
-/// Default size of the flow table (`FLOWS`) and of the NAT reverse table.
+/// Default size of the flow table (`FLOWS`).
 pub const DEFAULT_FLOW_ENTRIES: u32 = 1 << 20;
 /// How long a next hop learnt by `bpf_fib_lookup` is reused before it is looked up again.
 pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
@@ -34,10 +34,11 @@ pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
 /// Value of a `TABLES` slot that no backend owns (the pool is empty): new flows are dropped.
 pub const NO_BACKEND: u32 = u32::MAX;
 
-/// Key of `VIPS`: one virtual address and port clients connect to.
+/// An address, port and protocol: the key of `VIPS` (a VIP clients connect to) and of
+/// `NAT_BACKENDS` (a backend whose replies are rewritten).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct VipKey {
+pub struct EndpointKey {
     /// Address words, network order (IPv4 in word 0).
     pub addr: [u32; 4],
     /// Port, network byte order.
@@ -96,8 +97,7 @@ pub struct Backend {
     pub flags: u8,
 }
 
-/// Key of `FLOWS` (client to VIP direction) and of `NAT_REVERSE` (backend to client direction):
-/// the 5-tuple as seen in the packet.
+/// Key of `FLOWS`: the 5-tuple of the client to VIP direction, as seen in the packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -122,7 +122,9 @@ pub const FLOW_FIN: u32 = 1 << 0;
 /// `FlowValue::flags`: a RST was seen from the client.
 pub const FLOW_RST: u32 = 1 << 1;
 
-/// Value of `FLOWS`: where an established flow goes.
+/// Value of `FLOWS`: where an established flow goes, and (NAT mode) how its replies get back to
+/// the client without a route lookup: to the MAC the client's packets came from, from the MAC
+/// they were sent to, out of the interface they came in on.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -136,14 +138,19 @@ pub struct FlowValue {
     pub epoch: u32,
     /// `FLOW_*` bits.
     pub flags: u32,
-    /// Explicit padding, always zero.
-    pub _pad: u32,
+    /// Interface the client's packets arrive on.
+    pub client_ifindex: u32,
     /// `bpf_ktime_get_coarse_ns` of the last packet, at `FLOW_TOUCH_NS` granularity.
     pub last_seen_ns: u64,
+    /// Source MAC of the client's packets (the client or its router).
+    pub client_mac: [u8; 6],
+    /// Destination MAC of the client's packets (the balancer's own, on that interface).
+    pub lb_mac: [u8; 6],
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 4],
 }
 
-/// A resolved next hop: value of `NEXTHOPS` (per CPU, indexed by backend) and part of
-/// `ReverseValue`.
+/// A resolved next hop: value of `NEXTHOPS` (per CPU, indexed by backend).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {
@@ -157,20 +164,30 @@ pub struct NextHop {
     pub expires_ns: u64,
 }
 
-/// Value of `NAT_REVERSE`: how to rewrite a backend's reply back to the VIP, and where to send it.
+/// Most VIPs whose replies one NAT backend may carry (the reply path tries each).
+pub const MAX_VIPS_PER_BACKEND: usize = 4;
+
+/// One VIP a NAT backend's replies may belong to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReverseValue {
+pub struct NatVip {
     /// VIP address words, network order.
-    pub vip_addr: [u32; 4],
+    pub addr: [u32; 4],
     /// VIP port, network byte order.
-    pub vip_port: u16,
+    pub port: u16,
     /// Explicit padding, always zero.
     pub _pad: u16,
-    /// Counter index of the VIP.
-    pub vip_index: u32,
-    /// Next hop towards the client, learnt on the first reply packet.
-    pub nexthop: NextHop,
+}
+
+/// Value of `NAT_BACKENDS`: the VIPs a NAT backend serves. A reply from the backend is rewritten
+/// to the VIP whose flow (client → VIP) is in `FLOWS` and pinned to this backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatBackend {
+    /// The VIPs; only the first `count` are used.
+    pub vips: [NatVip; MAX_VIPS_PER_BACKEND],
+    /// How many of `vips` are set.
+    pub count: u32,
 }
 
 /// Value of `STATS` (per-CPU array): one counter.
@@ -203,14 +220,14 @@ pub const BENCH_PACKET_MAX: usize = 128;
 mod pod {
     use super::*;
     // SAFETY: all types are #[repr(C)], Copy, built only of integers with explicit padding.
-    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for VipValue {}
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for NextHop {}
-    unsafe impl aya::Pod for ReverseValue {}
+    unsafe impl aya::Pod for NatBackend {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for BenchPacket {}
 }
@@ -223,14 +240,14 @@ mod tests {
     #[test]
     fn layouts_are_fixed() {
         // Sizes with no implicit padding: the kernel compares keys bytewise.
-        assert_eq!((size_of::<VipKey>(), align_of::<VipKey>()), (20, 4));
+        assert_eq!((size_of::<EndpointKey>(), align_of::<EndpointKey>()), (20, 4));
         assert_eq!((size_of::<VipValue>(), align_of::<VipValue>()), (8, 4));
         assert_eq!((size_of::<Service>(), align_of::<Service>()), (16, 4));
         assert_eq!((size_of::<Backend>(), align_of::<Backend>()), (20, 4));
         assert_eq!((size_of::<FlowKey>(), align_of::<FlowKey>()), (40, 4));
-        assert_eq!((size_of::<FlowValue>(), align_of::<FlowValue>()), (32, 8));
+        assert_eq!((size_of::<FlowValue>(), align_of::<FlowValue>()), (48, 8));
         assert_eq!((size_of::<NextHop>(), align_of::<NextHop>()), (24, 8));
-        assert_eq!((size_of::<ReverseValue>(), align_of::<ReverseValue>()), (48, 8));
+        assert_eq!((size_of::<NatBackend>(), align_of::<NatBackend>()), (84, 4));
         assert_eq!((size_of::<Counter>(), align_of::<Counter>()), (16, 8));
         assert_eq!(size_of::<BenchPacket>(), BENCH_PACKET_MAX + 8);
     }
@@ -242,8 +259,9 @@ mod tests {
         assert_eq!(&k.dst as *const _ as usize - base, 16);
         assert_eq!(&k.sport as *const _ as usize - base, 32);
         assert_eq!(&k.proto as *const _ as usize - base, 36);
-        let r = ReverseValue::default();
-        let base = &r as *const _ as usize;
-        assert_eq!(&r.nexthop as *const _ as usize - base, 24);
+        let f = FlowValue::default();
+        let base = &f as *const _ as usize;
+        assert_eq!(&f.last_seen_ns as *const _ as usize - base, 24);
+        assert_eq!(&f.lb_mac as *const _ as usize - base, 38);
     }
 }

@@ -2,33 +2,34 @@
 //! update, MAC rewrite, and the choice between `XDP_TX` and a DEVMAP redirect.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use core::mem::size_of;
 use lb_common::{
     csum,
-    maps::{FAMILY_V4, NextHop},
+    maps::FAMILY_V4,
     packet::{Ipv4Hdr, Ipv6Hdr},
 };
 
 use crate::{maps::EGRESS, parse::Packet};
 
-/// Which way a packet leaves: `XDP_TX` back out of the interface it came in on, `XDP_REDIRECT`
-/// to another attached interface, or `XDP_PASS` when the next hop's interface is not one the
+/// Which way a packet for interface `ifindex` leaves: `XDP_TX` back out of the interface it came in on, `XDP_REDIRECT`
+/// to another attached interface, or `XDP_PASS` when that interface is not one the
 /// program may redirect to (the kernel forwards it instead).
 #[inline(always)]
-pub fn egress_action(ctx: &XdpContext, nh: &NextHop) -> u32 {
-    if nh.ifindex == ctx.ingress_ifindex() as u32 {
+pub fn egress_action(ctx: &XdpContext, ifindex: u32) -> u32 {
+    if ifindex == ctx.ingress_ifindex() as u32 {
         return xdp_action::XDP_TX;
     }
-    match EGRESS.redirect(nh.ifindex, xdp_action::XDP_PASS as u64) {
+    match EGRESS.redirect(ifindex, xdp_action::XDP_PASS as u64) {
         Ok(action) | Err(action) => action,
     }
 }
 
-/// Writes the next hop's MAC addresses into the Ethernet header.
+/// Writes the MAC addresses into the Ethernet header.
 #[inline(always)]
-pub fn set_macs(pkt: &Packet, nh: &NextHop) {
+pub fn set_macs(pkt: &Packet, dst: [u8; 6], src: [u8; 6]) {
     unsafe {
-        (*pkt.eth).dst = nh.dmac;
-        (*pkt.eth).src = nh.smac;
+        (*pkt.eth).dst = dst;
+        (*pkt.eth).src = src;
     }
 }
 
@@ -46,6 +47,9 @@ pub fn rewrite_dst(pkt: &Packet, addr: &[u32; 4], port: u16) {
             check = csum::replace_u32(check, old, addr[0]);
         } else {
             let ip = pkt.ip as *mut Ipv6Hdr;
+            if pkt.ip as usize + size_of::<Ipv6Hdr>() > pkt.data_end {
+                return;
+            }
             let old = (*ip).daddr;
             (*ip).daddr = *addr;
             check = csum::replace_addr(check, &old, addr);
@@ -69,6 +73,9 @@ pub fn rewrite_src(pkt: &Packet, addr: &[u32; 4], port: u16) {
             check = csum::replace_u32(check, old, addr[0]);
         } else {
             let ip = pkt.ip as *mut Ipv6Hdr;
+            if pkt.ip as usize + size_of::<Ipv6Hdr>() > pkt.data_end {
+                return;
+            }
             let old = (*ip).saddr;
             (*ip).saddr = *addr;
             check = csum::replace_addr(check, &old, addr);

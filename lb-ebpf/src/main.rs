@@ -4,7 +4,8 @@
 //! 1. a packet to a VIP: reuse its flow's backend (`FLOWS`) unless the service epoch moved on
 //!    (hard switch) or the backend went down; otherwise pick from the service's active Maglev
 //!    table and record the flow;
-//! 2. in NAT mode, a backend's reply (found in `NAT_REVERSE`) is rewritten back to the VIP;
+//! 2. in NAT mode, a backend's reply (its VIPs found in `NAT_BACKENDS`, its flow in `FLOWS`) is
+//!    rewritten back to the VIP and returned the way the client's packets came;
 //! 3. anything else goes to the kernel untouched.
 //!
 //! Forwarding rewrites the destination (NAT) or only the MACs (DSR) and leaves by `XDP_TX` or a
@@ -26,8 +27,9 @@ use aya_ebpf::{
 use lb_common::{
     hash::flow_hash,
     maps::{
-        BACKEND_UP, FLOW_FIN, FLOW_RST, FLOW_TOUCH_NS, FlowValue, NO_BACKEND, NextHop,
-        PROTO_TCP, ReverseValue, SERVICE_DSR, SERVICE_ENABLED, Service, VipKey, VipValue,
+        BACKEND_UP, EndpointKey, FLOW_FIN, FLOW_RST, FLOW_TOUCH_NS, FlowKey, FlowValue,
+        MAX_VIPS_PER_BACKEND, NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED,
+        Service, VipValue,
     },
     packet::{TCP_FIN, TCP_RST},
     stats::{Reason, backend_counter, backend_new_flow_counter, reason_counter, vip_counter},
@@ -36,7 +38,7 @@ use lb_common::{
 use crate::{
     forward::{egress_action, rewrite_dst, rewrite_src, set_macs},
     maps::{
-        BACKEND_FILTER, BACKENDS, FLOWS, NAT_REVERSE, NEXTHOPS, SERVICES, STATS, TABLES,
+        BACKEND_FILTER, BACKENDS, FLOWS, NAT_BACKENDS, NEXTHOPS, SERVICES, STATS, TABLES,
         VIP_FILTER, VIPS,
     },
     parse::{Packet, parse},
@@ -118,14 +120,17 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
                 return action;
             }
         }
-        let vip_key = VipKey { addr: key.dst, port: key.dport, proto: PROTO_TCP, family: key.family };
+        let vip_key = EndpointKey { addr: key.dst, port: key.dport, proto: PROTO_TCP, family: key.family };
         if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
             return new_flow(ctx, pkt, vip, now, bytes);
         }
     }
     if filter_hit(&BACKEND_FILTER, &key.src, key.sport) {
-        if let Some(rev) = NAT_REVERSE.get_ptr_mut(key) {
-            return reply(ctx, pkt, unsafe { &mut *rev }, bytes);
+        let backend_key = EndpointKey { addr: key.src, port: key.sport, proto: PROTO_TCP, family: key.family };
+        if let Some(nat) = unsafe { NAT_BACKENDS.get(&backend_key) } {
+            if let Some(action) = reply(ctx, pkt, nat, bytes) {
+                return action;
+            }
         }
     }
     pass(Reason::PassNotVip, bytes)
@@ -145,28 +150,16 @@ fn pick(svc: &Service, pkt: &Packet) -> Option<u32> {
     }
 }
 
-/// Records the reverse (reply) entry of a NAT flow.
+/// Remembers where the client's packets come from, for the NAT reply path.
 #[inline(always)]
-fn record_reverse(pkt: &Packet, backend: u32, vip_index: u32) {
-    let Some(b) = BACKENDS.get(backend) else { return };
-    let key = &pkt.key;
-    let rkey = lb_common::maps::FlowKey {
-        src: b.addr,
-        dst: key.src,
-        sport: b.port,
-        dport: key.sport,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
-    };
-    let value = ReverseValue {
-        vip_addr: key.dst,
-        vip_port: key.dport,
-        _pad: 0,
-        vip_index,
-        nexthop: NextHop { dmac: [0; 6], smac: [0; 6], ifindex: 0, expires_ns: 0 },
-    };
-    let _ = NAT_REVERSE.insert(&rkey, &value, 0);
+fn note_client(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue) {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let (src, dst) = unsafe { ((*pkt.eth).src, (*pkt.eth).dst) };
+    if flow.client_ifindex != ifindex || flow.client_mac != src || flow.lb_mac != dst {
+        flow.client_ifindex = ifindex;
+        flow.client_mac = src;
+        flow.lb_mac = dst;
+    }
 }
 
 /// A packet of a known flow. `None` when the flow's service is gone (the caller then treats
@@ -190,9 +183,9 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
         count(reason_counter(why), bytes);
         flow.backend = backend;
         flow.epoch = svc.epoch;
-        if svc.flags & SERVICE_DSR == 0 {
-            record_reverse(pkt, backend, flow.vip_index);
-        }
+    }
+    if svc.flags & SERVICE_DSR == 0 {
+        note_client(ctx, pkt, flow);
     }
     if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
         flow.last_seen_ns = now;
@@ -222,19 +215,20 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64
     };
     let flags = (if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 })
         | (if pkt.tcp_flags & TCP_RST != 0 { FLOW_RST } else { 0 });
+    let (client_mac, lb_mac) = unsafe { ((*pkt.eth).src, (*pkt.eth).dst) };
     let value = FlowValue {
         backend,
         service: vip.service,
         vip_index: vip.vip_index,
         epoch: svc.epoch,
         flags,
-        _pad: 0,
+        client_ifindex: ctx.ingress_ifindex() as u32,
         last_seen_ns: now,
+        client_mac,
+        lb_mac,
+        _pad: [0; 4],
     };
     let _ = FLOWS.insert(&pkt.key, &value, 0);
-    if svc.flags & SERVICE_DSR == 0 {
-        record_reverse(pkt, backend, vip.vip_index);
-    }
     count(reason_counter(Reason::NewFlow), bytes);
     count(backend_new_flow_counter(backend), bytes);
     to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes)
@@ -259,7 +253,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, backend: u32, vip_i
         }
         return pass(Reason::PassNoNextHop, bytes);
     }
-    let action = egress_action(ctx, nh);
+    let action = egress_action(ctx, nh.ifindex);
     if action == xdp_action::XDP_PASS {
         if nat {
             rewrite_dst(pkt, &b.addr, b.port);
@@ -269,30 +263,49 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, backend: u32, vip_i
     if nat {
         rewrite_dst(pkt, &b.addr, b.port);
     }
-    set_macs(pkt, nh);
+    set_macs(pkt, nh.dmac, nh.smac);
     count(vip_counter(vip_index), bytes);
     count(backend_counter(backend), bytes);
     count(reason_counter(if action == xdp_action::XDP_TX { Reason::FwdTx } else { Reason::FwdRedirect }), bytes);
     action
 }
 
-/// A backend's reply in NAT mode: back to the client from the VIP.
+/// A NAT backend's reply: find the flow it answers (client → one of the backend's VIPs, pinned to
+/// this backend), rewrite the source back to that VIP and send it the way the client's packets
+/// came. `None` when no flow matches (the backend talking to someone directly).
 #[inline(always)]
-fn reply(ctx: &XdpContext, pkt: &Packet, rev: &mut ReverseValue, bytes: u64) -> u32 {
-    let now = now_ns();
-    if !nexthop::is_fresh(&rev.nexthop, now)
-        && !nexthop::resolve(ctx, pkt.key.family, &rev.vip_addr, &pkt.key.dst, now, &mut rev.nexthop)
-    {
-        rewrite_src(pkt, &rev.vip_addr, rev.vip_port);
-        return pass(Reason::PassNoNextHop, bytes);
+fn reply(ctx: &XdpContext, pkt: &Packet, nat: &NatBackend, bytes: u64) -> Option<u32> {
+    let key = &pkt.key;
+    let vips = nat.count as usize;
+    for i in 0..MAX_VIPS_PER_BACKEND {
+        if i >= vips {
+            break;
+        }
+        let vip = &nat.vips[i];
+        let flow_key = FlowKey {
+            src: key.dst,
+            dst: vip.addr,
+            sport: key.dport,
+            dport: vip.port,
+            proto: key.proto,
+            family: key.family,
+            _pad: [0; 2],
+        };
+        let Some(flow) = FLOWS.get_ptr_mut(&flow_key) else { continue };
+        let flow = unsafe { &*flow };
+        match BACKENDS.get(flow.backend) {
+            Some(b) if b.addr == key.src && b.port == key.sport => {}
+            _ => continue,
+        }
+        let action = egress_action(ctx, flow.client_ifindex);
+        rewrite_src(pkt, &vip.addr, vip.port);
+        if action == xdp_action::XDP_PASS {
+            return Some(pass(Reason::PassEgressUnknown, bytes));
+        }
+        set_macs(pkt, flow.client_mac, flow.lb_mac);
+        count(vip_counter(flow.vip_index), bytes);
+        count(reason_counter(Reason::FwdReply), bytes);
+        return Some(action);
     }
-    let action = egress_action(ctx, &rev.nexthop);
-    rewrite_src(pkt, &rev.vip_addr, rev.vip_port);
-    if action == xdp_action::XDP_PASS {
-        return pass(Reason::PassEgressUnknown, bytes);
-    }
-    set_macs(pkt, &rev.nexthop);
-    count(vip_counter(rev.vip_index), bytes);
-    count(reason_counter(Reason::FwdReply), bytes);
-    action
+    None
 }

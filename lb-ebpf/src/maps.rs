@@ -9,15 +9,15 @@ use lb_common::{
     filter::FILTER_WORDS,
     maps::{
         Backend, Counter, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, FlowKey,
-        FlowValue, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, NextHop, ReverseValue, Service, VipKey,
-        VipValue,
+        FlowValue, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, NatBackend, NextHop, Service,
+        EndpointKey, VipValue,
     },
     stats::STATS_ENTRIES,
 };
 
 /// VIP (address, port, protocol) → service and VIP counter index. Written by the daemon.
 #[map]
-pub static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
+pub static VIPS: HashMap<EndpointKey, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 /// Service id → active table, epoch, mode. Written by the daemon; a switch is one update of an
 /// entry here.
@@ -34,6 +34,10 @@ pub static TABLES: Array<u32> = Array::with_max_entries(DEFAULT_TABLE_SLOTS * DE
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
+/// LRU maps keep one LRU list per CPU instead of one shared, lock-protected list: inserting a
+/// new flow takes no global lock. The entries themselves stay shared by all CPUs.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
 /// Client-side 5-tuple → backend, service epoch, last seen. Written by the XDP program; shared by
 /// all CPUs so a flow keeps its backend whichever CPU sees its next packet (drain relies on it).
 /// Resized at load.
@@ -41,11 +45,10 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
-/// NAT mode: backend-side 5-tuple of the reply (backend → client) → the VIP to restore and the
-/// next hop towards the client. Written by the XDP program. Resized at load.
+/// NAT backend (address, port) → the VIPs it serves, to rewrite its replies. Written by the
+/// daemon.
 #[map]
-pub static NAT_REVERSE: LruHashMap<FlowKey, ReverseValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+pub static NAT_BACKENDS: HashMap<EndpointKey, NatBackend> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// Backend index → next hop (MACs, egress interface) learnt by `bpf_fib_lookup`, per CPU, reused
 /// for `NEXTHOP_TTL_NS`. Written by the XDP program; the daemon may clear it.

@@ -24,6 +24,9 @@ pub struct Packet {
     pub key: FlowKey,
     /// TCP flags.
     pub tcp_flags: u8,
+    /// End of the frame, for re-checking bounds where the verifier cannot relate the family to
+    /// how much of `ip` was checked.
+    pub data_end: usize,
 }
 
 /// Pointer to a `T` at `offset` in the frame, if the whole `T` is inside it.
@@ -133,5 +136,6 @@ fn tcp_packet(
         tcp,
         key: FlowKey { src, dst, sport, dport, proto: PROTO_TCP, family, _pad: [0; 2] },
         tcp_flags: flags,
+        data_end: ctx.data_end(),
     })
 }

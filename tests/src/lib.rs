@@ -1,1 +1,7 @@
-//! Shared test fixtures
+//! Fixtures shared by the packet tests, the end-to-end tests and the data-plane benchmark:
+//! network namespaces, crafted packets, and BPF_PROG_TEST_RUN.
+
+pub mod netns;
+pub mod packets;
+pub mod testbed;
+pub mod xdp_run;

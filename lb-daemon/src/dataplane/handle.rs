@@ -1,0 +1,293 @@
+//! `Dataplane`: one loaded instance of the XDP program and typed handles to its maps.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    programs::Xdp,
+};
+use lb_common::{
+    filter::{FILTER_WORDS, filter_bit, word_and_mask},
+    maps::{
+        Backend, Counter, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, FlowKey,
+        EndpointKey, FlowValue, MAX_BACKENDS, NatBackend, NextHop, Service, VipValue,
+    },
+    stats::STATS_ENTRIES,
+};
+
+use super::objects::LB_XDP_OBJECT;
+
+/// Name of the XDP program in the object.
+pub const PROGRAM_NAME: &str = "lb_xdp";
+
+/// Sizes fixed when the program is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataplaneOptions {
+    /// Slots of every Maglev table (prime).
+    pub ring_size: u32,
+    /// How many tables `TABLES` holds.
+    pub table_slots: u32,
+    /// Entries of `FLOWS`.
+    pub flow_entries: u32,
+}
+
+impl Default for DataplaneOptions {
+    fn default() -> Self {
+        Self {
+            ring_size: DEFAULT_RING_SIZE,
+            table_slots: DEFAULT_TABLE_SLOTS,
+            flow_entries: DEFAULT_FLOW_ENTRIES,
+        }
+    }
+}
+
+/// What can go wrong driving the data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// Loading the object or the program failed (verifier log included).
+    #[error("loading the XDP object: {0}")]
+    Load(String),
+    /// A map the program should have is missing or has the wrong type.
+    #[error("map {0}: {1}")]
+    Map(&'static str, String),
+    /// A map update or read failed.
+    #[error("{op} on map {map}: {source}")]
+    MapOp {
+        /// The map.
+        map: &'static str,
+        /// What was being done.
+        op: &'static str,
+        /// The error.
+        source: aya::maps::MapError,
+    },
+    /// An argument out of the ranges fixed at load time.
+    #[error("{0}")]
+    OutOfRange(String),
+}
+
+/// One loaded XDP program with its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    options: DataplaneOptions,
+    vips: HashMap<MapData, EndpointKey, VipValue>,
+    services: Array<MapData, Service>,
+    tables: Array<MapData, u32>,
+    backends: Array<MapData, Backend>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    nat_backends: HashMap<MapData, EndpointKey, NatBackend>,
+    nexthops: PerCpuArray<MapData, NextHop>,
+    egress: DevMapHash<MapData>,
+    vip_filter: Array<MapData, u64>,
+    backend_filter: Array<MapData, u64>,
+    stats: PerCpuArray<MapData, Counter>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| DataplaneError::Map(name, "not in the object".into()))?;
+    T::try_from(map).map_err(|e| DataplaneError::Map(name, e.to_string()))
+}
+
+fn op<T>(map: &'static str, op: &'static str, r: Result<T, aya::maps::MapError>) -> Result<T, DataplaneError> {
+    r.map_err(|source| DataplaneError::MapOp { map, op, source })
+}
+
+impl Dataplane {
+    /// Loads the embedded object with fresh maps and loads (does not attach) the program.
+    pub fn load(options: DataplaneOptions) -> Result<Self, DataplaneError> {
+        if !lb_common::maglev::is_prime(options.ring_size) {
+            return Err(DataplaneError::OutOfRange(format!("ring size {} is not prime", options.ring_size)));
+        }
+        let table_entries = options.ring_size.checked_mul(options.table_slots).ok_or_else(|| {
+            DataplaneError::OutOfRange("ring size × table slots overflows".into())
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("RING_SIZE", &options.ring_size, true)
+            .map_max_entries("TABLES", table_entries)
+            .map_max_entries("FLOWS", options.flow_entries)
+            .load(LB_XDP_OBJECT)
+            .map_err(|e| DataplaneError::Load(format!("{e:#}")))?;
+        {
+            let prog: &mut Xdp = ebpf
+                .program_mut(PROGRAM_NAME)
+                .ok_or_else(|| DataplaneError::Load(format!("no program {PROGRAM_NAME}")))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(e.to_string()))?;
+            prog.load().map_err(|e| DataplaneError::Load(verifier_error(e)))?;
+        }
+        Ok(Self {
+            vips: take(&mut ebpf, "VIPS")?,
+            services: take(&mut ebpf, "SERVICES")?,
+            tables: take(&mut ebpf, "TABLES")?,
+            backends: take(&mut ebpf, "BACKENDS")?,
+            flows: take(&mut ebpf, "FLOWS")?,
+            nat_backends: take(&mut ebpf, "NAT_BACKENDS")?,
+            nexthops: take(&mut ebpf, "NEXTHOPS")?,
+            egress: take(&mut ebpf, "EGRESS")?,
+            vip_filter: take(&mut ebpf, "VIP_FILTER")?,
+            backend_filter: take(&mut ebpf, "BACKEND_FILTER")?,
+            stats: take(&mut ebpf, "STATS")?,
+            options,
+            ebpf,
+        })
+    }
+
+    /// Sizes this instance was loaded with.
+    pub fn options(&self) -> DataplaneOptions {
+        self.options
+    }
+
+    /// The loaded XDP program (for attaching or `test_run`).
+    pub fn program(&self) -> &Xdp {
+        self.ebpf.program(PROGRAM_NAME).and_then(|p| p.try_into().ok()).expect("loaded in load()")
+    }
+
+    /// The loaded XDP program, mutably (for attaching).
+    pub fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf.program_mut(PROGRAM_NAME).and_then(|p| p.try_into().ok()).expect("loaded in load()")
+    }
+
+    /// Adds or replaces a VIP.
+    pub fn set_vip(&mut self, key: &EndpointKey, value: &VipValue) -> Result<(), DataplaneError> {
+        op("VIPS", "insert", self.vips.insert(key, value, 0))
+    }
+
+    /// Removes a VIP (absent is fine).
+    pub fn remove_vip(&mut self, key: &EndpointKey) -> Result<(), DataplaneError> {
+        match self.vips.remove(key) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            r => op("VIPS", "remove", r),
+        }
+    }
+
+    /// Writes a service entry: this is the one update a switch makes.
+    pub fn set_service(&mut self, id: u32, service: &Service) -> Result<(), DataplaneError> {
+        op("SERVICES", "update", self.services.set(id, service, 0))
+    }
+
+    /// Reads a service entry.
+    pub fn service(&self, id: u32) -> Result<Service, DataplaneError> {
+        op("SERVICES", "lookup", self.services.get(&id, 0))
+    }
+
+    /// Writes a whole Maglev table into slot `table` (`ring_size` backend indexes).
+    pub fn write_table(&mut self, table: u32, entries: &[u32]) -> Result<(), DataplaneError> {
+        let m = self.options.ring_size;
+        if table >= self.options.table_slots || entries.len() != m as usize {
+            return Err(DataplaneError::OutOfRange(format!(
+                "table {table} with {} entries (have {} slots of {m})",
+                entries.len(),
+                self.options.table_slots
+            )));
+        }
+        let base = table * m;
+        for (i, backend) in entries.iter().enumerate() {
+            op("TABLES", "update", self.tables.set(base + i as u32, backend, 0))?;
+        }
+        Ok(())
+    }
+
+    /// Reads one slot of a table.
+    pub fn table_entry(&self, table: u32, slot: u32) -> Result<u32, DataplaneError> {
+        op("TABLES", "lookup", self.tables.get(&(table * self.options.ring_size + slot), 0))
+    }
+
+    /// Writes a backend entry.
+    pub fn set_backend(&mut self, index: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        if index >= MAX_BACKENDS {
+            return Err(DataplaneError::OutOfRange(format!("backend index {index} ≥ {MAX_BACKENDS}")));
+        }
+        op("BACKENDS", "update", self.backends.set(index, backend, 0))
+    }
+
+    /// Lets the program redirect to interface `ifindex` (resolved in the calling thread's network
+    /// namespace).
+    pub fn allow_egress(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.egress
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::Map("EGRESS", e.to_string()))
+    }
+
+    /// Rewrites both bit filters from the full lists of VIP and NAT backend (address, port) pairs.
+    pub fn set_filters(&mut self, vips: &[([u32; 4], u16)], nat_backends: &[([u32; 4], u16)]) -> Result<(), DataplaneError> {
+        write_filter(&mut self.vip_filter, "VIP_FILTER", vips)?;
+        write_filter(&mut self.backend_filter, "BACKEND_FILTER", nat_backends)
+    }
+
+    /// A counter summed over all CPUs (index as in `lb_common::stats`).
+    pub fn counter(&self, index: u32) -> Result<Counter, DataplaneError> {
+        let per_cpu = op("STATS", "lookup", self.stats.get(&index, 0))?;
+        Ok(per_cpu.iter().fold(Counter::default(), |a, c| Counter {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        }))
+    }
+
+    /// All counters summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<Counter>, DataplaneError> {
+        (0..STATS_ENTRIES).map(|i| self.counter(i)).collect()
+    }
+
+    /// A flow's entry, if recorded.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>, DataplaneError> {
+        match self.flows.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::MapOp { map: "FLOWS", op: "lookup", source }),
+        }
+    }
+
+    /// Every recorded flow.
+    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Sets the VIPs whose replies a NAT backend (address, port) carries.
+    pub fn set_nat_backend(&mut self, key: &EndpointKey, value: &NatBackend) -> Result<(), DataplaneError> {
+        op("NAT_BACKENDS", "insert", self.nat_backends.insert(key, value, 0))
+    }
+
+    /// Forgets a NAT backend (absent is fine).
+    pub fn remove_nat_backend(&mut self, key: &EndpointKey) -> Result<(), DataplaneError> {
+        match self.nat_backends.remove(key) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            r => op("NAT_BACKENDS", "remove", r),
+        }
+    }
+
+    /// Forgets every cached next hop (after a neighbour or route change).
+    pub fn clear_nexthops(&mut self) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::OutOfRange(e.to_string()))?;
+        for i in 0..MAX_BACKENDS {
+            let values = aya::maps::PerCpuValues::try_from(vec![NextHop::default(); cpus.get() as usize])
+                .map_err(|e| DataplaneError::OutOfRange(e.to_string()))?;
+            op("NEXTHOPS", "update", self.nexthops.set(i, values, 0))?;
+        }
+        Ok(())
+    }
+}
+
+fn write_filter(map: &mut Array<MapData, u64>, name: &'static str, entries: &[([u32; 4], u16)]) -> Result<(), DataplaneError> {
+    let mut words = vec![0u64; FILTER_WORDS as usize];
+    for (addr, port) in entries {
+        let (w, m) = word_and_mask(filter_bit(addr, *port));
+        words[w as usize] |= m;
+    }
+    for (i, w) in words.iter().enumerate() {
+        if op(name, "lookup", map.get(&(i as u32), 0))? != *w {
+            op(name, "update", map.set(i as u32, w, 0))?;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the verifier's log, which is what one needs when loading fails.
+fn verifier_error(e: aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            format!("{io_error}\n{verifier_log}")
+        }
+        other => format!("{other:#}"),
+    }
+}

@@ -1,0 +1,8 @@
+//! The XDP data plane as the control plane sees it: the embedded objects, loading them, and
+//! typed access to every map.
+
+mod handle;
+mod objects;
+
+pub use handle::{Dataplane, DataplaneError, DataplaneOptions};
+pub use objects::{BENCH_XDP_OBJECT, LB_XDP_OBJECT};

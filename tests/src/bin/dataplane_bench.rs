@@ -1,0 +1,156 @@
+//! Data-plane benchmark (`cargo xtask bench`): kernel-reported ns/packet of the XDP program by
+//! BPF_PROG_TEST_RUN, beside trivial programs in the same run. Every case runs through the
+//! `bench_restore` wrapper, which puts the original packet back before each repeat (test_run
+//! does not) and tail-calls the program under test; the trivial programs are wrapped too, so the
+//! differences are the programs' own cost.
+
+use anyhow::{Context, Result};
+use aya::{
+    EbpfLoader,
+    maps::{Array, ProgramArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use clap::Parser;
+use lb_common::maps::{BENCH_PACKET_MAX, BenchPacket};
+use lb_daemon::dataplane::{BENCH_XDP_OBJECT, DataplaneOptions};
+use lb_tests::{
+    packets::{ACK, Frame, PSH},
+    testbed::{LB_MAC, PacketBed, backend_mac},
+    xdp_run::{run, verdict_name},
+};
+use std::net::SocketAddr;
+
+#[derive(Parser)]
+#[command(about = "ns/packet of the XDP data plane by BPF_PROG_TEST_RUN")]
+struct Args {
+    /// Repeats per test_run call.
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+    /// test_run calls per case.
+    #[arg(long, default_value_t = 5)]
+    runs: u32,
+    /// Flow-table sizes to run the cases on (new-flow cost depends on it: a larger table is
+    /// colder in cache and TLB).
+    #[arg(long, value_delimiter = ',', default_values_t = [lb_common::maps::DEFAULT_FLOW_ENTRIES, 65_536])]
+    flow_entries: Vec<u32>,
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Offset of the IPv4 source address in an untagged frame.
+const IPV4_SRC_OFFSET: u32 = 26;
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    target: Target,
+    vary_offset: u32,
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Pass,
+    Tx,
+    Lb,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    println!("BPF_PROG_TEST_RUN, repeat {} x {} runs, one CPU, kernel-reported ns/packet", args.repeat, args.runs);
+    for (i, flow_entries) in args.flow_entries.iter().enumerate() {
+        // The trivial and established cases do not depend on the table size: run them once.
+        bench_table_size(&args, *flow_entries, i == 0)?;
+    }
+    Ok(())
+}
+
+fn bench_table_size(args: &Args, flow_entries: u32, all_cases: bool) -> Result<()> {
+    let bed = PacketBed::with_options(DataplaneOptions {
+        table_slots: 8,
+        flow_entries,
+        ..DataplaneOptions::default()
+    })?;
+    let mut bench = EbpfLoader::new().load(BENCH_XDP_OBJECT).context("loading the bench object")?;
+    for name in ["bench_restore", "bench_pass", "bench_tx"] {
+        let p: &mut Xdp = bench.program_mut(name).context(name)?.try_into()?;
+        p.load().with_context(|| format!("loading {name}"))?;
+    }
+    let mut packet: Array<_, BenchPacket> = Array::try_from(bench.take_map("BENCH_PACKET").context("BENCH_PACKET")?)?;
+    let mut targets = ProgramArray::try_from(bench.take_map("BENCH_TARGET").context("BENCH_TARGET")?)?;
+
+    let client = sa("10.0.0.100:40000");
+    let nat = sa("10.0.0.200:80");
+    let dsr = sa("10.0.0.201:80");
+    let established = Frame::syn(client, nat).with(ACK | PSH, b"");
+    let backend = bed.backends[&bed.expected_backend(0, client, nat)];
+    let reply = Frame { src_mac: backend_mac(backend.ip()), dst_mac: LB_MAC, ..Frame::syn(backend, client) }.with(ACK, b"");
+    let client6 = sa("[fd00::100]:40000");
+    let cases = [
+        Case { name: "trivial XDP_PASS", frame: established.build(), target: Target::Pass, vary_offset: 0 },
+        Case { name: "trivial MAC swap + XDP_TX", frame: established.build(), target: Target::Tx, vary_offset: 0 },
+        Case { name: "non-VIP (host traffic, port 22)", frame: Frame::syn(client, sa("10.0.0.1:22")).build(), target: Target::Lb, vary_offset: 0 },
+        Case { name: "non-VIP (VIP port, other address)", frame: Frame::syn(client, sa("10.0.0.1:80")).build(), target: Target::Lb, vary_offset: 0 },
+        Case { name: "established flow, nat v4", frame: established.build(), target: Target::Lb, vary_offset: 0 },
+        Case { name: "established flow, dsr v4", frame: Frame::syn(client, dsr).with(ACK, b"").build(), target: Target::Lb, vary_offset: 0 },
+        Case { name: "established flow, nat v6", frame: Frame::syn(client6, sa("[fd00::200]:80")).with(ACK, b"").build(), target: Target::Lb, vary_offset: 0 },
+        Case { name: "nat reply (backend to client)", frame: reply.build(), target: Target::Lb, vary_offset: 0 },
+        Case { name: "new flow SYN, nat v4 (flow recorded)", frame: Frame::syn(client, nat).build(), target: Target::Lb, vary_offset: IPV4_SRC_OFFSET },
+        Case { name: "new flow SYN, dsr v4 (flow recorded)", frame: Frame::syn(client, dsr).build(), target: Target::Lb, vary_offset: IPV4_SRC_OFFSET },
+    ];
+
+    println!("\nflow table {flow_entries} entries, Maglev ring {}", bed.dp.options().ring_size);
+    println!("{:<50} {:>7} {:>7} {:>7}  verdict", "case", "min", "median", "max");
+    for case in cases.iter().filter(|c| all_cases || c.vary_offset != 0) {
+        // One plain run first: records the flow (established cases) and resolves next hops.
+        let warm = run(bed.dp.program(), &case.frame, Some(bed.v0))?;
+        let target = match case.target {
+            Target::Pass => bench.program("bench_pass"),
+            Target::Tx => bench.program("bench_tx"),
+            Target::Lb => None,
+        };
+        let target: &Xdp = match target {
+            Some(p) => p.try_into()?,
+            None => bed.dp.program(),
+        };
+        targets.set(0, target.fd()?, 0)?;
+        let mut data = [0u8; BENCH_PACKET_MAX];
+        data[..case.frame.len()].copy_from_slice(&case.frame);
+        packet.set(0, &BenchPacket { data, len: case.frame.len() as u32, vary_offset: case.vary_offset }, 0)?;
+        let wrapper: &Xdp = bench.program("bench_restore").context("bench_restore")?.try_into()?;
+        let md = xdp_md(case.frame.len(), bed.v0);
+        let mut times = Vec::new();
+        let mut verdict = 0;
+        for _ in 0..args.runs {
+            let mut out = vec![0u8; case.frame.len() + 256];
+            let r = wrapper.test_run(TestRunOptions {
+                data_in: Some(&case.frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&md),
+                repeat: args.repeat,
+                ..TestRunOptions::new()
+            })?;
+            verdict = r.return_value;
+            times.push(r.duration.as_nanos() as u64);
+        }
+        times.sort_unstable();
+        println!(
+            "{:<50} {:>7} {:>7} {:>7}  {} (plain run: {})",
+            case.name,
+            times[0],
+            times[times.len() / 2],
+            times[times.len() - 1],
+            verdict_name(verdict),
+            verdict_name(warm.verdict)
+        );
+    }
+    Ok(())
+}
+
+fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
+    let mut md = [0u8; 24];
+    md[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    md[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    md
+}
