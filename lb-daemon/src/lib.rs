@@ -1,3 +1,7 @@
-//! The load balancer's control plane: loading and driving the XDP data plane.
+//! The load balancer's control plane: configuration, the engine that drives the XDP data plane,
+//! the management API and the `lbctl` client.
 
+pub mod api;
+pub mod client;
+pub mod config;
 pub mod dataplane;

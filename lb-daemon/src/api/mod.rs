@@ -1,0 +1,35 @@
+//! The management API: JSON over HTTP/1.1 on a Unix socket (and optionally TCP with a bearer
+//! token). `model` holds the wire types, `Control` what the server asks of the daemon, `server`
+//! the HTTP side.
+
+pub mod model;
+pub mod server;
+
+use model::{
+    ApiError, HistoryEntry, ReloadOutcome, RollbackRequest, ServiceView, ShutdownRequest,
+    SplitRequest, StatusView, SwitchOutcome, SwitchRequest,
+};
+
+/// What the API server needs from the daemon. Implementations serialize mutations themselves;
+/// every call is quick (map updates, no network), so the server may call them from async code.
+/// `requester` names who asked, for the history.
+pub trait Control: Send + Sync + 'static {
+    /// Whole status.
+    fn status(&self) -> Result<StatusView, ApiError>;
+    /// One service by name (`None`: the only one, or an error naming the choices).
+    fn service(&self, name: Option<&str>) -> Result<ServiceView, ApiError>;
+    /// Makes `req.pool` active.
+    fn switch(&self, service: Option<&str>, req: &SwitchRequest, requester: &str) -> Result<SwitchOutcome, ApiError>;
+    /// Goes back to the previous active pool or split.
+    fn rollback(&self, service: Option<&str>, req: &RollbackRequest, requester: &str) -> Result<SwitchOutcome, ApiError>;
+    /// Splits new flows between pools.
+    fn split(&self, service: Option<&str>, req: &SplitRequest, requester: &str) -> Result<SwitchOutcome, ApiError>;
+    /// History, newest last, at most `limit` entries, optionally of one service.
+    fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<HistoryEntry>, ApiError>;
+    /// Re-reads the config file and applies it, or changes nothing and says why.
+    fn reload(&self, requester: &str) -> Result<ReloadOutcome, ApiError>;
+    /// Stops the daemon (after the response is sent).
+    fn shutdown(&self, req: &ShutdownRequest, requester: &str) -> Result<(), ApiError>;
+    /// Prometheus text exposition.
+    fn metrics(&self) -> Result<String, ApiError>;
+}

@@ -1,0 +1,325 @@
+//! The management API's request and response bodies (JSON), shared by the daemon and `lbctl`.
+//! Field names are the wire format: changing one is an API change.
+
+use serde::{Deserialize, Serialize};
+
+/// What new flows of a service go to: one pool, or a weighted split between pools.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Active {
+    /// Every new flow goes to this pool.
+    Pool(String),
+    /// New flows are shared between pools by percentage (weights sum to 100).
+    Split(Vec<PoolWeight>),
+}
+
+impl std::fmt::Display for Active {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Active::Pool(p) => write!(f, "{p}"),
+            Active::Split(ws) => {
+                let parts: Vec<String> = ws.iter().map(|w| format!("{}={}", w.pool, w.weight)).collect();
+                write!(f, "split {}", parts.join(" "))
+            }
+        }
+    }
+}
+
+/// One pool's share of a split.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolWeight {
+    /// Pool name.
+    pub pool: String,
+    /// Percentage of new flows (1..=100).
+    pub weight: u32,
+}
+
+/// Switch mode: `drain` keeps established flows on their backend, `hard` moves them too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwitchMode {
+    /// Established flows stay where they are; only new flows follow.
+    #[default]
+    Drain,
+    /// Every flow follows at once.
+    Hard,
+}
+
+/// `POST /v1/services/{name}/switch`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchRequest {
+    /// Pool to make active.
+    pub pool: String,
+    /// Move established flows too.
+    #[serde(default)]
+    pub hard: bool,
+}
+
+/// `POST /v1/services/{name}/rollback`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// Move established flows too.
+    #[serde(default)]
+    pub hard: bool,
+}
+
+/// `POST /v1/services/{name}/split`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitRequest {
+    /// Pools and their percentages; at least two, summing to 100.
+    pub weights: Vec<PoolWeight>,
+}
+
+/// `POST /v1/shutdown`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownRequest {
+    /// Detach the XDP program and remove the pinned maps (forwarding stops). Without it the
+    /// daemon exits and forwarding continues from the pinned state.
+    #[serde(default)]
+    pub detach: bool,
+}
+
+/// Result of a switch, rollback or split.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchOutcome {
+    /// Service name.
+    pub service: String,
+    /// False when the service already was in the requested state (nothing was written).
+    pub changed: bool,
+    /// Active pool or split before.
+    pub before: Active,
+    /// Active pool or split after.
+    pub after: Active,
+    /// Drain or hard.
+    pub mode: SwitchMode,
+    /// Service epoch after the change (a hard switch bumps it).
+    pub epoch: u32,
+    /// Microseconds from accepting the request to the map update that made it effective.
+    pub apply_us: u64,
+    /// History entry recorded for it (absent when nothing changed).
+    pub history_id: Option<u64>,
+}
+
+/// Why a history entry was recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryKind {
+    /// `switch`.
+    Switch,
+    /// `rollback`.
+    Rollback,
+    /// `split`.
+    Split,
+    /// A config reload changed the active pool (the configured one was removed).
+    Reload,
+    /// The daemon rolled back by itself.
+    AutoRollback,
+}
+
+/// One recorded change of a service's active pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Increasing id.
+    pub id: u64,
+    /// RFC 3339 UTC time.
+    pub time: String,
+    /// Service name.
+    pub service: String,
+    /// What kind of change.
+    pub kind: HistoryKind,
+    /// Before.
+    pub from: Active,
+    /// After.
+    pub to: Active,
+    /// Drain or hard.
+    pub mode: SwitchMode,
+    /// Who asked (user, process, CI job...).
+    pub requester: String,
+    /// Free text, e.g. why an automatic rollback happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Counters of a backend, a pool or a VIP, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded.
+    pub bytes: u64,
+    /// Flows started.
+    pub new_flows: u64,
+}
+
+/// One backend of a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    /// `ip:port`.
+    pub addr: String,
+    /// Maglev weight.
+    pub weight: u32,
+    /// Data-plane index.
+    pub index: u32,
+    /// Whether it may receive traffic.
+    pub up: bool,
+    /// Its counters.
+    pub traffic: Traffic,
+}
+
+/// One pool of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolView {
+    /// Pool name.
+    pub name: String,
+    /// Percentage of new flows it receives now (100 for the active pool, 0 for idle ones).
+    pub share: u32,
+    /// Its backends.
+    pub backends: Vec<BackendView>,
+    /// Sum of its backends' counters.
+    pub traffic: Traffic,
+}
+
+/// One service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// Name.
+    pub name: String,
+    /// `nat` or `dsr`.
+    pub mode: String,
+    /// VIPs as `ip:port`.
+    pub vips: Vec<String>,
+    /// What new flows go to now.
+    pub active: Active,
+    /// What `rollback` would go back to.
+    pub previous: Option<Active>,
+    /// Current epoch.
+    pub epoch: u32,
+    /// Pools, in config order.
+    pub pools: Vec<PoolView>,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// Instance name (pins live under `/sys/fs/bpf/<instance>`).
+    pub instance: String,
+    /// Daemon version.
+    pub version: String,
+    /// Seconds since this daemon process started.
+    pub uptime_s: u64,
+    /// Whether this process adopted pinned state left by an earlier one.
+    pub adopted: bool,
+    /// Interfaces and their XDP attach mode.
+    pub interfaces: Vec<InterfaceView>,
+    /// Services.
+    pub services: Vec<ServiceView>,
+    /// Pass/drop/forward counters by reason name.
+    pub reasons: Vec<(String, u64)>,
+}
+
+/// An interface the program is attached to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceView {
+    /// Interface name.
+    pub name: String,
+    /// `native` or `generic`.
+    pub mode: String,
+}
+
+/// `POST /v1/reload`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    /// Whether anything changed.
+    pub changed: bool,
+    /// One line per change.
+    pub changes: Vec<String>,
+}
+
+/// Body of every error response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code (`ErrorCode`).
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// Error classes; each has its own HTTP status and `lbctl` exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed request or invalid arguments (HTTP 400).
+    InvalidRequest,
+    /// Unknown service, pool or path (HTTP 404).
+    NotFound,
+    /// Valid request the daemon will not carry out as asked (HTTP 409), e.g. an unhealthy pool.
+    Refused,
+    /// Someone else changed the state first (HTTP 412).
+    Conflict,
+    /// Missing or wrong bearer token (HTTP 401).
+    Unauthorized,
+    /// The daemon failed (HTTP 500).
+    Internal,
+}
+
+impl ErrorCode {
+    /// HTTP status for the code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Refused => 409,
+            ErrorCode::Conflict => 412,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// An error as the control plane reports it to API clients.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// Class.
+    pub code: ErrorCode,
+    /// Explanation.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+    /// `InvalidRequest`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+    /// `NotFound`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+    /// `Refused`.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Refused, message)
+    }
+    /// `Internal`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+    /// The JSON body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { error: ErrorDetail { code: self.code, message: self.message.clone() } }
+    }
+}
