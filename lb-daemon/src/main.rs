@@ -1,1 +1,150 @@
-fn main() {}
+//! `lb-daemon`: loads the XDP data plane (embedded in this binary), attaches it, adopts what an
+//! earlier daemon pinned, and serves the management API until told to stop.
+//!
+//! Stopping with SIGTERM/SIGINT (or `lbctl shutdown`) leaves the program attached and the maps
+//! pinned: forwarding continues, and the next daemon adopts them. `lbctl shutdown --detach`
+//! detaches the program and removes the pins. SIGHUP reloads the config.
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use lb_daemon::{
+    api::{Control, server::{ServeOptions, serve}},
+    config::Config,
+    dataplane::{Dataplane, DataplaneOptions, PinDir},
+    engine::{Engine, ShutdownKind},
+};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The load balancer daemon.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "XDP L4 load balancer daemon: serves VIPs from named pools and switches between them",
+    after_help = "Examples:\n  lb-daemon --config /etc/lb/lb.toml\n  lb-daemon --config ./lb.toml --check      # validate and exit\n\nDrive it with `lbctl` (see `lbctl --help`)."
+)]
+struct Args {
+    /// Config file (TOML).
+    #[arg(long, env = "LB_CONFIG", default_value = "/etc/lb/lb.toml")]
+    config: PathBuf,
+    /// Validate the config and exit (0 when valid).
+    #[arg(long)]
+    check: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter (tracing syntax, e.g. `info` or `lb_daemon=debug`).
+    #[arg(long, env = "LB_LOG", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("lb-daemon: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Mounts bpffs at `path` unless one is there already.
+fn ensure_bpffs(path: &std::path::Path) -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = c"bpf";
+    if unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
+        anyhow::bail!("mounting bpffs on {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+    tracing::info!(path = %path.display(), "mounted bpffs");
+    Ok(())
+}
+
+fn run(args: Args) -> Result<()> {
+    let config = Config::load(&args.config)?;
+    if args.check {
+        println!("{}: valid", args.config.display());
+        return Ok(());
+    }
+    ensure_bpffs(&config.bpffs)?;
+    let pools: u32 = config.services.iter().map(|s| s.pools.len() as u32).sum();
+    let options = DataplaneOptions {
+        ring_size: config.ring_size,
+        table_slots: (2 * (pools + config.services.len() as u32)).max(16),
+        flow_entries: config.flow_table_size,
+    };
+    let pins = PinDir(config.pin_dir());
+    let (dp, adopted) = Dataplane::open_pinned(options, pins.clone())?;
+    tracing::info!(instance = %config.instance, adopted, pins = %pins.0.display(), "data plane loaded");
+    let token = match (&config.api.token, &config.api.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f).with_context(|| format!("reading api.token_file {}", f.display()))?.trim().to_string(),
+        ),
+        _ => None,
+    };
+    let serve_opts = ServeOptions { unix_socket: config.api.unix_socket.clone(), tcp: config.api.tcp.zip(token) };
+    let engine = Arc::new(Engine::start(args.config.clone(), config, dp, adopted)?);
+    engine.attach_interfaces()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let kind = runtime.block_on(async {
+        let mut requested = engine.shutdown_requested();
+        let stop = {
+            let mut requested = requested.clone();
+            async move {
+                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+                let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: exiting, forwarding continues from the pinned state"),
+                    _ = int.recv() => tracing::info!("SIGINT: exiting, forwarding continues from the pinned state"),
+                    _ = requested.changed() => {}
+                }
+            }
+        };
+        let reloader = engine.clone();
+        tokio::spawn(async move {
+            let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+            while hup.recv().await.is_some() {
+                let engine = reloader.clone();
+                match tokio::task::spawn_blocking(move || engine.reload("SIGHUP")).await {
+                    Ok(Ok(outcome)) => tracing::info!(changed = outcome.changed, "SIGHUP reload done"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP reload refused"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP reload panicked"),
+                }
+            }
+        });
+        tracing::info!(socket = %serve_opts.unix_socket.display(), "serving the management API");
+        let result = serve(engine.clone() as Arc<dyn Control>, serve_opts, stop).await;
+        let kind = *requested.borrow_and_update();
+        result.map(|()| kind)
+    })?;
+    drop(runtime);
+    if kind == ShutdownKind::Detach {
+        // The engine holds the program and, after adoption, the link: release them first.
+        if Arc::try_unwrap(engine).is_err() {
+            tracing::warn!("engine still referenced while detaching");
+        }
+        Dataplane::remove_pins(&pins)?;
+        tracing::warn!("program detached and pins removed: forwarding stopped");
+    }
+    Ok(())
+}

@@ -5,3 +5,5 @@ pub mod netns;
 pub mod packets;
 pub mod testbed;
 pub mod xdp_run;
+pub mod topology;
+pub mod load;

@@ -3,7 +3,17 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
-    programs::Xdp,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use serde::{Deserialize, Serialize};
+use std::{
+    ffi::CString,
+    fs,
+    path::PathBuf,
 };
 use lb_common::{
     filter::{FILTER_WORDS, filter_bit, word_and_mask},
@@ -19,8 +29,23 @@ use super::objects::LB_XDP_OBJECT;
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "lb_xdp";
 
+/// Every map of the program, by name (all are pinned together).
+pub const MAP_NAMES: [&str; 11] = [
+    "VIPS",
+    "SERVICES",
+    "TABLES",
+    "BACKENDS",
+    "FLOWS",
+    "NAT_BACKENDS",
+    "NEXTHOPS",
+    "EGRESS",
+    "VIP_FILTER",
+    "BACKEND_FILTER",
+    "STATS",
+];
+
 /// Sizes fixed when the program is loaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataplaneOptions {
     /// Slots of every Maglev table (prime).
     pub ring_size: u32,
@@ -62,11 +87,46 @@ pub enum DataplaneError {
     /// An argument out of the ranges fixed at load time.
     #[error("{0}")]
     OutOfRange(String),
+    /// Pinning or adopting pins failed.
+    #[error("pins: {0}")]
+    Pin(String),
+    /// Attaching to an interface failed.
+    #[error("attaching XDP: {0}")]
+    Attach(String),
+}
+
+/// XDP attach mode as configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic with a warning.
+    Auto,
+    /// Native only.
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+/// Where an instance keeps its pins: `<dir>/maps/<MAP>`, `<dir>/links/<interface>` and
+/// `<dir>/options.json` (the sizes the maps were created with).
+#[derive(Clone, Debug)]
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    fn maps(&self) -> PathBuf {
+        self.0.join("maps")
+    }
+    fn link(&self, iface: &str) -> PathBuf {
+        self.0.join("links").join(iface)
+    }
+    fn options(&self) -> PathBuf {
+        self.0.join("options.json")
+    }
 }
 
 /// One loaded XDP program with its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
+    pins: Option<PinDir>,
     options: DataplaneOptions,
     vips: HashMap<MapData, EndpointKey, VipValue>,
     services: Array<MapData, Service>,
@@ -94,20 +154,59 @@ fn op<T>(map: &'static str, op: &'static str, r: Result<T, aya::maps::MapError>)
 }
 
 impl Dataplane {
-    /// Loads the embedded object with fresh maps and loads (does not attach) the program.
+    /// Loads the embedded object with fresh, unpinned maps and loads (does not attach) the
+    /// program.
     pub fn load(options: DataplaneOptions) -> Result<Self, DataplaneError> {
+        Self::load_with(options, None)
+    }
+
+    /// Loads the program with its maps pinned under `pins`: maps already pinned there (by an
+    /// earlier daemon, also one killed with -9) are adopted with their contents, flows included;
+    /// missing ones are created and pinned. Returns whether state was adopted. When adopting,
+    /// the sizes the maps were created with win over `options` (they cannot change without
+    /// starting from scratch); a difference is logged.
+    pub fn open_pinned(options: DataplaneOptions, pins: PinDir) -> Result<(Self, bool), DataplaneError> {
+        let io = |what: &str, e: std::io::Error| DataplaneError::Pin(format!("{what}: {e}"));
+        fs::create_dir_all(pins.maps()).map_err(|e| io("creating the pin folder", e))?;
+        fs::create_dir_all(pins.0.join("links")).map_err(|e| io("creating the pin folder", e))?;
+        let adopted = pins.maps().join("SERVICES").exists();
+        let mut effective = options;
+        if adopted {
+            if let Ok(text) = fs::read_to_string(pins.options()) {
+                if let Ok(pinned) = serde_json::from_str::<DataplaneOptions>(&text) {
+                    if pinned != options {
+                        tracing::warn!(?pinned, configured = ?options, "pinned maps were created with other sizes; keeping the pinned ones until a restart with `lbctl shutdown --detach`");
+                    }
+                    effective = pinned;
+                }
+            }
+        }
+        let dp = Self::load_with(effective, Some(pins.clone()))?;
+        let text = serde_json::to_string(&effective).expect("options serialize");
+        fs::write(pins.options(), text).map_err(|e| io("writing options.json", e))?;
+        Ok((dp, adopted))
+    }
+
+    fn load_with(options: DataplaneOptions, pins: Option<PinDir>) -> Result<Self, DataplaneError> {
         if !lb_common::maglev::is_prime(options.ring_size) {
             return Err(DataplaneError::OutOfRange(format!("ring size {} is not prime", options.ring_size)));
         }
         let table_entries = options.ring_size.checked_mul(options.table_slots).ok_or_else(|| {
             DataplaneError::OutOfRange("ring size × table slots overflows".into())
         })?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("RING_SIZE", &options.ring_size, true)
             .map_max_entries("TABLES", table_entries)
-            .map_max_entries("FLOWS", options.flow_entries)
-            .load(LB_XDP_OBJECT)
-            .map_err(|e| DataplaneError::Load(format!("{e:#}")))?;
+            .map_max_entries("FLOWS", options.flow_entries);
+        let map_paths: Vec<(&str, PathBuf)> = match &pins {
+            Some(p) => MAP_NAMES.iter().map(|n| (*n, p.maps().join(n))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(LB_XDP_OBJECT).map_err(|e| DataplaneError::Load(format!("{e:#}")))?;
         {
             let prog: &mut Xdp = ebpf
                 .program_mut(PROGRAM_NAME)
@@ -130,7 +229,78 @@ impl Dataplane {
             stats: take(&mut ebpf, "STATS")?,
             options,
             ebpf,
+            pins,
         })
+    }
+
+    /// Attaches the program to `iface`. When an earlier daemon left a pinned link for it, the
+    /// link is updated to this program in one atomic step (traffic never sees no program);
+    /// otherwise a new link is created and pinned, so the program stays attached when this
+    /// process exits. Returns the mode in use (`native` or `generic`).
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<&'static str, DataplaneError> {
+        let link_pin = self.pins.as_ref().map(|p| p.link(iface));
+        let mode_file = link_pin.as_ref().map(|p| p.with_extension("mode"));
+        if let Some(pin) = link_pin.as_ref().filter(|p| p.exists()) {
+            let pinned = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Attach(format!("{iface}: opening pinned link: {e}")))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| DataplaneError::Attach(format!("{iface}: pinned link: {e}")))?;
+            self.program_mut()
+                .attach_to_link(link)
+                .map_err(|e| DataplaneError::Attach(format!("{iface}: replacing the program: {e}")))?;
+            let used = mode_file.and_then(|f| fs::read_to_string(f).ok()).unwrap_or_else(|| "native".into());
+            return Ok(if used.trim() == "generic" { "generic" } else { "native" });
+        }
+        let name = CString::new(iface).map_err(|_| DataplaneError::Attach(format!("bad interface name {iface:?}")))?;
+        let attempts: &[(XdpMode, &'static str)] = match mode {
+            AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+            AttachMode::Native => &[(XdpMode::Driver, "native")],
+            AttachMode::Generic => &[(XdpMode::Skb, "generic")],
+        };
+        let mut last_error = String::new();
+        for (xdp_mode, label) in attempts {
+            match self.program_mut().attach(name.as_c_str(), *xdp_mode) {
+                Ok(id) => {
+                    if *label == "generic" && mode == AttachMode::Auto {
+                        tracing::warn!(iface, error = %last_error, "native XDP failed, attached in generic mode (slower)");
+                    }
+                    if let (Some(pin), Some(mode_file)) = (link_pin, mode_file) {
+                        let link = self.program_mut().take_link(id).map_err(|e| DataplaneError::Attach(e.to_string()))?;
+                        let fd = FdLink::try_from(link).map_err(|e| DataplaneError::Attach(format!("{iface}: link: {e}")))?;
+                        fd.pin(&pin).map_err(|e| DataplaneError::Pin(format!("{}: {e}", pin.display())))?;
+                        let _ = fs::write(mode_file, label);
+                    }
+                    return Ok(label);
+                }
+                Err(e) => last_error = format!("{e:#}"),
+            }
+        }
+        Err(DataplaneError::Attach(format!("{iface}: {last_error}")))
+    }
+
+    /// Detaches the program from every interface and removes every pin of `pins`: forwarding
+    /// stops and the next daemon starts from scratch.
+    pub fn remove_pins(pins: &PinDir) -> Result<(), DataplaneError> {
+        let links = pins.0.join("links");
+        if let Ok(entries) = fs::read_dir(&links) {
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.extension().is_some_and(|x| x == "mode") {
+                    let _ = fs::remove_file(&path);
+                    continue;
+                }
+                // Dropping the last reference (the pin) detaches the link.
+                match PinnedLink::from_pin(&path) {
+                    Ok(link) => {
+                        let _ = link.unpin();
+                    }
+                    Err(_) => {
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(&pins.0);
+        Ok(())
     }
 
     /// Sizes this instance was loaded with.
@@ -246,6 +416,16 @@ impl Dataplane {
     /// Sets the VIPs whose replies a NAT backend (address, port) carries.
     pub fn set_nat_backend(&mut self, key: &EndpointKey, value: &NatBackend) -> Result<(), DataplaneError> {
         op("NAT_BACKENDS", "insert", self.nat_backends.insert(key, value, 0))
+    }
+
+    /// Every VIP key in `VIPS`.
+    pub fn vip_keys(&self) -> Vec<EndpointKey> {
+        self.vips.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Every key in `NAT_BACKENDS`.
+    pub fn nat_backend_keys(&self) -> Vec<EndpointKey> {
+        self.nat_backends.keys().filter_map(Result::ok).collect()
     }
 
     /// Forgets a NAT backend (absent is fine).

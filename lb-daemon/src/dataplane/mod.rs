@@ -4,5 +4,5 @@
 mod handle;
 mod objects;
 
-pub use handle::{Dataplane, DataplaneError, DataplaneOptions};
+pub use handle::{AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir};
 pub use objects::{BENCH_XDP_OBJECT, LB_XDP_OBJECT};

@@ -1,0 +1,100 @@
+//! Prometheus text exposition of the data-plane counters and the control-plane state.
+
+use super::{layout::Layout, state::PersistedState};
+use crate::{api::model::Active, dataplane::Dataplane};
+use lb_common::stats::{ALL_REASONS, backend_counter, backend_new_flow_counter, reason_counter, vip_counter};
+use std::{collections::BTreeSet, fmt::Write};
+
+/// Escapes a label value.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders every metric.
+pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BTreeSet<u32>) -> String {
+    let mut out = String::new();
+    header(&mut out, "lb_build_info", "gauge", "Daemon version.");
+    let _ = writeln!(out, "lb_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+
+    header(&mut out, "lb_packets_total", "counter", "Packets seen by the XDP program, by what it did with them.");
+    for r in ALL_REASONS {
+        let c = dp.counter(reason_counter(r)).unwrap_or_default();
+        let _ = writeln!(out, "lb_packets_total{{reason=\"{}\"}} {}", r.name(), c.packets);
+    }
+
+    header(&mut out, "lb_vip_packets_total", "counter", "Packets forwarded for a VIP (both directions).");
+    for s in &layout.services {
+        for v in &s.vips {
+            let c = dp.counter(vip_counter(v.index)).unwrap_or_default();
+            let _ = writeln!(out, "lb_vip_packets_total{{service=\"{}\",vip=\"{}\"}} {}", esc(&s.name), v.addr, c.packets);
+        }
+    }
+    header(&mut out, "lb_vip_bytes_total", "counter", "Bytes forwarded for a VIP (both directions).");
+    for s in &layout.services {
+        for v in &s.vips {
+            let c = dp.counter(vip_counter(v.index)).unwrap_or_default();
+            let _ = writeln!(out, "lb_vip_bytes_total{{service=\"{}\",vip=\"{}\"}} {}", esc(&s.name), v.addr, c.bytes);
+        }
+    }
+
+    let backends: Vec<_> = layout
+        .services
+        .iter()
+        .flat_map(|s| s.pools.iter().flat_map(move |p| p.backends.iter().map(move |b| (s, p, b))))
+        .collect();
+    let labels = |s: &str, p: &str, b: &std::net::SocketAddr| format!("service=\"{}\",pool=\"{}\",backend=\"{}\"", esc(s), esc(p), b);
+    header(&mut out, "lb_backend_packets_total", "counter", "Packets sent to a backend.");
+    for (s, p, b) in &backends {
+        let c = dp.counter(backend_counter(b.index)).unwrap_or_default();
+        let _ = writeln!(out, "lb_backend_packets_total{{{}}} {}", labels(&s.name, &p.name, &b.addr), c.packets);
+    }
+    header(&mut out, "lb_backend_bytes_total", "counter", "Bytes sent to a backend.");
+    for (s, p, b) in &backends {
+        let c = dp.counter(backend_counter(b.index)).unwrap_or_default();
+        let _ = writeln!(out, "lb_backend_bytes_total{{{}}} {}", labels(&s.name, &p.name, &b.addr), c.bytes);
+    }
+    header(&mut out, "lb_backend_new_flows_total", "counter", "Flows started on a backend.");
+    for (s, p, b) in &backends {
+        let c = dp.counter(backend_new_flow_counter(b.index)).unwrap_or_default();
+        let _ = writeln!(out, "lb_backend_new_flows_total{{{}}} {}", labels(&s.name, &p.name, &b.addr), c.packets);
+    }
+    header(&mut out, "lb_backend_up", "gauge", "1 when the backend may receive new flows.");
+    for (s, p, b) in &backends {
+        let _ = writeln!(out, "lb_backend_up{{{}}} {}", labels(&s.name, &p.name, &b.addr), u8::from(!down.contains(&b.index)));
+    }
+
+    header(&mut out, "lb_pool_share_ratio", "gauge", "Share of new flows a pool receives (1 for the active pool).");
+    for s in &layout.services {
+        let active = state.services.get(&s.name).map(|st| &st.active);
+        for p in &s.pools {
+            let share = match active {
+                Some(Active::Pool(a)) if *a == p.name => 1.0,
+                Some(Active::Split(ws)) => ws.iter().find(|w| w.pool == p.name).map(|w| f64::from(w.weight) / 100.0).unwrap_or(0.0),
+                _ => 0.0,
+            };
+            let _ = writeln!(out, "lb_pool_share_ratio{{service=\"{}\",pool=\"{}\"}} {}", esc(&s.name), esc(&p.name), share);
+        }
+    }
+    header(&mut out, "lb_service_epoch", "gauge", "Service epoch (a hard switch increments it).");
+    for s in &layout.services {
+        let epoch = state.services.get(&s.name).map(|st| st.epoch).unwrap_or(0);
+        let _ = writeln!(out, "lb_service_epoch{{service=\"{}\"}} {}", esc(&s.name), epoch);
+    }
+    header(&mut out, "lb_switches_total", "counter", "Changes of the active pool recorded in the history kept by the daemon, by kind.");
+    for s in &layout.services {
+        for kind in ["switch", "rollback", "split", "reload", "auto_rollback"] {
+            let n = state
+                .history
+                .iter()
+                .filter(|h| h.service == s.name && serde_json::to_value(h.kind).ok().and_then(|v| v.as_str().map(|k| k == kind)).unwrap_or(false))
+                .count();
+            let _ = writeln!(out, "lb_switches_total{{service=\"{}\",kind=\"{kind}\"}} {n}", esc(&s.name));
+        }
+    }
+    out
+}

@@ -1,0 +1,169 @@
+//! The daemon's desired state on disk: which pool (or split) each service serves, what rollback
+//! goes back to, the switch history, and the stable data-plane indices (backend, VIP, service)
+//! that established flows refer to. Written atomically (temp file, fsync, rename, fsync of the
+//! folder) after every change, so a restart or a reboot comes back to the last switch.
+
+use crate::api::model::{Active, HistoryEntry};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    io::Write,
+    path::Path,
+};
+
+/// Format version of the state file.
+pub const STATE_VERSION: u32 = 1;
+/// History entries kept (oldest dropped first).
+pub const HISTORY_LIMIT: usize = 1000;
+
+/// Desired state of one service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// Stable service id (index of `SERVICES`).
+    pub id: u32,
+    /// What new flows go to.
+    pub active: Active,
+    /// What `rollback` returns to.
+    pub previous: Option<Active>,
+    /// Last epoch written to the data plane.
+    pub epoch: u32,
+}
+
+/// Everything the daemon persists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedState {
+    /// `STATE_VERSION`.
+    pub version: u32,
+    /// Services by name.
+    pub services: BTreeMap<String, ServiceState>,
+    /// Backend index of each `service/pool/addr`.
+    pub backend_indices: BTreeMap<String, u32>,
+    /// Counter index of each VIP (`ip:port`).
+    pub vip_indices: BTreeMap<String, u32>,
+    /// Recorded changes, oldest first.
+    pub history: Vec<HistoryEntry>,
+    /// Next history id.
+    pub next_history_id: u64,
+    /// Next never-used service id. Ids are not reused while unused ones remain, so flows of a
+    /// removed service can never be taken for flows of a new one.
+    #[serde(default)]
+    pub next_service_id: u32,
+    /// Next never-used backend index (same reasoning).
+    #[serde(default)]
+    pub next_backend_index: u32,
+    /// Next never-used VIP counter index.
+    #[serde(default)]
+    pub next_vip_index: u32,
+}
+
+impl PersistedState {
+    /// Reads the state file; a missing file is an empty state.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self { version: STATE_VERSION, next_history_id: 1, ..Self::default() });
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let state: Self =
+            serde_json::from_str(&text).with_context(|| format!("parsing state file {}", path.display()))?;
+        anyhow::ensure!(
+            state.version == STATE_VERSION,
+            "state file {} has version {}, this daemon reads {STATE_VERSION}",
+            path.display(),
+            state.version
+        );
+        Ok(state)
+    }
+
+    /// Writes the state atomically: a crash leaves either the old or the new file, never half.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().context("state file has no folder")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let body = serde_json::to_vec_pretty(self)?;
+        let write = || -> Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            File::open(dir)?.sync_all()?;
+            Ok(())
+        };
+        write().with_context(|| format!("writing {}", path.display())).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+    }
+
+    /// Appends a history entry (assigning its id) and trims the oldest beyond `HISTORY_LIMIT`.
+    pub fn record(&mut self, mut entry: HistoryEntry) -> u64 {
+        let id = self.next_history_id.max(1);
+        entry.id = id;
+        self.next_history_id = id + 1;
+        self.history.push(entry);
+        if self.history.len() > HISTORY_LIMIT {
+            let excess = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..excess);
+        }
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::model::{HistoryKind, SwitchMode};
+
+    fn entry(n: u32) -> HistoryEntry {
+        HistoryEntry {
+            id: 0,
+            time: "2026-01-01T00:00:00Z".into(),
+            service: "web".into(),
+            kind: HistoryKind::Switch,
+            from: Active::Pool(format!("p{n}")),
+            to: Active::Pool(format!("p{}", n + 1)),
+            mode: SwitchMode::Drain,
+            requester: "test".into(),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn save_then_load_round_trips_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/lb.state.json");
+        let mut s = PersistedState::load(&path).unwrap();
+        assert!(s.services.is_empty());
+        s.services.insert("web".into(), ServiceState { id: 0, active: Active::Pool("b".into()), previous: Some(Active::Pool("a".into())), epoch: 3 });
+        s.backend_indices.insert("web/a/10.0.0.1:80".into(), 7);
+        s.record(entry(1));
+        s.save(&path).unwrap();
+        assert_eq!(PersistedState::load(&path).unwrap(), s);
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("lb.state.json")]);
+    }
+
+    #[test]
+    fn history_ids_increase_and_old_entries_are_trimmed() {
+        let mut s = PersistedState::default();
+        for n in 0..(HISTORY_LIMIT as u32 + 5) {
+            s.record(entry(n));
+        }
+        assert_eq!(s.history.len(), HISTORY_LIMIT);
+        assert_eq!(s.history.first().unwrap().id, 6);
+        assert_eq!(s.history.last().unwrap().id, HISTORY_LIMIT as u64 + 5);
+    }
+
+    #[test]
+    fn corrupt_or_foreign_state_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        fs::write(&path, "{not json").unwrap();
+        assert!(PersistedState::load(&path).is_err());
+        fs::write(&path, r#"{"version":99,"services":{},"backend_indices":{},"vip_indices":{},"history":[],"next_history_id":1}"#).unwrap();
+        assert!(PersistedState::load(&path).unwrap_err().to_string().contains("version 99"));
+    }
+}
