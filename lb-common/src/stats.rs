@@ -39,10 +39,12 @@ pub enum Reason {
     FlowRebalanced = 14,
     /// Established flows moved because their backend went down.
     FlowBackendDown = 15,
+    /// DSR packet whose backend's next hop is not resolved: dropped (the client retransmits).
+    DropNoNextHop = 16,
 }
 
 /// Number of reason counters (`Reason` values are `0..REASONS`).
-pub const REASONS: u32 = 16;
+pub const REASONS: u32 = 17;
 
 /// Every reason, in counter order (for userspace reporting).
 pub const ALL_REASONS: [Reason; REASONS as usize] = [
@@ -62,6 +64,7 @@ pub const ALL_REASONS: [Reason; REASONS as usize] = [
     Reason::NewFlow,
     Reason::FlowRebalanced,
     Reason::FlowBackendDown,
+    Reason::DropNoNextHop,
 ];
 
 impl Reason {
@@ -84,6 +87,7 @@ impl Reason {
             Reason::NewFlow => "new_flow",
             Reason::FlowRebalanced => "flow_rebalanced",
             Reason::FlowBackendDown => "flow_backend_down",
+            Reason::DropNoNextHop => "drop_no_next_hop",
         }
     }
 }
@@ -134,7 +138,7 @@ mod tests {
 
     #[test]
     fn counter_ranges_do_not_overlap() {
-        assert!(reason_counter(Reason::FlowBackendDown) < vip_counter(0));
+        assert!(reason_counter(Reason::DropNoNextHop) < vip_counter(0));
         assert!(vip_counter(MAX_VIPS - 1) < backend_counter(0));
         assert!(backend_counter(MAX_BACKENDS - 1) < backend_new_flow_counter(0));
         assert_eq!(backend_new_flow_counter(MAX_BACKENDS - 1), STATS_ENTRIES - 1);

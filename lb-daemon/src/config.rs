@@ -26,6 +26,22 @@
 //!   (direct server return; backends hold the VIP and answer clients themselves, so a backend's
 //!   port must equal the VIP port).
 //! - One service is one address family: its VIPs and backends are all IPv4 or all IPv6.
+//! - A pool may have a `[services.pools.<name>.health]` table ([`HealthConfig`]): active health
+//!   checks of each of its backends. Every key is optional:
+//!
+//!   | key           | default      | meaning                                                    |
+//!   |---------------|--------------|------------------------------------------------------------|
+//!   | `enabled`     | `true`       | `false`: the pool's backends are always considered up      |
+//!   | `interval`    | `"1s"`       | time between checks, `"50ms"` ..= `"1h"`                   |
+//!   | `timeout`     | `"500ms"`    | bound of one check, more than 0 and at most `interval`     |
+//!   | `rise`        | `2`          | consecutive successes that bring a down backend up, 1..=100 |
+//!   | `fall`        | `2`          | consecutive failures that take an up backend down, 1..=100 |
+//!   | `http_path`   | none         | `"/path"`: send `GET /path HTTP/1.0` after connecting      |
+//!   | `http_status` | `[200, 299]` | accepted status codes (with `http_path`), in 100..=599     |
+//!
+//!   Durations are strings such as `"500ms"`, `"2s"` or `"1m 30s"`. Without `http_path` a check
+//!   passes when a TCP connection is established within the timeout; with it, when the status
+//!   line of the answer arrives within the timeout and its code is in `http_status`.
 //!
 //! # Errors
 //!
@@ -39,6 +55,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use lb_common::maglev::is_prime;
 use lb_common::maps::{
@@ -61,6 +78,14 @@ pub const RING_SLOTS_PER_BACKEND: u64 = 100;
 pub const MAX_RING_SIZE: u32 = u32::MAX / DEFAULT_TABLE_SLOTS;
 /// Shortest accepted `api.token`.
 pub const MIN_TOKEN_LEN: usize = 16;
+/// Shortest accepted health-check `interval`.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest accepted health-check `interval`.
+pub const MAX_HEALTH_INTERVAL: Duration = Duration::from_secs(3600);
+/// Largest accepted health-check `rise` and `fall`.
+pub const MAX_RISE_FALL: u32 = 100;
+/// Longest accepted health-check `http_path`, in characters.
+pub const MAX_HTTP_PATH_LEN: usize = 1024;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -187,6 +212,51 @@ pub struct PoolConfig {
     /// (default 1; at most the number of backends).
     #[serde(default = "default_min_healthy")]
     pub min_healthy: u32,
+    /// Active health checks of the pool's backends (`[services.pools.<name>.health]`, all
+    /// defaults when left out).
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+/// Active health checks of one pool's backends (`[services.pools.<name>.health]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Whether backends are checked at all (default `true`); when `false` they are always up.
+    pub enabled: bool,
+    /// Time between two checks of one backend (default 1s; `50ms..=1h`). TOML: a string such as
+    /// `"500ms"` or `"2s"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// Bound of one check, connection and (with `http_path`) status line included (default
+    /// 500ms; more than 0 and at most `interval`). TOML: a string such as `"200ms"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Consecutive successful checks that bring a down backend up (default 2; `1..=100`).
+    pub rise: u32,
+    /// Consecutive failed checks that take an up backend down (default 2; `1..=100`).
+    pub fall: u32,
+    /// When set, a check sends `GET <path> HTTP/1.0` (with a `Host` header) after connecting and
+    /// looks at the status code. Starts with `/`, no whitespace or control characters, at most
+    /// [`MAX_HTTP_PATH_LEN`] characters. Default: none (a TCP connect check).
+    pub http_path: Option<String>,
+    /// Inclusive range of status codes that pass an HTTP check (default `[200, 299]`; both in
+    /// `100..=599`, first at most second). Ignored without `http_path`.
+    pub http_status: (u16, u16),
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 2,
+            http_path: None,
+            http_status: (200, 299),
+        }
+    }
 }
 
 /// One backend: `"ip:port"` or `{ addr = "ip:port", weight = N }` in TOML.
@@ -591,6 +661,7 @@ impl Config {
                         ),
                     );
                 }
+                pool.health.check(p, &format!("{pk}.health"));
                 let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
                 for (k, b) in pool.backends.iter().enumerate() {
                     let bk = format!("{pk}.backends[{k}]");
@@ -734,6 +805,80 @@ impl ApiConfig {
     }
 }
 
+impl HealthConfig {
+    /// Pushes one problem per broken rule, under `key` (`….pools.<name>.health`).
+    fn check(&self, p: &mut Problems, key: &str) {
+        let (interval, timeout) = (self.interval, self.timeout);
+        if !(MIN_HEALTH_INTERVAL..=MAX_HEALTH_INTERVAL).contains(&interval) {
+            p.push(
+                format!("{key}.interval"),
+                format!(
+                    "{} is out of range ({}..={})",
+                    humantime::format_duration(interval),
+                    humantime::format_duration(MIN_HEALTH_INTERVAL),
+                    humantime::format_duration(MAX_HEALTH_INTERVAL)
+                ),
+            );
+        }
+        if timeout.is_zero() {
+            p.push(format!("{key}.timeout"), "must be more than 0");
+        } else if timeout > interval {
+            p.push(
+                format!("{key}.timeout"),
+                format!(
+                    "{} is longer than the interval {}: a check must end before the next starts",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
+        for (name, value) in [("rise", self.rise), ("fall", self.fall)] {
+            if !(1..=MAX_RISE_FALL).contains(&value) {
+                p.push(
+                    format!("{key}.{name}"),
+                    format!("{value} is out of range (1..={MAX_RISE_FALL})"),
+                );
+            }
+        }
+        if let Some(path) = &self.http_path {
+            let path_key = format!("{key}.http_path");
+            if !path.starts_with('/') {
+                p.push(&path_key, format!("{path:?} must start with '/'"));
+            }
+            if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                p.push(
+                    &path_key,
+                    format!(
+                        "{path:?} contains whitespace or control characters (it is sent in the \
+                         HTTP request line)"
+                    ),
+                );
+            }
+            let n = path.chars().count();
+            if n > MAX_HTTP_PATH_LEN {
+                p.push(
+                    &path_key,
+                    format!("too long ({n} characters); at most {MAX_HTTP_PATH_LEN}"),
+                );
+            }
+        }
+        let (lo, hi) = self.http_status;
+        let status_key = format!("{key}.http_status");
+        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) {
+            p.push(
+                &status_key,
+                format!("[{lo}, {hi}]: HTTP status codes are in 100..=599"),
+            );
+        }
+        if lo > hi {
+            p.push(
+                &status_key,
+                format!("[{lo}, {hi}]: the first code must not be above the second"),
+            );
+        }
+    }
+}
+
 impl ServiceConfig {
     /// The pool named `name`.
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
@@ -847,6 +992,16 @@ const BAD_ADDR_HINT: &str = "expected IPv4:port or [IPv6]:port with a port 1-655
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse()
         .map_err(|_| format!("invalid socket address {text:?} ({BAD_ADDR_HINT})"))
+}
+
+/// Reads a duration written as a string such as `"500ms"` or `"2s"`.
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        de::Error::custom(format!(
+            "invalid duration {text:?} ({e}; expected e.g. \"500ms\" or \"2s\")"
+        ))
+    })
 }
 
 fn index_prefix(what: &str, index: Option<usize>) -> String {
@@ -1134,6 +1289,26 @@ backends = [
 # A switch to this pool is refused (unless forced) while fewer backends are healthy.
 min_healthy = 1
 
+# Active health checks of this pool's backends (optional table; every key optional). A backend
+# goes down after `fall` consecutive failed checks and comes back after `rise` consecutive
+# successful ones; a down backend leaves the pool's Maglev table. Backends start up.
+[services.pools.pool-a.health]
+# false: never check, the backends are always up.
+enabled = true
+# Time between two checks of one backend, "50ms" ..= "1h" (e.g. "500ms", "2s", "1m 30s").
+interval = "1s"
+# Bound of one check (connect, and with http_path the status line), more than 0, <= interval.
+timeout = "500ms"
+# Consecutive successes that bring a down backend up, 1..=100.
+rise = 2
+# Consecutive failures that take an up backend down, 1..=100.
+fall = 2
+# Default: a TCP connect check. With http_path, the check sends
+# `GET <http_path> HTTP/1.0` (with a Host header) and passes when the status code is in
+# http_status (inclusive, 100..=599). The path starts with '/', without spaces.
+# http_path = "/healthz"
+http_status = [200, 299]
+
 [services.pools.pool-b]
 backends = ["10.0.2.1:8080", "10.0.2.2:8080"]
 min_healthy = 2
@@ -1294,11 +1469,13 @@ min_healthy = 2
                     name: "pool-a".into(),
                     backends: vec![backend("10.0.1.1:8080", 1), backend("10.0.1.2:8080", 2)],
                     min_healthy: 1,
+                    health: HealthConfig::default(),
                 },
                 PoolConfig {
                     name: "pool-b".into(),
                     backends: vec![backend("10.0.2.1:8080", 1), backend("10.0.2.2:8080", 1)],
                     min_healthy: 2,
+                    health: HealthConfig::default(),
                 },
             ]
         );
@@ -1342,6 +1519,14 @@ min_healthy = 2
             "backends",
             "weight",
             "min_healthy",
+            "[services.pools.pool-a.health]",
+            "enabled",
+            "interval",
+            "timeout",
+            "rise",
+            "fall",
+            "http_path",
+            "http_status",
         ] {
             assert!(
                 EXAMPLE_CONFIG.contains(key),
@@ -1354,6 +1539,13 @@ min_healthy = 2
             .replace("# token = ", "token = ");
         let c = Config::from_toml_str(&uncommented).unwrap();
         assert_eq!(c.api.tcp, Some(sa("127.0.0.1:9180")));
+        // So is the commented-out HTTP check.
+        let http = EXAMPLE_CONFIG.replace("# http_path = ", "http_path = ");
+        let c = Config::from_toml_str(&http).unwrap();
+        assert_eq!(
+            c.services[0].pools[0].health.http_path.as_deref(),
+            Some("/healthz")
+        );
     }
 
     #[test]
@@ -1989,5 +2181,198 @@ min_healthy = 2
             .unwrap()
             .to_string();
         assert!(err.contains("invalid socket address \"nope\""), "{err}");
+    }
+
+    /// `BRIEF_EXAMPLE` with `body` as pool-b's `[…health]` table.
+    fn with_health(body: &str) -> String {
+        format!("{BRIEF_EXAMPLE}\n[services.pools.pool-b.health]\n{body}\n")
+    }
+
+    const HEALTH_KEY: &str = "services[0] (web).pools.pool-b.health";
+
+    #[test]
+    fn health_defaults() {
+        let h = HealthConfig::default();
+        assert!(h.enabled);
+        assert_eq!(h.interval, Duration::from_secs(1));
+        assert_eq!(h.timeout, Duration::from_millis(500));
+        assert_eq!((h.rise, h.fall), (2, 2));
+        assert_eq!(h.http_path, None);
+        assert_eq!(h.http_status, (200, 299));
+        let c = Config::from_toml_str(BRIEF_EXAMPLE).unwrap();
+        for pool in &c.services[0].pools {
+            assert_eq!(pool.health, h, "{}", pool.name);
+        }
+        // An empty table is all defaults; the example config spells the defaults out.
+        let c = Config::from_toml_str(&with_health("")).unwrap();
+        assert_eq!(c.services[0].pools[1].health, h);
+        let c = Config::from_toml_str(EXAMPLE_CONFIG).unwrap();
+        assert!(c.services.iter().flat_map(|s| &s.pools).all(|p| p.health == h));
+        // Keys left out keep their defaults.
+        let c = Config::from_toml_str(&with_health("fall = 5")).unwrap();
+        assert_eq!(
+            c.services[0].pools[1].health,
+            HealthConfig { fall: 5, ..HealthConfig::default() }
+        );
+    }
+
+    #[test]
+    fn health_full_table_parses() {
+        let text = with_health(
+            "enabled = false\ninterval = \"2s 500ms\"\ntimeout = \"250ms\"\nrise = 3\n\
+             fall = 100\nhttp_path = \"/healthz?full=1\"\nhttp_status = [200, 204]",
+        );
+        let c = Config::from_toml_str(&text).unwrap();
+        let pools = &c.services[0].pools;
+        assert_eq!(pools[0].health, HealthConfig::default());
+        assert_eq!(
+            pools[1].health,
+            HealthConfig {
+                enabled: false,
+                interval: Duration::from_millis(2500),
+                timeout: Duration::from_millis(250),
+                rise: 3,
+                fall: 100,
+                http_path: Some("/healthz?full=1".into()),
+                http_status: (200, 204),
+            }
+        );
+        // Bounds are inclusive.
+        let text = with_health(
+            "interval = \"1h\"\ntimeout = \"1h\"\nrise = 1\nfall = 1\n\
+             http_path = \"/\"\nhttp_status = [100, 599]",
+        );
+        Config::from_toml_str(&text).unwrap();
+        let text = with_health("interval = \"50ms\"\ntimeout = \"50ms\"\nhttp_status = [503, 503]");
+        Config::from_toml_str(&text).unwrap();
+        let long = format!("http_path = \"/{}\"", "a".repeat(MAX_HTTP_PATH_LEN - 1));
+        Config::from_toml_str(&with_health(&long)).unwrap();
+    }
+
+    #[test]
+    fn health_interval_range() {
+        let key = format!("{HEALTH_KEY}.interval");
+        for bad in ["49ms", "1h 1ms", "0s"] {
+            let text = with_health(&format!("interval = \"{bad}\"\ntimeout = \"1ms\""));
+            assert_eq!(keys(&text), [key.as_str()], "{bad}");
+        }
+        let text = with_health("interval = \"10ms\"\ntimeout = \"10ms\"");
+        assert_eq!(reason(&text, &key), "10ms is out of range (50ms..=1h)");
+    }
+
+    #[test]
+    fn health_timeout_rules() {
+        let key = format!("{HEALTH_KEY}.timeout");
+        let text = with_health("timeout = \"0s\"");
+        assert_eq!(keys(&text), [key.as_str()]);
+        assert_eq!(reason(&text, &key), "must be more than 0");
+        let text = with_health("interval = \"1s\"\ntimeout = \"1s 1ms\"");
+        assert_eq!(keys(&text), [key.as_str()]);
+        assert!(
+            reason(&text, &key).starts_with("1s 1ms is longer than the interval 1s"),
+            "{}",
+            reason(&text, &key)
+        );
+        // The default timeout (500ms) against a shorter interval.
+        let text = with_health("interval = \"100ms\"");
+        assert_eq!(keys(&text), [key.as_str()]);
+    }
+
+    #[test]
+    fn health_rise_fall_range() {
+        for field in ["rise", "fall"] {
+            let key = format!("{HEALTH_KEY}.{field}");
+            for bad in [0, 101] {
+                let text = with_health(&format!("{field} = {bad}"));
+                assert_eq!(keys(&text), [key.as_str()], "{field} = {bad}");
+                assert_eq!(
+                    reason(&text, &key),
+                    format!("{bad} is out of range (1..=100)")
+                );
+            }
+            let msg = parse_error(&with_health(&format!("{field} = -1")));
+            assert!(msg.contains("line 22"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn health_http_path_rules() {
+        let key = format!("{HEALTH_KEY}.http_path");
+        for bad in ["", "healthz", "/a b", "/a\tb", "/a\u{7f}", "/\u{a0}"] {
+            let text = with_health(&format!("http_path = {bad:?}"));
+            assert_eq!(keys(&text), [key.as_str()], "{bad:?}");
+        }
+        assert!(reason(&with_health("http_path = \"x\""), &key).contains("must start with '/'"));
+        assert!(
+            reason(&with_health("http_path = \"/a b\""), &key).contains("whitespace or control")
+        );
+        // Both rules broken: both reported.
+        let both = with_health("http_path = \"a b\"");
+        assert_eq!(keys(&both), [key.as_str(), key.as_str()]);
+        let long = format!("http_path = \"/{}\"", "a".repeat(MAX_HTTP_PATH_LEN));
+        let text = with_health(&long);
+        assert_eq!(keys(&text), [key.as_str()]);
+        assert_eq!(
+            reason(&text, &key),
+            "too long (1025 characters); at most 1024"
+        );
+    }
+
+    #[test]
+    fn health_http_status_rules() {
+        let key = format!("{HEALTH_KEY}.http_status");
+        for bad in ["[99, 200]", "[200, 600]", "[0, 0]"] {
+            let text = with_health(&format!("http_status = {bad}"));
+            assert_eq!(keys(&text), [key.as_str()], "{bad}");
+            assert!(reason(&text, &key).contains("100..=599"), "{bad}");
+        }
+        let text = with_health("http_status = [300, 200]");
+        assert_eq!(keys(&text), [key.as_str()]);
+        assert_eq!(
+            reason(&text, &key),
+            "[300, 200]: the first code must not be above the second"
+        );
+        // Not a pair of small integers: a parse error with the line.
+        for bad in ["[200]", "[200, 299, 300]", "[200, 70000]", "200"] {
+            let msg = parse_error(&with_health(&format!("http_status = {bad}")));
+            assert!(msg.contains("line 22"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn health_parse_errors() {
+        let msg = parse_error(&with_health("interval = \"fast\""));
+        assert!(msg.contains("invalid duration \"fast\""), "{msg}");
+        assert!(msg.contains("line 22"), "{msg}");
+        let msg = parse_error(&with_health("timeout = 500"));
+        assert!(msg.contains("line 22"), "{msg}");
+        let msg = parse_error(&with_health("intervall = \"1s\""));
+        assert!(msg.contains("unknown field `intervall`"), "{msg}");
+        assert!(msg.contains("line 22"), "{msg}");
+        let msg = parse_error(&with_health("enabled = \"yes\""));
+        assert!(msg.contains("line 22"), "{msg}");
+    }
+
+    #[test]
+    fn health_problems_reported_with_others() {
+        let text = with_health(
+            "interval = \"2h\"\ntimeout = \"0ms\"\nrise = 0\nfall = 0\nhttp_path = \"x\"\n\
+             http_status = [600, 100]",
+        )
+        .replace("min_healthy = 2", "min_healthy = 3");
+        let k = |s: &str| format!("{HEALTH_KEY}.{s}");
+        assert_eq!(
+            keys(&text),
+            [
+                "services[0] (web).pools.pool-b.min_healthy".to_owned(),
+                k("interval"),
+                k("timeout"),
+                k("rise"),
+                k("fall"),
+                k("http_path"),
+                k("http_status"),
+                k("http_status"),
+            ]
+        );
     }
 }

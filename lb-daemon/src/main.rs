@@ -93,7 +93,7 @@ fn run(args: Args) -> Result<()> {
         flow_entries: config.flow_table_size,
     };
     let pins = PinDir(config.pin_dir());
-    let (dp, adopted) = Dataplane::open_pinned(options, pins.clone())?;
+    let (dp, adopted) = Dataplane::open_pinned(options, pins.clone(), &config.state_dir.join(format!("{}.dataplane.json", config.instance)))?;
     tracing::info!(instance = %config.instance, adopted, pins = %pins.0.display(), "data plane loaded");
     let token = match (&config.api.token, &config.api.token_file) {
         (Some(t), _) => Some(t.clone()),

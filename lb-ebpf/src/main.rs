@@ -31,7 +31,7 @@ use lb_common::{
         MAX_VIPS_PER_BACKEND, NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED,
         Service, VipValue,
     },
-    packet::{TCP_FIN, TCP_RST},
+    packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::{Reason, backend_counter, backend_new_flow_counter, reason_counter, vip_counter},
 };
 
@@ -175,12 +175,21 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
         Some(b) => b.flags & BACKEND_UP != 0,
         None => false,
     };
-    if flow.epoch != svc.epoch || !backend_up {
+    // A bare SYN on a flow that already closed is a new connection reusing the 5-tuple: it
+    // follows the current table like any new flow (a retransmitted SYN of a live flow does not).
+    let reopened = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.flags & (FLOW_FIN | FLOW_RST) != 0;
+    if flow.epoch != svc.epoch || !backend_up || reopened {
         let Some(backend) = pick(svc, pkt) else {
             return Some(drop(Reason::DropNoBackend, bytes));
         };
-        let why = if flow.epoch != svc.epoch { Reason::FlowRebalanced } else { Reason::FlowBackendDown };
-        count(reason_counter(why), bytes);
+        if reopened {
+            flow.flags = 0;
+            count(reason_counter(Reason::NewFlow), bytes);
+            count(backend_new_flow_counter(backend), bytes);
+        } else {
+            let why = if flow.epoch != svc.epoch { Reason::FlowRebalanced } else { Reason::FlowBackendDown };
+            count(reason_counter(why), bytes);
+        }
         flow.backend = backend;
         flow.epoch = svc.epoch;
     }
@@ -246,12 +255,14 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, backend: u32, vip_i
     }
     let nh = unsafe { &mut *nh };
     if !nexthop::is_fresh(nh, now) && !nexthop::resolve(ctx, b.family, &pkt.key.src, &b.addr, now, nh) {
-        // The kernel forwards it (NAT: already addressed to the backend) and resolves the
-        // neighbour; later packets take the fast path.
+        // NAT: the kernel forwards the packet (already addressed to the backend) and resolves
+        // the neighbour; later packets take the fast path. DSR: the kernel could only route the
+        // VIP back to us (or answer "unreachable"), so drop and let the client retransmit.
         if nat {
             rewrite_dst(pkt, &b.addr, b.port);
+            return pass(Reason::PassNoNextHop, bytes);
         }
-        return pass(Reason::PassNoNextHop, bytes);
+        return drop(Reason::DropNoNextHop, bytes);
     }
     let action = egress_action(ctx, nh.ifindex);
     if action == xdp_action::XDP_PASS {

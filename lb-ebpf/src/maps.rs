@@ -34,9 +34,6 @@ pub static TABLES: Array<u32> = Array::with_max_entries(DEFAULT_TABLE_SLOTS * DE
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// LRU maps keep one LRU list per CPU instead of one shared, lock-protected list: inserting a
-/// new flow takes no global lock. The entries themselves stay shared by all CPUs.
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Client-side 5-tuple → backend, service epoch, last seen. Written by the XDP program; shared by
 /// all CPUs so a flow keeps its backend whichever CPU sees its next packet (drain relies on it).

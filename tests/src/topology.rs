@@ -128,21 +128,27 @@ impl TopologyOptions {
 /// Finds the `test-backend` binary: `$LB_TEST_BACKEND` if set, otherwise `test-backend` in the
 /// directory of the current executable or in its parent (for test binaries in `deps/`).
 pub fn find_test_backend() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("LB_TEST_BACKEND") {
+    find_binary("test-backend", "LB_TEST_BACKEND")
+}
+
+/// Finds a workspace binary: `$<env_var>` if set, otherwise `name` in the directory of the
+/// current executable or in its parent (for test binaries in `deps/`).
+pub fn find_binary(name: &str, env_var: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env_var) {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe().context("current executable")?;
     let mut dir = exe.parent();
     for _ in 0..2 {
         let Some(d) = dir else { break };
-        let candidate = d.join("test-backend");
+        let candidate = d.join(name);
         if candidate.is_file() {
             return Ok(candidate);
         }
         dir = d.parent();
     }
     bail!(
-        "test-backend not found next to {} (build it with `cargo build -p lb-tests --bin test-backend`, or set LB_TEST_BACKEND)",
+        "{name} not found next to {} (build the workspace's binaries with `cargo build --release --workspace --bins`, or set {env_var})",
         exe.display()
     )
 }

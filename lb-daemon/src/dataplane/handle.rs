@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::{
     ffi::CString,
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 use lb_common::{
     filter::{FILTER_WORDS, filter_bit, word_and_mask},
@@ -106,8 +106,8 @@ pub enum AttachMode {
     Generic,
 }
 
-/// Where an instance keeps its pins: `<dir>/maps/<MAP>`, `<dir>/links/<interface>` and
-/// `<dir>/options.json` (the sizes the maps were created with).
+/// Where an instance keeps its pins: `<dir>/maps/<MAP>` and `<dir>/links/<interface>` (bpffs
+/// holds only BPF objects; the sizes the maps were created with are kept beside the state file).
 #[derive(Clone, Debug)]
 pub struct PinDir(pub PathBuf);
 
@@ -117,9 +117,6 @@ impl PinDir {
     }
     fn link(&self, iface: &str) -> PathBuf {
         self.0.join("links").join(iface)
-    }
-    fn options(&self) -> PathBuf {
-        self.0.join("options.json")
     }
 }
 
@@ -163,16 +160,16 @@ impl Dataplane {
     /// Loads the program with its maps pinned under `pins`: maps already pinned there (by an
     /// earlier daemon, also one killed with -9) are adopted with their contents, flows included;
     /// missing ones are created and pinned. Returns whether state was adopted. When adopting,
-    /// the sizes the maps were created with win over `options` (they cannot change without
-    /// starting from scratch); a difference is logged.
-    pub fn open_pinned(options: DataplaneOptions, pins: PinDir) -> Result<(Self, bool), DataplaneError> {
+    /// the sizes the maps were created with (recorded in `options_file`) win over `options`
+    /// (they cannot change without starting from scratch); a difference is logged.
+    pub fn open_pinned(options: DataplaneOptions, pins: PinDir, options_file: &Path) -> Result<(Self, bool), DataplaneError> {
         let io = |what: &str, e: std::io::Error| DataplaneError::Pin(format!("{what}: {e}"));
         fs::create_dir_all(pins.maps()).map_err(|e| io("creating the pin folder", e))?;
         fs::create_dir_all(pins.0.join("links")).map_err(|e| io("creating the pin folder", e))?;
         let adopted = pins.maps().join("SERVICES").exists();
         let mut effective = options;
         if adopted {
-            if let Ok(text) = fs::read_to_string(pins.options()) {
+            if let Ok(text) = fs::read_to_string(options_file) {
                 if let Ok(pinned) = serde_json::from_str::<DataplaneOptions>(&text) {
                     if pinned != options {
                         tracing::warn!(?pinned, configured = ?options, "pinned maps were created with other sizes; keeping the pinned ones until a restart with `lbctl shutdown --detach`");
@@ -183,7 +180,10 @@ impl Dataplane {
         }
         let dp = Self::load_with(effective, Some(pins.clone()))?;
         let text = serde_json::to_string(&effective).expect("options serialize");
-        fs::write(pins.options(), text).map_err(|e| io("writing options.json", e))?;
+        if let Some(dir) = options_file.parent() {
+            fs::create_dir_all(dir).map_err(|e| io("creating the state folder", e))?;
+        }
+        fs::write(options_file, text).map_err(|e| io("writing the data-plane options", e))?;
         Ok((dp, adopted))
     }
 

@@ -3,9 +3,9 @@
 //! Maglev tables for a pool or a split.
 
 use crate::{
-    api::model::PoolWeight,
+    api::model::{Active, PoolWeight},
     config::{Config, ForwardMode},
-    engine::state::PersistedState,
+    engine::state::{PersistedState, ServiceState},
 };
 use lb_common::{
     maglev::{MaglevBackend, build_table},
@@ -133,6 +133,11 @@ pub fn plan(config: &Config, state: &mut PersistedState) -> anyhow::Result<Layou
             None => {
                 let id = allocate(&mut state.next_service_id, &used_services, MAX_SERVICES, "service")?;
                 used_services.insert(id);
+                // A new service starts on its configured pool.
+                state.services.insert(
+                    svc.name.clone(),
+                    ServiceState { id, active: Active::Pool(svc.active.clone()), previous: None, epoch: 1 },
+                );
                 id
             }
         };
