@@ -29,15 +29,15 @@
 //! - A pool may have a `[services.pools.<name>.health]` table ([`HealthConfig`]): active health
 //!   checks of each of its backends. Every key is optional:
 //!
-//!   | key           | default      | meaning                                                    |
-//!   |---------------|--------------|------------------------------------------------------------|
-//!   | `enabled`     | `true`       | `false`: the pool's backends are always considered up      |
-//!   | `interval`    | `"1s"`       | time between checks, `"50ms"` ..= `"1h"`                   |
-//!   | `timeout`     | `"500ms"`    | bound of one check, more than 0 and at most `interval`     |
+//!   | key           | default      | meaning                                                     |
+//!   |---------------|--------------|-------------------------------------------------------------|
+//!   | `enabled`     | `true`       | `false`: the backends are never checked, always up          |
+//!   | `interval`    | `"1s"`       | time between two checks of a backend, `"50ms"` ..= `"1h"`   |
+//!   | `timeout`     | `"500ms"`    | bound of one check, more than 0 and at most `interval`      |
 //!   | `rise`        | `2`          | consecutive successes that bring a down backend up, 1..=100 |
-//!   | `fall`        | `2`          | consecutive failures that take an up backend down, 1..=100 |
-//!   | `http_path`   | none         | `"/path"`: send `GET /path HTTP/1.0` after connecting      |
-//!   | `http_status` | `[200, 299]` | accepted status codes (with `http_path`), in 100..=599     |
+//!   | `fall`        | `2`          | consecutive failures that take an up backend down, 1..=100  |
+//!   | `http_path`   | none         | `"/path"`: send `GET /path HTTP/1.0` after connecting       |
+//!   | `http_status` | `[200, 299]` | status codes that pass (with `http_path`), in 100..=599     |
 //!
 //!   Durations are strings such as `"500ms"`, `"2s"` or `"1m 30s"`. Without `http_path` a check
 //!   passes when a TCP connection is established within the timeout; with it, when the status
@@ -242,6 +242,7 @@ pub struct HealthConfig {
     pub http_path: Option<String>,
     /// Inclusive range of status codes that pass an HTTP check (default `[200, 299]`; both in
     /// `100..=599`, first at most second). Ignored without `http_path`.
+    #[serde(deserialize_with = "de_status_range")]
     pub http_status: (u16, u16),
 }
 
@@ -809,7 +810,9 @@ impl HealthConfig {
     /// Pushes one problem per broken rule, under `key` (`….pools.<name>.health`).
     fn check(&self, p: &mut Problems, key: &str) {
         let (interval, timeout) = (self.interval, self.timeout);
-        if !(MIN_HEALTH_INTERVAL..=MAX_HEALTH_INTERVAL).contains(&interval) {
+        // (An out-of-range interval is not compared with the timeout.)
+        let interval_ok = (MIN_HEALTH_INTERVAL..=MAX_HEALTH_INTERVAL).contains(&interval);
+        if !interval_ok {
             p.push(
                 format!("{key}.interval"),
                 format!(
@@ -822,7 +825,7 @@ impl HealthConfig {
         }
         if timeout.is_zero() {
             p.push(format!("{key}.timeout"), "must be more than 0");
-        } else if timeout > interval {
+        } else if interval_ok && timeout > interval {
             p.push(
                 format!("{key}.timeout"),
                 format!(
@@ -1002,6 +1005,17 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             "invalid duration {text:?} ({e}; expected e.g. \"500ms\" or \"2s\")"
         ))
     })
+}
+
+/// Reads `[lo, hi]`: exactly two status codes.
+fn de_status_range<'de, D: Deserializer<'de>>(d: D) -> Result<(u16, u16), D::Error> {
+    match Vec::<u16>::deserialize(d)?.as_slice() {
+        &[lo, hi] => Ok((lo, hi)),
+        other => Err(de::Error::custom(format!(
+            "expected two status codes [lo, hi], found {} value(s)",
+            other.len()
+        ))),
+    }
 }
 
 fn index_prefix(what: &str, index: Option<usize>) -> String {
@@ -2207,12 +2221,20 @@ min_healthy = 2
         let c = Config::from_toml_str(&with_health("")).unwrap();
         assert_eq!(c.services[0].pools[1].health, h);
         let c = Config::from_toml_str(EXAMPLE_CONFIG).unwrap();
-        assert!(c.services.iter().flat_map(|s| &s.pools).all(|p| p.health == h));
+        assert!(
+            c.services
+                .iter()
+                .flat_map(|s| &s.pools)
+                .all(|p| p.health == h)
+        );
         // Keys left out keep their defaults.
         let c = Config::from_toml_str(&with_health("fall = 5")).unwrap();
         assert_eq!(
             c.services[0].pools[1].health,
-            HealthConfig { fall: 5, ..HealthConfig::default() }
+            HealthConfig {
+                fall: 5,
+                ..HealthConfig::default()
+            }
         );
     }
 
@@ -2252,8 +2274,9 @@ min_healthy = 2
     #[test]
     fn health_interval_range() {
         let key = format!("{HEALTH_KEY}.interval");
-        for bad in ["49ms", "1h 1ms", "0s"] {
-            let text = with_health(&format!("interval = \"{bad}\"\ntimeout = \"1ms\""));
+        for bad in ["49ms", "1h 1ms", "0s", "2h"] {
+            // An out-of-range interval is not compared with the timeout as well.
+            let text = with_health(&format!("interval = \"{bad}\"\ntimeout = \"1s\""));
             assert_eq!(keys(&text), [key.as_str()], "{bad}");
         }
         let text = with_health("interval = \"10ms\"\ntimeout = \"10ms\"");
@@ -2298,8 +2321,15 @@ min_healthy = 2
     #[test]
     fn health_http_path_rules() {
         let key = format!("{HEALTH_KEY}.http_path");
-        for bad in ["", "healthz", "/a b", "/a\tb", "/a\u{7f}", "/\u{a0}"] {
-            let text = with_health(&format!("http_path = {bad:?}"));
+        for bad in [
+            r#""""#,
+            r#""healthz""#,
+            r#""/a b""#,
+            r#""/a\tb""#,
+            r#""/a\u007f""#,
+            r#""/\u00a0""#,
+        ] {
+            let text = with_health(&format!("http_path = {bad}"));
             assert_eq!(keys(&text), [key.as_str()], "{bad:?}");
         }
         assert!(reason(&with_health("http_path = \"x\""), &key).contains("must start with '/'"));
@@ -2333,10 +2363,21 @@ min_healthy = 2
             "[300, 200]: the first code must not be above the second"
         );
         // Not a pair of small integers: a parse error with the line.
-        for bad in ["[200]", "[200, 299, 300]", "[200, 70000]", "200"] {
+        for bad in [
+            "[200]",
+            "[200, 299, 300]",
+            "[200, 70000]",
+            "[200, -1]",
+            "200",
+        ] {
             let msg = parse_error(&with_health(&format!("http_status = {bad}")));
             assert!(msg.contains("line 22"), "{bad}: {msg}");
         }
+        let msg = parse_error(&with_health("http_status = [200, 299, 300]"));
+        assert!(
+            msg.contains("expected two status codes [lo, hi], found 3"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -260,6 +260,8 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, backend: u32, vip_i
         // VIP back to us (or answer "unreachable"), so drop and let the client retransmit.
         if nat {
             rewrite_dst(pkt, &b.addr, b.port);
+            count(vip_counter(vip_index), bytes);
+            count(backend_counter(backend), bytes);
             return pass(Reason::PassNoNextHop, bytes);
         }
         return drop(Reason::DropNoNextHop, bytes);
