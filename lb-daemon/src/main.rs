@@ -106,6 +106,7 @@ fn run(args: Args) -> Result<()> {
     let engine = Arc::new(Engine::start(args.config.clone(), config, dp, adopted)?);
     engine.attach_interfaces()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    engine.start_background(runtime.handle().clone());
     let kind = runtime.block_on(async {
         let mut requested = engine.shutdown_requested();
         let stop = {

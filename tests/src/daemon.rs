@@ -45,6 +45,8 @@ pub fn config_toml(instance: &str, dir: &Path, iface: &str, services: &[ServiceS
         for (pool, backends) in &s.pools {
             let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
             t += &format!("\n[services.pools.{pool}]\nbackends = [{}]\n", list.join(", "));
+            // Fast health checks, so tests see a dead backend leave within ~0.5 s.
+            t += &format!("\n[services.pools.{pool}.health]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n");
         }
     }
     t

@@ -13,8 +13,17 @@ fn pool_b_packets(view: &ServiceView) -> u64 {
 }
 
 #[test]
-fn drain_keeps_long_lived_connections_and_hard_moves_them() {
-    let s = setup("drn", "nat").expect("setup");
+fn nat_drain_keeps_long_lived_connections_and_hard_moves_them() {
+    drain_then_hard("nat");
+}
+
+#[test]
+fn dsr_drain_keeps_long_lived_connections_and_hard_moves_them() {
+    drain_then_hard("dsr");
+}
+
+fn drain_then_hard(mode: &str) {
+    let s = setup(&format!("dr{}", &mode[..1]), mode).expect("setup");
     let mut conns = LongLived::open(s.topo.client(), web_vip(), 6).expect("long-lived connections");
     let first: Vec<String> = conns.ask().into_iter().map(|r| r.expect("answer")).collect();
     assert!(first.iter().all(|b| in_pool_a(b)), "{first:?}");

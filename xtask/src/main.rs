@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask build | test | bench`. The first run sets up everything the eBPF
+//! Project tasks: `cargo xtask build | test | bench | demo`. The first run sets up everything the eBPF
 //! build needs (pinned nightly with rust-src, bpf-linker built against that nightly's LLVM) and
 //! caches it; later runs only check that it is there.
 
@@ -6,8 +6,9 @@ mod ebpf;
 mod system;
 mod toolchain;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
+use std::process::Command as Process;
 
 #[derive(Parser)]
 #[command(about = "Build, test and benchmark the load balancer", long_about = None)]
@@ -27,15 +28,27 @@ enum Command {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Data-plane benchmark: kernel-reported ns/packet by BPF_PROG_TEST_RUN.
+    /// Benchmarks: data plane (kernel-reported ns/packet by BPF_PROG_TEST_RUN), then control
+    /// plane (switch latency, and connections/s, failures and convergence through the VIP during
+    /// repeated switches, in network namespaces). Needs root.
     Bench {
-        /// Repeats per test_run call.
+        /// Data plane: repeats per test_run call.
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
-        /// test_run calls per case (min/median/max are over these).
+        /// Data plane: test_run calls per case (min/median/max are over these).
         #[arg(long, default_value_t = 5)]
         runs: u32,
+        /// Control plane: switches by lbctl under load per run.
+        #[arg(long, default_value_t = 100)]
+        switches: u32,
+        /// Control plane: runs, each on a fresh setup (medians, min and max are over these).
+        #[arg(long, default_value_t = 3)]
+        cp_runs: u32,
     },
+    /// A guided tour in about half a minute: namespaces with a client, the balancer and two
+    /// pools, live traffic, `lbctl switch pool-b` and `lbctl rollback`; cleans up after itself
+    /// (also on Ctrl-C). Needs root.
+    Demo,
     /// Only set up the eBPF toolchain (nightly, rust-src, bpf-linker).
     Setup,
 }
@@ -56,6 +69,8 @@ fn main() -> Result<()> {
             system::ensure_debian_packages(&[("ip", "iproute2"), ("ethtool", "ethtool")])?;
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
+            // The end-to-end tests run the real lb-daemon, lbctl and test-backend binaries.
+            system::cargo(&["build", "--release", "--workspace", "--bins"])?;
             let mut args = vec!["test", "--workspace", "--release"];
             if !cargo_args.is_empty() {
                 args.push("--");
@@ -63,17 +78,38 @@ fn main() -> Result<()> {
             }
             system::cargo(&args)?;
         }
-        Command::Bench { repeat, runs } => {
-            system::require_root("test_run needs CAP_BPF and CAP_NET_ADMIN")?;
+        Command::Bench { repeat, runs, switches, cp_runs } => {
+            system::require_root(
+                "test_run needs CAP_BPF and CAP_NET_ADMIN; the control-plane bench creates network namespaces",
+            )?;
             system::ensure_debian_packages(&[("ip", "iproute2"), ("ethtool", "ethtool")])?;
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
-            let repeat = repeat.to_string();
-            let runs = runs.to_string();
-            system::cargo(&[
-                "run", "--release", "--quiet", "-p", "lb-tests", "--bin", "dataplane-bench", "--",
-                "--repeat", &repeat, "--runs", &runs,
-            ])?;
+            // The control-plane bench runs the real lb-daemon, lbctl and test-backend binaries.
+            system::cargo(&["build", "--release", "--workspace", "--bins"])?;
+            let bin = system::workspace_root().join("target/release");
+            system::run(
+                Process::new(bin.join("dataplane-bench"))
+                    .args(["--repeat", &repeat.to_string(), "--runs", &runs.to_string()]),
+            )?;
+            println!();
+            system::run(
+                Process::new(bin.join("controlplane-bench"))
+                    .args(["--switches", &switches.to_string(), "--runs", &cp_runs.to_string()]),
+            )?;
+        }
+        Command::Demo => {
+            system::require_root("the demo creates network namespaces and attaches an XDP program")?;
+            system::ensure_debian_packages(&[("ip", "iproute2"), ("ethtool", "ethtool")])?;
+            let tc = toolchain::ensure()?;
+            ebpf::build(&tc)?;
+            system::cargo(&["build", "--release", "--workspace", "--bins"])?;
+            let demo = system::workspace_root().join("target/release/lb-demo");
+            let code = system::run_passing_status(&mut Process::new(&demo))?;
+            if code < 0 {
+                bail!("{} could not report a status", demo.display());
+            }
+            std::process::exit(code);
         }
     }
     Ok(())

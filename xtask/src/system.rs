@@ -17,6 +17,29 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs a command in the foreground and returns its exit code (128 + the signal's number when
+/// a signal ended it), for passing it through. While it runs, this process ignores SIGINT: a
+/// Ctrl-C reaches the child too (same process group), which then cleans up and exits by itself.
+pub fn run_passing_status(cmd: &mut Command) -> Result<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    // SAFETY: signal() with SIG_IGN installs no handler code; the previous disposition is put
+    // back below. The child was spawned before, so it keeps the default disposition.
+    let previous = unsafe { libc_signal(SIGINT, SIG_IGN) };
+    let status = child.wait();
+    unsafe { libc_signal(SIGINT, previous) };
+    let status = status.with_context(|| format!("waiting for {cmd:?}"))?;
+    Ok(status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1))
+}
+
+const SIGINT: i32 = 2;
+const SIG_IGN: usize = 1;
+
+unsafe extern "C" {
+    #[link_name = "signal"]
+    fn libc_signal(signum: i32, handler: usize) -> usize;
+}
+
 /// Runs the userspace cargo (the toolchain of the workspace's rust-toolchain.toml).
 pub fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

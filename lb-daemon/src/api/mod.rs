@@ -6,7 +6,7 @@ pub mod model;
 pub mod server;
 
 use model::{
-    ApiError, HistoryEntry, ReloadOutcome, RollbackRequest, ServiceView, ShutdownRequest,
+    ApiError, DrainView, WatchView, HistoryEntry, ReloadOutcome, RollbackRequest, ServiceView, ShutdownRequest,
     SplitRequest, StatusView, SwitchOutcome, SwitchRequest,
 };
 
@@ -32,4 +32,8 @@ pub trait Control: Send + Sync + 'static {
     fn shutdown(&self, req: &ShutdownRequest, requester: &str) -> Result<(), ApiError>;
     /// Prometheus text exposition.
     fn metrics(&self) -> Result<String, ApiError>;
+    /// Established flows per pool, counted from the flow table.
+    fn drain(&self, service: Option<&str>) -> Result<DrainView, ApiError>;
+    /// The watch of the service's last switch (`None` when there never was one).
+    fn watch(&self, service: Option<&str>) -> Result<Option<WatchView>, ApiError>;
 }

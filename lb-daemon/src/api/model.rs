@@ -54,6 +54,20 @@ pub struct SwitchRequest {
     /// Move established flows too.
     #[serde(default)]
     pub hard: bool,
+    /// Switch even when the pool has fewer healthy backends than its `min_healthy`.
+    #[serde(default)]
+    pub force: bool,
+    /// Validate and describe the change, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Compare-and-swap: only switch if this is what is active now (a pool name, or the text
+    /// form of a split such as `split pool-a=90 pool-b=10`); otherwise `conflict`.
+    #[serde(default)]
+    pub expect_active: Option<String>,
+    /// Watch the new pool for this many seconds after the switch: if its healthy backends fall
+    /// below `min_healthy` meanwhile, the daemon rolls back by itself.
+    #[serde(default)]
+    pub watch_s: Option<u64>,
 }
 
 /// `POST /v1/services/{name}/rollback`.
@@ -63,6 +77,12 @@ pub struct RollbackRequest {
     /// Move established flows too.
     #[serde(default)]
     pub hard: bool,
+    /// Compare-and-swap, as for a switch.
+    #[serde(default)]
+    pub expect_active: Option<String>,
+    /// Validate and describe the change, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// `POST /v1/services/{name}/split`.
@@ -71,6 +91,15 @@ pub struct RollbackRequest {
 pub struct SplitRequest {
     /// Pools and their percentages; at least two, summing to 100.
     pub weights: Vec<PoolWeight>,
+    /// Split even when a pool has fewer healthy backends than its `min_healthy`.
+    #[serde(default)]
+    pub force: bool,
+    /// Validate and describe the change, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Compare-and-swap, as for a switch.
+    #[serde(default)]
+    pub expect_active: Option<String>,
 }
 
 /// `POST /v1/shutdown`.
@@ -102,6 +131,78 @@ pub struct SwitchOutcome {
     pub apply_us: u64,
     /// History entry recorded for it (absent when nothing changed).
     pub history_id: Option<u64>,
+    /// True when this was a dry run: nothing was changed.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Things worth knowing (e.g. a forced switch to an unhealthy pool).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The watch started with the switch, if any.
+    #[serde(default)]
+    pub watch: Option<WatchView>,
+}
+
+/// State of a post-switch watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchState {
+    /// Still watching.
+    Watching,
+    /// The window ended with the pool healthy.
+    Passed,
+    /// The pool turned unhealthy and the daemon rolled back.
+    RolledBack,
+    /// Another change of the service ended the watch early.
+    Cancelled,
+}
+
+/// A watch of a service's new pool after a switch (the daemon holds it, whoever asked).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchView {
+    /// Service name.
+    pub service: String,
+    /// Pool being watched.
+    pub pool: String,
+    /// End of the window, RFC 3339.
+    pub until: String,
+    /// Seconds left (0 once it ended).
+    pub remaining_s: u64,
+    /// Where it stands.
+    pub state: WatchState,
+    /// Why it ended, when it did not pass.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// History entry of the switch being watched.
+    pub switch_history_id: Option<u64>,
+    /// History entry of the automatic rollback, if one happened.
+    #[serde(default)]
+    pub rollback_history_id: Option<u64>,
+}
+
+/// Established flows of one pool, counted from the flow table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolDrain {
+    /// Pool name.
+    pub pool: String,
+    /// Share of new flows it receives now (0 for a pool being drained).
+    pub share: u32,
+    /// Flows seen within the idle timeout and not closed by FIN or RST.
+    pub established: u64,
+    /// Flows that saw a FIN or RST (finishing).
+    pub closing: u64,
+}
+
+/// `GET /v1/services/{name}/drain`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainView {
+    /// Service name.
+    pub service: String,
+    /// A flow idle longer than this is not counted as established.
+    pub idle_timeout_s: u64,
+    /// Per pool, in config order.
+    pub pools: Vec<PoolDrain>,
+    /// Entries read from the flow table.
+    pub flows_scanned: u64,
 }
 
 /// Why a history entry was recorded.
@@ -164,8 +265,11 @@ pub struct BackendView {
     pub weight: u32,
     /// Data-plane index.
     pub index: u32,
-    /// Whether it may receive traffic.
+    /// Whether it may receive traffic (health checks).
     pub up: bool,
+    /// Last health-check error, when it failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
     /// Its counters.
     pub traffic: Traffic,
 }
@@ -177,6 +281,10 @@ pub struct PoolView {
     pub name: String,
     /// Percentage of new flows it receives now (100 for the active pool, 0 for idle ones).
     pub share: u32,
+    /// Fewest healthy backends a switch to it accepts without `force`.
+    pub min_healthy: u32,
+    /// Backends currently healthy.
+    pub healthy: u32,
     /// Its backends.
     pub backends: Vec<BackendView>,
     /// Sum of its backends' counters.
@@ -200,6 +308,9 @@ pub struct ServiceView {
     pub epoch: u32,
     /// Pools, in config order.
     pub pools: Vec<PoolView>,
+    /// The watch of the last switch, if one is running or just ended.
+    #[serde(default)]
+    pub watch: Option<WatchView>,
 }
 
 /// `GET /v1/status`.

@@ -343,6 +343,8 @@ enum Route {
     Switch(Option<String>),
     Rollback(Option<String>),
     Split(Option<String>),
+    Drain(Option<String>),
+    Watch(Option<String>),
     History,
     Reload,
     Shutdown,
@@ -367,6 +369,10 @@ impl Route {
             ["services", n, "switch"] => Route::Switch(Some(name(n)?)),
             ["services", n, "rollback"] => Route::Rollback(Some(name(n)?)),
             ["services", n, "split"] => Route::Split(Some(name(n)?)),
+            ["services", n, "drain"] => Route::Drain(Some(name(n)?)),
+            ["services", n, "watch"] => Route::Watch(Some(name(n)?)),
+            ["drain"] => Route::Drain(None),
+            ["watch"] => Route::Watch(None),
             ["switch"] => Route::Switch(None),
             ["rollback"] => Route::Rollback(None),
             ["split"] => Route::Split(None),
@@ -392,7 +398,11 @@ impl Route {
     fn service(&self) -> Result<Option<&str>, ApiError> {
         let name = match self {
             Route::Service(n) => n,
-            Route::Switch(Some(n)) | Route::Rollback(Some(n)) | Route::Split(Some(n)) => n,
+            Route::Switch(Some(n))
+            | Route::Rollback(Some(n))
+            | Route::Split(Some(n))
+            | Route::Drain(Some(n))
+            | Route::Watch(Some(n)) => n,
             _ => return Ok(None),
         };
         check_service_name(name).map(Some)
@@ -495,6 +505,8 @@ async fn route_and_dispatch(
             let out = call(&control, move |c| c.split(service.as_deref(), &body, &requester)).await?;
             json_response(&out)
         }
+        Route::Drain(_) => json_response(&call(&control, move |c| c.drain(service.as_deref())).await?),
+        Route::Watch(_) => json_response(&call(&control, move |c| c.watch(service.as_deref())).await?),
         Route::History => {
             let (service, limit) = history_query(req.uri().query())?;
             let entries = call(&control, move |c| c.history(service.as_deref(), limit)).await?;

@@ -14,13 +14,15 @@ use crate::{
     api::{
         Control,
         model::{
-            Active, ApiError, HistoryEntry, HistoryKind, InterfaceView, PoolView,
-            ReloadOutcome, RollbackRequest, ServiceView, ShutdownRequest, SplitRequest,
-            StatusView, SwitchMode, SwitchOutcome, SwitchRequest, Traffic, BackendView,
+            Active, ApiError, BackendView, DrainView, ErrorCode, HistoryEntry, HistoryKind,
+            InterfaceView, PoolDrain, PoolView, ReloadOutcome, RollbackRequest, ServiceView,
+            ShutdownRequest, SplitRequest, StatusView, SwitchMode, SwitchOutcome, SwitchRequest,
+            Traffic, WatchState, WatchView,
         },
     },
     config::Config,
     dataplane::{Dataplane, DataplaneError},
+    health::{HealthMonitor, HealthSink, HealthTarget},
 };
 use layout::{Layout, ServiceLayout, plan, pool_table, split_table};
 use lb_common::{
@@ -30,13 +32,13 @@ use lb_common::{
     },
     stats::{ALL_REASONS, backend_counter, backend_new_flow_counter, reason_counter},
 };
-use state::{PersistedState, ServiceState};
+use state::{PersistedState, ServiceState, WatchRecord};
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{Mutex, MutexGuard},
-    time::{Instant, SystemTime},
+    sync::{Arc, Mutex, MutexGuard, Weak},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 use tokio::sync::watch;
 
@@ -66,6 +68,24 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn rfc3339_of_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The clock the data plane stamps flows with (`bpf_ktime_get_coarse_ns`).
+fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A flow with no packet for this long is not counted as established by `drain`.
+pub const DRAIN_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// What `lbctl shutdown` asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ShutdownKind {
@@ -90,6 +110,8 @@ struct Inner {
     split_slots: BTreeMap<String, u32>,
     /// Backend indexes taken out of service (health checks).
     down: BTreeSet<u32>,
+    /// Last health-check error of each backend that failed.
+    health_errors: BTreeMap<u32, String>,
     /// Slots some `SERVICES` entry may still point at (adopted from an earlier daemon).
     reserved: BTreeSet<u32>,
 }
@@ -101,6 +123,7 @@ pub struct Engine {
     adopted: bool,
     interfaces: Mutex<Vec<InterfaceView>>,
     shutdown: watch::Sender<ShutdownKind>,
+    health: Mutex<Option<HealthMonitor>>,
 }
 
 impl Engine {
@@ -131,6 +154,7 @@ impl Engine {
             pool_slots: BTreeMap::new(),
             split_slots: BTreeMap::new(),
             down: BTreeSet::new(),
+            health_errors: BTreeMap::new(),
             reserved,
         };
         let mut history = Vec::new();
@@ -138,7 +162,14 @@ impl Engine {
         inner.reserved.clear();
         inner.state.save(&inner.config.state_file())?;
         let (shutdown, _) = watch::channel(ShutdownKind::Running);
-        Ok(Self { inner: Mutex::new(inner), started: Instant::now(), adopted, interfaces: Mutex::new(Vec::new()), shutdown })
+        Ok(Self {
+            inner: Mutex::new(inner),
+            started: Instant::now(),
+            adopted,
+            interfaces: Mutex::new(Vec::new()),
+            shutdown,
+            health: Mutex::new(None),
+        })
     }
 
     /// Attaches the program to every configured interface and lets it redirect between them.
@@ -173,19 +204,215 @@ impl Engine {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks a backend up or down (health checks): its pool's table is rebuilt without it and
-    /// made live with one flip if the pool is serving.
-    pub fn set_backend_health(&self, index: u32, up: bool) -> Result<(), ApiError> {
+    /// Starts the health checks of every backend and the watch timer on `handle`. Health
+    /// changes rebuild tables and may trigger an automatic rollback.
+    pub fn start_background(self: &Arc<Self>, handle: tokio::runtime::Handle) {
+        let weak: Weak<Engine> = Arc::downgrade(self);
+        let sink: HealthSink = Arc::new(move |index, up, reason| {
+            if let Some(engine) = weak.upgrade() {
+                engine.on_health(index, up, reason);
+            }
+        });
+        let monitor = HealthMonitor::start(handle.clone(), sink);
+        monitor.set_targets(self.lock().health_targets());
+        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = Some(monitor);
+        let weak = Arc::downgrade(self);
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(engine) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || engine.lock().check_watches()).await;
+            }
+        });
+    }
+
+    /// A health transition from the monitor.
+    pub fn on_health(&self, index: u32, up: bool, reason: Option<String>) {
         let mut inner = self.lock();
-        let changed = if up { inner.down.remove(&index) } else { inner.down.insert(index) };
-        if !changed {
-            return Ok(());
+        match reason {
+            Some(r) if !up => {
+                inner.health_errors.insert(index, r);
+            }
+            _ => {
+                inner.health_errors.remove(&index);
+            }
         }
-        inner.rebuild_tables_with(index)
+        let changed = if up { inner.down.remove(&index) } else { inner.down.insert(index) };
+        if changed {
+            if let Err(e) = inner.rebuild_tables_with(index) {
+                tracing::error!(index, error = %e, "rebuilding tables after a health change failed");
+            }
+        }
+        inner.check_watches();
     }
 }
 
 impl Inner {
+    fn health_targets(&self) -> Vec<HealthTarget> {
+        let mut out = Vec::new();
+        for svc in &self.config.services {
+            let Some(layout) = self.layout.service(&svc.name) else { continue };
+            for pool in &svc.pools {
+                let Some(pl) = layout.pool(&pool.name) else { continue };
+                for b in &pl.backends {
+                    out.push(HealthTarget { index: b.index, addr: b.addr, check: pool.health.clone() });
+                }
+            }
+        }
+        out
+    }
+
+    /// Healthy backends of a pool, and a description of the unhealthy ones.
+    fn pool_health(&self, svc: &ServiceLayout, pool: &str) -> (u32, u32, Vec<String>) {
+        let Some(p) = svc.pool(pool) else { return (0, 0, Vec::new()) };
+        let mut healthy = 0;
+        let mut bad = Vec::new();
+        for b in &p.backends {
+            if self.down.contains(&b.index) {
+                let why = self.health_errors.get(&b.index).map(String::as_str).unwrap_or("failing health checks");
+                bad.push(format!("{} ({why})", b.addr));
+            } else if b.weight > 0 {
+                healthy += 1;
+            }
+        }
+        (healthy, p.min_healthy, bad)
+    }
+
+    /// Refuses a change to pools below their `min_healthy` unless forced; returns warnings.
+    fn gate(&self, svc: &ServiceLayout, target: &Active, force: bool) -> Result<Vec<String>, ApiError> {
+        let pools: Vec<&str> = match target {
+            Active::Pool(p) => vec![p.as_str()],
+            Active::Split(ws) => ws.iter().map(|w| w.pool.as_str()).collect(),
+        };
+        let mut problems = Vec::new();
+        for pool in pools {
+            let (healthy, min, bad) = self.pool_health(svc, pool);
+            if healthy < min {
+                let list = if bad.is_empty() { String::new() } else { format!("; unhealthy: {}", bad.join(", ")) };
+                problems.push(format!("{pool} has {healthy} healthy backend(s), min_healthy is {min}{list}"));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(Vec::new());
+        }
+        if force {
+            return Ok(problems.into_iter().map(|p| format!("forced: {p}")).collect());
+        }
+        Err(ApiError::refused(format!("{}: refused, {} (use --force to switch anyway)", svc.name, problems.join("; "))))
+    }
+
+    fn watch_view(&self, service: &str) -> Option<WatchView> {
+        let w = self.state.watches.get(service)?;
+        let now = unix_ms(SystemTime::now());
+        let remaining_s = if w.state == WatchState::Watching { w.until_ms.saturating_sub(now).div_ceil(1000) } else { 0 };
+        Some(WatchView {
+            service: service.to_string(),
+            pool: w.pool.clone(),
+            until: rfc3339_of_ms(w.until_ms),
+            remaining_s,
+            state: w.state,
+            reason: w.reason.clone(),
+            switch_history_id: w.switch_history_id,
+            rollback_history_id: w.rollback_history_id,
+        })
+    }
+
+    /// Ends watches whose window passed and rolls back services whose watched pool fell below
+    /// `min_healthy`.
+    fn check_watches(&mut self) {
+        let now = unix_ms(SystemTime::now());
+        let watching: Vec<(String, WatchRecord)> =
+            self.state.watches.iter().filter(|(_, w)| w.state == WatchState::Watching).map(|(k, w)| (k.clone(), w.clone())).collect();
+        let mut dirty = false;
+        for (name, w) in watching {
+            let Some(svc) = self.layout.service(&name).cloned() else {
+                self.state.watches.remove(&name);
+                dirty = true;
+                continue;
+            };
+            let (healthy, min, bad) = self.pool_health(&svc, &w.pool);
+            if healthy < min {
+                let reason = format!(
+                    "{}: {healthy} of {} backends healthy, min_healthy {min}: {}",
+                    w.pool,
+                    svc.pool(&w.pool).map(|p| p.backends.len()).unwrap_or(0),
+                    bad.join(", ")
+                );
+                let target = self.state.services.get(&name).and_then(|s| s.previous.clone());
+                let requester = format!("lb-daemon watch of switch #{}", w.switch_history_id.unwrap_or(0));
+                let result = match target {
+                    Some(t) => self.change(Some(&name), t, false, HistoryKind::AutoRollback, &requester, Instant::now(), Some(reason.clone())),
+                    None => Err(ApiError::refused("nothing to roll back to")),
+                };
+                let rec = self.state.watches.get_mut(&name).expect("watch present");
+                match result {
+                    Ok(out) => {
+                        tracing::warn!(service = %name, %reason, "automatic rollback");
+                        rec.state = WatchState::RolledBack;
+                        rec.reason = Some(reason);
+                        rec.rollback_history_id = out.history_id;
+                    }
+                    Err(e) => {
+                        tracing::error!(service = %name, error = %e, "automatic rollback failed");
+                        rec.state = WatchState::Cancelled;
+                        rec.reason = Some(format!("{reason}; automatic rollback failed: {e}"));
+                    }
+                }
+                dirty = true;
+            } else if now >= w.until_ms {
+                tracing::info!(service = %name, pool = %w.pool, "watch passed");
+                if let Some(rec) = self.state.watches.get_mut(&name) {
+                    rec.state = WatchState::Passed;
+                }
+                dirty = true;
+            }
+        }
+        if dirty {
+            if let Err(e) = self.state.save(&self.config.state_file()) {
+                tracing::error!(error = %e, "writing the state file failed");
+            }
+        }
+    }
+
+    /// Established and closing flows per pool of a service, from the flow table.
+    fn drain_view(&self, svc: &ServiceLayout) -> DrainView {
+        let pool_of: BTreeMap<u32, &str> = svc.backends().map(|(p, b)| (b.index, p.name.as_str())).collect();
+        let mut established: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut closing: BTreeMap<&str, u64> = BTreeMap::new();
+        let now = monotonic_coarse_ns();
+        let idle = DRAIN_IDLE_TIMEOUT.as_nanos() as u64;
+        let flows = self.dp.flows();
+        for (_, f) in &flows {
+            if f.service != svc.id {
+                continue;
+            }
+            let Some(pool) = pool_of.get(&f.backend) else { continue };
+            if f.flags & (lb_common::maps::FLOW_FIN | lb_common::maps::FLOW_RST) != 0 {
+                *closing.entry(pool).or_default() += 1;
+            } else if now.saturating_sub(f.last_seen_ns) <= idle {
+                *established.entry(pool).or_default() += 1;
+            }
+        }
+        let view = self.service_view(svc);
+        DrainView {
+            service: svc.name.clone(),
+            idle_timeout_s: DRAIN_IDLE_TIMEOUT.as_secs(),
+            pools: view
+                .pools
+                .iter()
+                .map(|p| PoolDrain {
+                    pool: p.name.clone(),
+                    share: p.share,
+                    established: established.get(p.name.as_str()).copied().unwrap_or(0),
+                    closing: closing.get(p.name.as_str()).copied().unwrap_or(0),
+                })
+                .collect(),
+            flows_scanned: flows.len() as u64,
+        }
+    }
+
     fn ring(&self) -> u32 {
         self.dp.options().ring_size
     }
@@ -304,14 +531,53 @@ impl Inner {
         Ok((epoch, apply_us))
     }
 
-    /// The common path of switch, rollback and split.
-    fn change(&mut self, service: Option<&str>, target: Active, hard: bool, kind: HistoryKind, requester: &str, started: Instant) -> Result<SwitchOutcome, ApiError> {
+    /// The common path of switch, rollback, split and automatic rollback.
+    #[allow(clippy::too_many_arguments)]
+    fn change(&mut self, service: Option<&str>, target: Active, hard: bool, kind: HistoryKind, requester: &str, started: Instant, reason: Option<String>) -> Result<SwitchOutcome, ApiError> {
+        self.change_with(service, target, hard, kind, requester, started, reason, &ChangeOptions::default())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn change_with(&mut self, service: Option<&str>, target: Active, hard: bool, kind: HistoryKind, requester: &str, started: Instant, reason: Option<String>, opts: &ChangeOptions) -> Result<SwitchOutcome, ApiError> {
         let svc = self.service_layout(service)?.clone();
         Self::validate_active(&svc, &target)?;
         let st = self.state.services.get(&svc.name).cloned().ok_or_else(|| ApiError::internal("service without state"))?;
+        if let Some(expected) = &opts.expect_active {
+            if st.active.to_string() != *expected {
+                let last = self.state.history.iter().rev().find(|h| h.service == svc.name);
+                let by = last.map(|h| format!(" (changed at {} by {})", h.time, h.requester)).unwrap_or_default();
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("{}: expected {expected} to be active, but {} is{by}; nothing changed", svc.name, st.active),
+                ));
+            }
+        }
         let mode = if hard { SwitchMode::Hard } else { SwitchMode::Drain };
-        if st.active == target && !hard {
-            return Ok(SwitchOutcome { service: svc.name, changed: false, before: st.active.clone(), after: target, mode, epoch: st.epoch, apply_us: 0, history_id: None });
+        let unchanged = st.active == target && !hard;
+        let warnings = if kind == HistoryKind::Rollback || kind == HistoryKind::AutoRollback || unchanged {
+            Vec::new()
+        } else {
+            self.gate(&svc, &target, opts.force)?
+        };
+        let outcome = |changed: bool, epoch: u32, apply_us: u64, history_id: Option<u64>, warnings: Vec<String>, watch: Option<WatchView>| SwitchOutcome {
+            service: svc.name.clone(),
+            changed,
+            before: st.active.clone(),
+            after: target.clone(),
+            mode,
+            epoch,
+            apply_us,
+            history_id,
+            dry_run: opts.dry_run,
+            warnings,
+            watch,
+        };
+        if unchanged {
+            return Ok(outcome(false, st.epoch, 0, None, warnings, self.watch_view(&svc.name)));
+        }
+        if opts.dry_run {
+            let epoch = if hard { st.epoch.wrapping_add(1).max(1) } else { st.epoch };
+            return Ok(outcome(true, epoch, 0, None, warnings, None));
         }
         let (epoch, apply_us) = self.make_live(&svc, &target, hard, started)?;
         // Rollback returns to what was active before this change, so pressing it twice comes
@@ -326,15 +592,35 @@ impl Inner {
             to: target.clone(),
             mode,
             requester: requester.to_string(),
-            reason: None,
+            reason: reason.clone().or_else(|| (!warnings.is_empty()).then(|| warnings.join("; "))),
         });
         tracing::info!(service = %svc.name, from = %st.active, to = %target, mode = ?mode, kind = ?kind, requester, apply_us, "switched");
+        // A change by someone ends the running watch; the automatic rollback ends it itself.
+        if kind != HistoryKind::AutoRollback {
+            if let Some(w) = self.state.watches.get_mut(&svc.name) {
+                if w.state == WatchState::Watching {
+                    w.state = WatchState::Cancelled;
+                    w.reason = Some(format!("superseded by change #{id}"));
+                }
+            }
+        }
+        if let (Some(secs), Active::Pool(pool)) = (opts.watch_s, &target) {
+            self.state.watches.insert(svc.name.clone(), WatchRecord {
+                pool: pool.clone(),
+                until_ms: unix_ms(SystemTime::now()) + secs * 1000,
+                state: WatchState::Watching,
+                reason: None,
+                switch_history_id: Some(id),
+                rollback_history_id: None,
+            });
+        }
         if let Err(e) = self.state.save(&self.config.state_file()) {
             // The data plane already serves the change; say loudly that it is not persisted.
             tracing::error!(error = %e, "state file not written: a restart would come back to the previous state");
             return Err(ApiError::internal(format!("switched, but writing the state file failed: {e:#}")));
         }
-        Ok(SwitchOutcome { service: svc.name, changed: true, before: st.active, after: target, mode, epoch, apply_us, history_id: Some(id) })
+        let watch = self.watch_view(&svc.name).filter(|_| opts.watch_s.is_some());
+        Ok(outcome(true, epoch, apply_us, Some(id), warnings, watch))
     }
 
     /// Rebuilds the tables of every pool holding `index` after a health change, flipping the
@@ -538,14 +824,22 @@ impl Inner {
                 let backends: Vec<BackendView> = p
                     .backends
                     .iter()
-                    .map(|b| BackendView { addr: b.addr.to_string(), weight: b.weight, index: b.index, up: !self.down.contains(&b.index), traffic: self.traffic(b.index) })
+                    .map(|b| BackendView {
+                        addr: b.addr.to_string(),
+                        weight: b.weight,
+                        index: b.index,
+                        up: !self.down.contains(&b.index),
+                        last_error: self.health_errors.get(&b.index).cloned(),
+                        traffic: self.traffic(b.index),
+                    })
                     .collect();
                 let traffic = backends.iter().fold(Traffic::default(), |a, b| Traffic {
                     packets: a.packets + b.traffic.packets,
                     bytes: a.bytes + b.traffic.bytes,
                     new_flows: a.new_flows + b.traffic.new_flows,
                 });
-                PoolView { name: p.name.clone(), share: share(&p.name), backends, traffic }
+                let (healthy, min_healthy, _) = self.pool_health(svc, &p.name);
+                PoolView { name: p.name.clone(), share: share(&p.name), min_healthy, healthy, backends, traffic }
             })
             .collect();
         ServiceView {
@@ -556,8 +850,18 @@ impl Inner {
             previous: st.previous.clone(),
             epoch: st.epoch,
             pools,
+            watch: self.watch_view(&svc.name),
         }
     }
+}
+
+/// Options of a user-requested change.
+#[derive(Default)]
+struct ChangeOptions {
+    force: bool,
+    dry_run: bool,
+    expect_active: Option<String>,
+    watch_s: Option<u64>,
 }
 
 /// Bytes of a key, for set membership (the map types do not implement `Ord`).
@@ -593,7 +897,11 @@ impl Control for Engine {
     fn switch(&self, service: Option<&str>, req: &SwitchRequest, requester: &str) -> Result<SwitchOutcome, ApiError> {
         let started = Instant::now();
         let mut inner = self.lock();
-        inner.change(service, Active::Pool(req.pool.clone()), req.hard, HistoryKind::Switch, requester, started)
+        if req.watch_s.is_some_and(|s| s == 0 || s > 86_400) {
+            return Err(ApiError::invalid("watch must be 1 s to 24 h"));
+        }
+        let opts = ChangeOptions { force: req.force, dry_run: req.dry_run, expect_active: req.expect_active.clone(), watch_s: req.watch_s };
+        inner.change_with(service, Active::Pool(req.pool.clone()), req.hard, HistoryKind::Switch, requester, started, None, &opts)
     }
 
     fn rollback(&self, service: Option<&str>, req: &RollbackRequest, requester: &str) -> Result<SwitchOutcome, ApiError> {
@@ -604,13 +912,15 @@ impl Control for Engine {
             .previous
             .clone()
             .ok_or_else(|| ApiError::refused(format!("{name} has nothing to roll back to: no earlier switch is recorded")))?;
-        inner.change(Some(&name), target, req.hard, HistoryKind::Rollback, requester, started)
+        let opts = ChangeOptions { dry_run: req.dry_run, expect_active: req.expect_active.clone(), ..ChangeOptions::default() };
+        inner.change_with(Some(&name), target, req.hard, HistoryKind::Rollback, requester, started, None, &opts)
     }
 
     fn split(&self, service: Option<&str>, req: &SplitRequest, requester: &str) -> Result<SwitchOutcome, ApiError> {
         let started = Instant::now();
         let mut inner = self.lock();
-        inner.change(service, Active::Split(req.weights.clone()), false, HistoryKind::Split, requester, started)
+        let opts = ChangeOptions { force: req.force, dry_run: req.dry_run, expect_active: req.expect_active.clone(), watch_s: None };
+        inner.change_with(service, Active::Split(req.weights.clone()), false, HistoryKind::Split, requester, started, None, &opts)
     }
 
     fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<HistoryEntry>, ApiError> {
@@ -676,6 +986,9 @@ impl Control for Engine {
         changes.extend(notes);
         inner.config = new;
         tracing::info!(requester, changes = ?changes, "config reloaded");
+        if let Some(m) = self.health.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            m.set_targets(inner.health_targets());
+        }
         inner.state.save(&inner.config.state_file()).map_err(|e| ApiError::internal(format!("{e:#}")))?;
         Ok(ReloadOutcome { changed: true, changes })
     }
@@ -684,6 +997,18 @@ impl Control for Engine {
         tracing::warn!(requester, detach = req.detach, "shutdown requested");
         let _ = self.shutdown.send(if req.detach { ShutdownKind::Detach } else { ShutdownKind::Exit });
         Ok(())
+    }
+
+    fn drain(&self, service: Option<&str>) -> Result<DrainView, ApiError> {
+        let inner = self.lock();
+        let svc = inner.service_layout(service)?;
+        Ok(inner.drain_view(svc))
+    }
+
+    fn watch(&self, service: Option<&str>) -> Result<Option<WatchView>, ApiError> {
+        let inner = self.lock();
+        let name = inner.service_layout(service)?.name.clone();
+        Ok(inner.watch_view(&name))
     }
 
     fn metrics(&self) -> Result<String, ApiError> {

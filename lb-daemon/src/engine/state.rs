@@ -3,7 +3,7 @@
 //! that established flows refer to. Written atomically (temp file, fsync, rename, fsync of the
 //! folder) after every change, so a restart or a reboot comes back to the last switch.
 
-use crate::api::model::{Active, HistoryEntry};
+use crate::api::model::{Active, HistoryEntry, WatchState};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -31,6 +31,23 @@ pub struct ServiceState {
     pub epoch: u32,
 }
 
+/// A post-switch watch, persisted so that it holds across a daemon restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRecord {
+    /// Pool being watched.
+    pub pool: String,
+    /// End of the window, milliseconds since the Unix epoch.
+    pub until_ms: u64,
+    /// Where it stands.
+    pub state: WatchState,
+    /// Why it ended, when it did not pass.
+    pub reason: Option<String>,
+    /// History entry of the watched switch.
+    pub switch_history_id: Option<u64>,
+    /// History entry of the automatic rollback.
+    pub rollback_history_id: Option<u64>,
+}
+
 /// Everything the daemon persists.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistedState {
@@ -56,6 +73,9 @@ pub struct PersistedState {
     /// Next never-used VIP counter index.
     #[serde(default)]
     pub next_vip_index: u32,
+    /// The watch of each service's last watched switch.
+    #[serde(default)]
+    pub watches: BTreeMap<String, WatchRecord>,
 }
 
 impl PersistedState {

@@ -1,0 +1,624 @@
+//! `lb-demo` (run by `cargo xtask demo`): a guided tour of the load balancer for a newcomer, in
+//! about half a minute, on a throw-away topology of network namespaces.
+//!
+//! It builds the standard end-to-end setup (client, balancer with the XDP program and
+//! `lb-daemon`, pool-a = a1 a2, pool-b = b1 b2, service `web` on VIP 10.77.100.1:80, NAT mode),
+//! sends a steady trickle of new connections from the client to the VIP and prints, every
+//! 500 ms, which pool and backends answered. Meanwhile it runs the real `lbctl`: `status`,
+//! `switch pool-b`, `rollback` and `history`, so the viewer sees traffic move with one command
+//! and come back with another, while connections opened before the switch stay on their
+//! backend (drain). It ends with a summary and exits 0 only if no connection failed and every
+//! connection started after a command returned went to the pool that command chose.
+//!
+//! Everything is removed at the end (daemon killed, pins removed, namespaces deleted), also on
+//! Ctrl-C or SIGTERM: the signal only sets a flag, every loop stops early, and the normal drop
+//! of the setup cleans up; the exit code is then 130. Colours only when stdout is a terminal.
+
+use anyhow::{Context, Result, bail};
+use lb_tests::{
+    e2e::{self, POOL_A, POOL_B, in_pool_a, in_pool_b, web_vip},
+    load::LongLived,
+    netns::NetNs,
+};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// Set by SIGINT / SIGTERM: every loop of the demo stops early so that cleanup runs.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// New connections per second from the client to the VIP.
+const RATE_PER_S: u64 = 50;
+/// Hard bounds of the load, whatever happens to the rest of the demo.
+const LOAD_MAX_DURATION: Duration = Duration::from_secs(30);
+/// At most this many connections (30 s at 50 per second).
+const LOAD_MAX_CONNECTIONS: u64 = 1500;
+/// One live line per tick.
+const TICK: Duration = Duration::from_millis(500);
+/// Connect, write and read timeout of one connection of the load.
+const CONN_TIMEOUT: Duration = Duration::from_secs(1);
+
+extern "C" fn on_signal(_signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Routes SIGINT and SIGTERM to [`on_signal`] (SA_RESTART, so blocking calls carry on).
+fn install_signal_handlers() -> Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction is valid; the handler only stores an atomic.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
+                bail!("sigaction({signal}): {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn stopped() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Fails with "interrupted" once a signal arrived (the caller's drops then clean up).
+fn check_interrupted() -> Result<()> {
+    if stopped() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Sleeps until `until`, in small steps; false if interrupted.
+fn sleep_until(until: Instant) -> bool {
+    loop {
+        if stopped() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(20)));
+    }
+}
+
+/// Terminal styling: ANSI colours when stdout is a terminal, plain text otherwise.
+struct Ui {
+    color: bool,
+}
+
+impl Ui {
+    fn new() -> Self {
+        // SAFETY: isatty only inspects the descriptor.
+        Self { color: unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1 }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+    }
+
+    fn bold(&self, t: &str) -> String {
+        self.paint("1", t)
+    }
+    fn dim(&self, t: &str) -> String {
+        self.paint("2", t)
+    }
+    fn pool_a(&self, t: &str) -> String {
+        self.paint("36", t)
+    }
+    fn pool_b(&self, t: &str) -> String {
+        self.paint("35", t)
+    }
+    fn good(&self, t: &str) -> String {
+        self.paint("32", t)
+    }
+    fn bad(&self, t: &str) -> String {
+        self.paint("1;31", t)
+    }
+    fn cmd(&self, t: &str) -> String {
+        self.paint("1;33", t)
+    }
+
+    fn heading(&self, t: &str) {
+        println!("\n{}", self.bold(&format!("── {t}")));
+    }
+}
+
+/// One finished connection of the live load.
+#[derive(Clone, Debug)]
+struct Answer {
+    /// When it started, on the load's clock.
+    at: Duration,
+    /// The backend that answered, or why it failed.
+    backend: Result<String, String>,
+}
+
+/// State shared by the load's workers and the printer.
+struct LiveShared {
+    start: Instant,
+    stop: AtomicBool,
+    next: AtomicU64,
+    target: SocketAddr,
+    /// Finished connections in the order they finished.
+    done: Mutex<Vec<Answer>>,
+}
+
+/// A paced, bounded stream of short connections from the client namespace, whose answers can
+/// be read while it runs (for the live lines). Stopped and joined on drop.
+struct LiveLoad {
+    shared: Arc<LiveShared>,
+    workers: Vec<JoinHandle<()>>,
+    /// How many answers the printer has shown.
+    shown: usize,
+}
+
+impl LiveLoad {
+    fn start(client: &NetNs, target: SocketAddr, workers: usize) -> Result<Self> {
+        let shared = Arc::new(LiveShared {
+            start: Instant::now(),
+            stop: AtomicBool::new(false),
+            next: AtomicU64::new(0),
+            target,
+            done: Mutex::new(Vec::new()),
+        });
+        // New threads inherit the namespace of the thread creating them.
+        let spawned = std::thread::scope(|s| {
+            s.spawn(|| -> Result<Vec<JoinHandle<()>>> {
+                let _guard = client.enter()?;
+                let mut handles = Vec::new();
+                for i in 0..workers {
+                    let mine = shared.clone();
+                    match std::thread::Builder::new().name(format!("demo-load-{i}")).spawn(move || live_worker(&mine)) {
+                        Ok(h) => handles.push(h),
+                        Err(e) => {
+                            shared.stop.store(true, Ordering::SeqCst);
+                            for h in handles {
+                                let _ = h.join();
+                            }
+                            return Err(e).context("spawning a load worker");
+                        }
+                    }
+                }
+                Ok(handles)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("load starter thread panicked"))?
+        })?;
+        Ok(Self { shared, workers: spawned, shown: 0 })
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.shared.start.elapsed()
+    }
+
+    /// Answers finished since the previous call.
+    fn take_new(&mut self) -> Vec<Answer> {
+        let done = self.shared.done.lock().unwrap();
+        let new = done[self.shown..].to_vec();
+        self.shown = done.len();
+        new
+    }
+
+    /// Stops starting connections, waits for those in flight, returns every answer by start time.
+    fn stop(&mut self) -> Vec<Answer> {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        let mut all = self.shared.done.lock().unwrap().clone();
+        all.sort_by_key(|a| a.at);
+        all
+    }
+}
+
+impl Drop for LiveLoad {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Takes the next slot (one every 1/RATE s), waits for it, makes one connection.
+fn live_worker(shared: &LiveShared) {
+    loop {
+        let i = shared.next.fetch_add(1, Ordering::SeqCst);
+        if i >= LOAD_MAX_CONNECTIONS {
+            return;
+        }
+        let due = shared.start + Duration::from_nanos(i * 1_000_000_000 / RATE_PER_S);
+        if due >= shared.start + LOAD_MAX_DURATION {
+            return;
+        }
+        loop {
+            if shared.stop.load(Ordering::SeqCst) || stopped() {
+                return;
+            }
+            let now = Instant::now();
+            if now >= due {
+                break;
+            }
+            std::thread::sleep((due - now).min(Duration::from_millis(20)));
+        }
+        let at = shared.start.elapsed();
+        let backend = one_request(shared.target);
+        shared.done.lock().unwrap().push(Answer { at, backend });
+    }
+}
+
+/// Connect, send a line, read the backend's one-line answer (its name), close.
+fn one_request(target: SocketAddr) -> Result<String, String> {
+    let mut stream = TcpStream::connect_timeout(&target, CONN_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(CONN_TIMEOUT)).map_err(|e| format!("socket: {e}"))?;
+    stream.set_write_timeout(Some(CONN_TIMEOUT)).map_err(|e| format!("socket: {e}"))?;
+    stream.write_all(b"hello\n").map_err(|e| format!("write: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).map_err(|e| format!("read: {e}"))?;
+    if !line.ends_with('\n') {
+        return Err("read: connection closed before the answer".into());
+    }
+    Ok(line.trim_end().to_string())
+}
+
+/// `(a1 13, a2 12)` for the backends of `pool` that answered.
+fn backend_counts(by: &BTreeMap<String, usize>, pool: &[&str]) -> String {
+    let parts: Vec<String> =
+        pool.iter().filter_map(|b| by.get(*b).map(|n| format!("{b} {n}"))).collect();
+    if parts.is_empty() { String::new() } else { format!("({})", parts.join(", ")) }
+}
+
+/// A 10-cell bar for a percentage.
+fn bar(pct: usize) -> String {
+    // Any traffic at all shows at least one cell.
+    let full = if pct == 0 { 0 } else { ((pct + 5) / 10).max(1) };
+    format!("{}{}", "█".repeat(full), "░".repeat(10 - full))
+}
+
+/// One live line for the answers of one tick.
+fn live_line(ui: &Ui, t: Duration, answers: &[Answer]) -> String {
+    let mut by = BTreeMap::new();
+    let mut failed = 0;
+    for a in answers {
+        match &a.backend {
+            Ok(name) => *by.entry(name.clone()).or_insert(0usize) += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    let total = answers.len();
+    let in_a: usize = by.iter().filter(|(n, _)| in_pool_a(n)).map(|(_, c)| c).sum();
+    let in_b: usize = by.iter().filter(|(n, _)| in_pool_b(n)).map(|(_, c)| c).sum();
+    let pct = |n: usize| (n * 100 + total / 2).checked_div(total).unwrap_or(0);
+    let (pa, pb) = (pct(in_a), pct(in_b));
+    let mut line = format!(
+        "  t={:>5.1}s  {} {} {:>3}% {:<16}  {} {} {:>3}% {:<16}",
+        t.as_secs_f64(),
+        ui.pool_a("pool-a"),
+        ui.pool_a(&bar(pa)),
+        pa,
+        backend_counts(&by, &POOL_A),
+        ui.pool_b("pool-b"),
+        ui.pool_b(&bar(pb)),
+        pb,
+        backend_counts(&by, &POOL_B),
+    );
+    if failed > 0 {
+        line += &ui.bad(&format!("  FAILED {failed}"));
+    }
+    let other = total - in_a - in_b - failed;
+    if other > 0 {
+        line += &ui.bad(&format!("  {other} from unknown backends"));
+    }
+    line.trim_end().to_string()
+}
+
+/// Prints one live line per tick for `ticks` ticks (aligned to the load's clock); false if
+/// interrupted.
+fn live(ui: &Ui, load: &mut LiveLoad, ticks: u32) -> bool {
+    // Answers that finished while a command ran go into the next line, which thus shows the
+    // traffic moving.
+    println!();
+    for _ in 0..ticks {
+        let e = load.elapsed();
+        let next_tick = (e.as_nanos() / TICK.as_nanos() + 1) as u32;
+        let at = TICK * next_tick;
+        if !sleep_until(load.shared.start + at) {
+            return false;
+        }
+        let answers = load.take_new();
+        println!("{}", live_line(ui, at, &answers));
+    }
+    true
+}
+
+/// Runs the real lbctl, showing the command, its output and how long it took. Returns the
+/// load-clock times when it started and returned, and whether it succeeded.
+fn lbctl_shown(ui: &Ui, setup: &e2e::Setup, load: Option<&LiveLoad>, args: &[&str]) -> (Duration, Duration, bool) {
+    println!("\n  {} {}", ui.dim("$"), ui.cmd(&format!("lbctl {}", args.join(" "))));
+    let clock = |l: Option<&LiveLoad>| l.map(|l| l.elapsed()).unwrap_or_default();
+    let began = Instant::now();
+    let started = clock(load);
+    let out = setup.daemon.lbctl(args);
+    let returned = clock(load);
+    let took = began.elapsed();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("    {line}");
+    }
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        println!("    {}", ui.bad(line));
+    }
+    let ok = out.status.success();
+    if ok {
+        println!("  {}", ui.dim(&format!("(lbctl returned in {:.1} ms)", took.as_secs_f64() * 1e3)));
+    } else {
+        println!("  {}", ui.bad(&format!("lbctl failed: {}", out.status)));
+    }
+    (started, returned, ok)
+}
+
+/// Asks the long-lived connections which backend they talk to; `(a1, b2)`-style text and
+/// whether all still answer as `expected` (if given).
+fn ask_long_lived(ll: &mut LongLived, expected: Option<&[String]>) -> (Vec<String>, bool) {
+    let answers: Vec<String> =
+        ll.ask().into_iter().map(|a| a.unwrap_or_else(|e| format!("error: {e}"))).collect();
+    let same = expected.is_none_or(|exp| exp == answers.as_slice());
+    (answers, same)
+}
+
+/// What the demo observed, for the summary and the exit code.
+#[derive(Default)]
+struct Checks {
+    lbctl_failures: u32,
+    long_lived_kept: bool,
+}
+
+/// Prints the topology, then runs the tour on `setup`. Returns whether everything held.
+fn tour(ui: &Ui, setup: &e2e::Setup) -> Result<bool> {
+    let vip = web_vip();
+    let topo = &setup.topo;
+    let spec = |n: &str| topo.backend_spec(n).socket_addr();
+    ui.heading("The topology (one network namespace per box, all on one Linux bridge)");
+    println!(
+        "
+    client   {client_ns}
+             10.77.1.2 … 10.77.1.{last}: opens TCP connections to the VIP {vip}
+                │
+                ▼
+    balancer {lb_ns}
+             eth0 10.77.1.1 / 10.77.2.1: the XDP program on eth0 picks a backend for every
+             new flow (Maglev table of the active pool) and rewrites VIP → backend (NAT);
+             lb-daemon owns the BPF maps and serves the API that lbctl talks to
+                │
+                ├── {pa}  a1 {a1}   a2 {a2}   (active)
+                └── {pb}  b1 {b1}   b2 {b2}
+
+    A switch is one update of the service's entry in a BPF map: new flows go to the other
+    pool at once; established flows stay on their backend (drain).",
+        client_ns = ui.dim(&format!("(netns {})", topo.client().name())),
+        last = 1 + topo.client_addrs().len(),
+        lb_ns = ui.dim(&format!("(netns {})", topo.balancer().name())),
+        pa = ui.pool_a("pool-a"),
+        pb = ui.pool_b("pool-b"),
+        a1 = spec("a1"),
+        a2 = spec("a2"),
+        b1 = spec("b1"),
+        b2 = spec("b2"),
+    );
+
+    let config_path = setup.daemon.config_path();
+    ui.heading(&format!("The daemon's config file: {}", config_path.display()));
+    let config = std::fs::read_to_string(&config_path).context("reading the config file")?;
+    for line in config.lines() {
+        println!("    {}", ui.dim(line));
+    }
+    println!(
+        "\n  (every lbctl below really runs as `lbctl --socket {} …`)",
+        setup.daemon.socket().display()
+    );
+    check_interrupted()?;
+
+    ui.heading(&format!("Traffic: {RATE_PER_S} new connections/s from the client to {vip}, one line per 500 ms"));
+    let mut load = LiveLoad::start(topo.client(), vip, 4)?;
+    let mut checks = Checks { long_lived_kept: true, ..Checks::default() };
+    if !live(ui, &mut load, 8) {
+        bail!("interrupted");
+    }
+
+    // Two connections that stay open through the switch and the rollback.
+    let mut ll = LongLived::open(topo.client(), vip, 4).context("opening four long-lived connections")?;
+    let (before, _) = ask_long_lived(&mut ll, None);
+    println!(
+        "\n  four long-lived connections opened now talk to {} — watch them through the switch",
+        ui.bold(&before.join(", "))
+    );
+    if !live(ui, &mut load, 2) {
+        bail!("interrupted");
+    }
+
+    let (_, _, ok) = lbctl_shown(ui, setup, Some(&load), &["status"]);
+    checks.lbctl_failures += u32::from(!ok);
+    check_interrupted()?;
+
+    let (switch_started, switch_returned, ok) = lbctl_shown(ui, setup, Some(&load), &["switch", "pool-b"]);
+    checks.lbctl_failures += u32::from(!ok);
+    if !live(ui, &mut load, 16) {
+        bail!("interrupted");
+    }
+    let (now, same) = ask_long_lived(&mut ll, Some(&before));
+    checks.long_lived_kept &= same;
+    println!(
+        "\n  the long-lived connections still talk to {} {}",
+        ui.bold(&now.join(", ")),
+        if same { ui.good("(drain: established flows stay)") } else { ui.bad("(moved or broken!)") }
+    );
+
+    let (rollback_started, rollback_returned, ok) = lbctl_shown(ui, setup, Some(&load), &["rollback"]);
+    checks.lbctl_failures += u32::from(!ok);
+    if !live(ui, &mut load, 12) {
+        bail!("interrupted");
+    }
+    let (now, same) = ask_long_lived(&mut ll, Some(&before));
+    checks.long_lived_kept &= same;
+    println!(
+        "\n  the long-lived connections still talk to {} {}",
+        ui.bold(&now.join(", ")),
+        if same { ui.good("(never moved)") } else { ui.bad("(moved or broken!)") }
+    );
+    let all = load.stop();
+    drop(ll);
+    check_interrupted()?;
+
+    let (_, _, ok) = lbctl_shown(ui, setup, None, &["history"]);
+    checks.lbctl_failures += u32::from(!ok);
+
+    summary(ui, &all, &checks, [switch_started, switch_returned, rollback_started, rollback_returned])
+}
+
+/// Prints the summary; true if every check held.
+fn summary(ui: &Ui, all: &[Answer], checks: &Checks, times: [Duration; 4]) -> Result<bool> {
+    let [switch_started, switch_returned, rollback_started, rollback_returned] = times;
+    ui.heading("Summary");
+    let failed: Vec<&Answer> = all.iter().filter(|a| a.backend.is_err()).collect();
+    let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+    for a in all {
+        if let Ok(name) = &a.backend {
+            *by.entry(name.as_str()).or_insert(0) += 1;
+        }
+    }
+    let per: Vec<String> = by.iter().map(|(b, n)| format!("{b} {n}")).collect();
+    println!("  connections: {}   failed: {}", all.len(), if failed.is_empty() {
+        ui.good("0")
+    } else {
+        ui.bad(&failed.len().to_string())
+    });
+    println!("  answered by: {}", per.join(", "));
+    for f in failed.iter().take(3) {
+        println!("    {}", ui.bad(&format!("at {:.3}s: {}", f.at.as_secs_f64(), f.backend.as_ref().unwrap_err())));
+    }
+
+    // Connections that started after a command returned must all follow it.
+    let phase = |from: Duration, to: Duration, wanted: fn(&str) -> bool, pool: &str| -> bool {
+        let inside: Vec<&Answer> = all.iter().filter(|a| a.at >= from && a.at < to).collect();
+        let right = inside.iter().filter(|a| a.backend.as_deref().is_ok_and(wanted)).count();
+        let ok = right == inside.len() && !inside.is_empty();
+        let mark = if ok { ui.good("✓") } else { ui.bad("✗") };
+        println!("  {right:>4} of {:>4} new connections went to {pool}  {mark}", inside.len());
+        ok
+    };
+    println!("\n  started before `switch pool-b`:");
+    let a1 = phase(Duration::ZERO, switch_started, in_pool_a, "pool-a");
+    println!("  started after `switch pool-b` returned, before `rollback`:");
+    let b = phase(switch_returned, rollback_started, in_pool_b, "pool-b");
+    println!("  started after `rollback` returned:");
+    let a2 = phase(rollback_returned, Duration::MAX, in_pool_a, "pool-a");
+    let kept = checks.long_lived_kept;
+    println!(
+        "\n  long-lived connections kept their backend through switch and rollback: {}",
+        if kept { ui.good("yes") } else { ui.bad("no") }
+    );
+    let all_ok = failed.is_empty() && a1 && b && a2 && kept && checks.lbctl_failures == 0;
+    println!(
+        "\n  {}",
+        if all_ok {
+            ui.good("All good: one command moved new traffic to pool-b, one command brought it back, no connection failed.")
+        } else {
+            ui.bad("Something did not hold (see above).")
+        }
+    );
+    Ok(all_ok)
+}
+
+/// Namespaces and pins of a setup, to check after it is dropped that they are gone.
+struct Leftovers {
+    namespaces: Vec<String>,
+    pins: PathBuf,
+}
+
+impl Leftovers {
+    fn report(&self, ui: &Ui) {
+        let ns_left: Vec<&String> =
+            self.namespaces.iter().filter(|n| Path::new("/var/run/netns").join(n).exists()).collect();
+        let pins_left = self.pins.exists();
+        if ns_left.is_empty() && !pins_left {
+            println!(
+                "{}",
+                ui.dim(&format!(
+                    "cleaned up: daemon stopped, {} namespaces deleted, {} removed",
+                    self.namespaces.len(),
+                    self.pins.display()
+                ))
+            );
+        } else {
+            println!("{}", ui.bad(&format!("cleanup incomplete: namespaces {ns_left:?}, pins left: {pins_left}")));
+        }
+    }
+}
+
+/// Builds the setup, runs the tour, drops the setup (cleanup) and checks it is gone.
+fn run(ui: &Ui) -> Result<bool> {
+    println!(
+        "{}",
+        ui.bold("lb-demo: switching a service between two deployment pools with one command, and back")
+    );
+    println!("{}", ui.dim("setting up network namespaces, 4 backends and lb-daemon (a few seconds)…"));
+    let began = Instant::now();
+    let setup = e2e::setup("demo", "nat").context("building the demo topology")?;
+    println!("{}", ui.dim(&format!("ready in {:.1} s", began.elapsed().as_secs_f64())));
+    let leftovers =
+        Leftovers { namespaces: setup.topo.namespace_names(), pins: setup.daemon.pin_dir() };
+    let result = tour(ui, &setup);
+    if result.is_err() || stopped() {
+        // Keep the daemon's view for a failed run.
+        if !stopped() {
+            let log = setup.daemon.log();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            for line in tail.into_iter().rev() {
+                eprintln!("  daemon: {line}");
+            }
+        }
+    }
+    println!();
+    drop(setup);
+    leftovers.report(ui);
+    result
+}
+
+fn main() -> ExitCode {
+    let ui = Ui::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("lb-demo: run as root (it creates network namespaces and loads an XDP program)");
+        return ExitCode::from(1);
+    }
+    if let Err(e) = install_signal_handlers() {
+        eprintln!("lb-demo: {e:#}");
+        return ExitCode::from(1);
+    }
+    let result = run(&ui);
+    if stopped() {
+        eprintln!("lb-demo: interrupted");
+        return ExitCode::from(130);
+    }
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("lb-demo: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
