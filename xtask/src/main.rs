@@ -45,7 +45,7 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         cp_runs: u32,
     },
-    /// A guided tour in about half a minute: namespaces with a client, the balancer and two
+    /// A guided tour in about 20 seconds: namespaces with a client, the balancer and two
     /// pools, live traffic, `lbctl switch pool-b` and `lbctl rollback`; cleans up after itself
     /// (also on Ctrl-C). Needs root.
     Demo,

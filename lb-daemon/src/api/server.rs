@@ -695,6 +695,8 @@ mod tests {
     struct Fake {
         active: Mutex<Option<String>>,
         requesters: Mutex<Vec<String>>,
+        /// The watch started by the last switch with `watch_s`.
+        watch: Mutex<Option<WatchView>>,
     }
 
     impl Fake {
@@ -712,16 +714,20 @@ mod tests {
                     .map(|p| PoolView {
                         name: (*p).into(),
                         share: if *p == active { 100 } else { 0 },
+                        min_healthy: 1,
+                        healthy: 1,
                         backends: vec![BackendView {
                             addr: "10.0.0.1:8080".into(),
                             weight: 1,
                             index: 0,
                             up: true,
+                            last_error: None,
                             traffic: Traffic::default(),
                         }],
                         traffic: Traffic::default(),
                     })
                     .collect(),
+                watch: self.watch.lock().unwrap().clone(),
             }
         }
 
@@ -763,6 +769,19 @@ mod tests {
             let before = self.service_view().active;
             *self.active.lock().unwrap() = Some(req.pool.clone());
             let after = Active::Pool(req.pool.clone());
+            let watch = req.watch_s.map(|secs| WatchView {
+                service: "web".into(),
+                pool: req.pool.clone(),
+                until: "2024-01-01T00:01:00Z".into(),
+                remaining_s: secs,
+                state: WatchState::Watching,
+                reason: None,
+                switch_history_id: Some(1),
+                rollback_history_id: None,
+            });
+            if watch.is_some() {
+                *self.watch.lock().unwrap() = watch.clone();
+            }
             Ok(SwitchOutcome {
                 service: "web".into(),
                 changed: before != after,
@@ -772,6 +791,9 @@ mod tests {
                 epoch: 1,
                 apply_us: 84,
                 history_id: Some(1),
+                dry_run: req.dry_run,
+                warnings: vec![],
+                watch,
             })
         }
         fn rollback(
@@ -780,7 +802,11 @@ mod tests {
             req: &RollbackRequest,
             requester: &str,
         ) -> Result<SwitchOutcome, ApiError> {
-            self.switch(service, &SwitchRequest { pool: "pool-a".into(), hard: req.hard }, requester)
+            self.switch(
+                service,
+                &SwitchRequest { pool: "pool-a".into(), hard: req.hard, ..Default::default() },
+                requester,
+            )
         }
         fn split(
             &self,
@@ -815,6 +841,29 @@ mod tests {
         }
         fn metrics(&self) -> Result<String, ApiError> {
             Ok("lb_up 1\n".into())
+        }
+        fn drain(&self, service: Option<&str>) -> Result<DrainView, ApiError> {
+            self.check(service)?;
+            let view = self.service_view();
+            Ok(DrainView {
+                service: "web".into(),
+                idle_timeout_s: 120,
+                pools: view
+                    .pools
+                    .iter()
+                    .map(|p| PoolDrain {
+                        pool: p.name.clone(),
+                        share: p.share,
+                        established: if p.share == 0 { 3 } else { 0 },
+                        closing: 1,
+                    })
+                    .collect(),
+                flows_scanned: 8,
+            })
+        }
+        fn watch(&self, service: Option<&str>) -> Result<Option<WatchView>, ApiError> {
+            self.check(service)?;
+            Ok(self.watch.lock().unwrap().clone())
         }
     }
 
@@ -929,7 +978,7 @@ mod tests {
         let server = TestServer::start(false).await;
         let client = server.client();
         let (named, unnamed) = blocking(move || {
-            let req = SwitchRequest { pool: "pool-b".into(), hard: false };
+            let req = SwitchRequest { pool: "pool-b".into(), ..Default::default() };
             let named: SwitchOutcome = client.post("/v1/services/web/switch", &req).unwrap();
             let unnamed: SwitchOutcome = client.post("/v1/switch", &req).unwrap();
             (named, unnamed)
@@ -951,6 +1000,49 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drain_and_watch_routes_answer() {
+        let server = TestServer::start(false).await;
+        let client = server.client();
+        let (drain_named, drain_only, no_watch, switched, watch_named, watch_only, errors) =
+            blocking(move || {
+                let drain_named: DrainView = client.get("/v1/services/web/drain").unwrap();
+                let drain_only: DrainView = client.get("/v1/drain").unwrap();
+                // JSON null while no switch was watched.
+                let no_watch = client.get_text("/v1/services/web/watch").unwrap();
+                let req = SwitchRequest { pool: "pool-b".into(), watch_s: Some(60), ..Default::default() };
+                let switched: SwitchOutcome = client.post("/v1/switch", &req).unwrap();
+                let watch_named: Option<WatchView> = client.get("/v1/services/web/watch").unwrap();
+                let watch_only: Option<WatchView> = client.get("/v1/watch").unwrap();
+                let errors: Vec<Result<serde_json::Value, ClientError>> = vec![
+                    client.get("/v1/services/nope/drain"),
+                    client.get("/v1/services/nope/watch"),
+                    client.post("/v1/drain", &serde_json::json!({})),
+                    client.post("/v1/services/web/watch", &serde_json::json!({})),
+                    client.get("/v1/services/we%62/watch"),
+                ];
+                (drain_named, drain_only, no_watch, switched, watch_named, watch_only, errors)
+            })
+            .await;
+        assert_eq!(drain_named, drain_only);
+        assert_eq!(drain_named.service, "web");
+        let pools: Vec<(&str, u32, u64)> =
+            drain_named.pools.iter().map(|p| (p.pool.as_str(), p.share, p.established)).collect();
+        assert_eq!(pools, [("pool-a", 100, 0), ("pool-b", 0, 3)]);
+        assert_eq!(no_watch.trim(), "null");
+        let watch = switched.watch.expect("the outcome carries the watch it started");
+        assert_eq!((watch.pool.as_str(), watch.state), ("pool-b", WatchState::Watching));
+        assert_eq!(watch_named.as_ref(), Some(&watch));
+        assert_eq!(watch_only, watch_named);
+        let errors: Vec<(u16, ApiError)> = errors.into_iter().map(api_error).collect();
+        assert_eq!((errors[0].0, errors[0].1.code), (404, ErrorCode::NotFound));
+        assert_eq!((errors[1].0, errors[1].1.code), (404, ErrorCode::NotFound));
+        assert_eq!(errors[2].0, 405);
+        assert_eq!(errors[3].0, 405);
+        assert_eq!((errors[4].0, errors[4].1.code), (400, ErrorCode::InvalidRequest));
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bad_requests_get_json_errors() {
         let server = TestServer::start(false).await;
         let client = server.client();
@@ -959,11 +1051,15 @@ mod tests {
                 client.post("/v1/services/web/switch", &serde_json::json!({ "pool": "pool-b", "bogus": 1 })),
                 client.post("/v1/switch", &serde_json::json!({ "hard": true })),
                 client.get("/v1/services/nope"),
-                client.post("/v1/services/web/switch", &SwitchRequest { pool: "pool-z".into(), hard: false }),
+                client.post(
+                    "/v1/services/web/switch",
+                    &SwitchRequest { pool: "pool-z".into(), ..Default::default() },
+                ),
                 client.get("/v1/switch"),
                 client.get("/v1/nothing-here"),
                 client.get("/v2/status"),
-                client.post("/v1/switch", &SwitchRequest { pool: "x".repeat(70 * 1024), hard: false }),
+                client
+                    .post("/v1/switch", &SwitchRequest { pool: "x".repeat(70 * 1024), ..Default::default() }),
                 client.get("/v1/history?limit=0"),
                 client.get("/v1/history?limit=10001"),
                 client.get("/v1/history?limit=ten"),
@@ -1061,8 +1157,11 @@ mod tests {
         let c =
             Client::new(Endpoint::Tcp { addr, token: TOKEN.into() }, "ci-bot".into(), Duration::from_secs(5));
         blocking(move || {
-            c.post::<_, SwitchOutcome>("/v1/switch", &SwitchRequest { pool: "pool-b".into(), hard: true })
-                .unwrap()
+            c.post::<_, SwitchOutcome>(
+                "/v1/switch",
+                &SwitchRequest { pool: "pool-b".into(), hard: true, ..Default::default() },
+            )
+            .unwrap()
         })
         .await;
         let requesters = server.fake.requesters.lock().unwrap().clone();
@@ -1146,6 +1245,10 @@ mod tests {
             ("/v1/rollback", "post"),
             ("/v1/services/{name}/split", "post"),
             ("/v1/split", "post"),
+            ("/v1/services/{name}/drain", "get"),
+            ("/v1/drain", "get"),
+            ("/v1/services/{name}/watch", "get"),
+            ("/v1/watch", "get"),
             ("/v1/history", "get"),
             ("/v1/reload", "post"),
             ("/v1/shutdown", "post"),

@@ -1,47 +1,94 @@
 //! `lbctl`: the command-line client of lb-daemon's management API. It switches a service
-//! between pools, rolls back, splits traffic and shows state and history.
+//! between pools, rolls back, splits traffic and shows state, drain progress and history.
 //!
 //! A thin client: every command is one or two API requests (see `lb_daemon::client`), text
-//! output is a summary of the response and `--output json` prints the response itself. Exit
+//! output is a summary of the response and `--output json` prints the response itself. After a
+//! switch, `--wait`, `--wait-drained` and `--watch` poll the daemon until the change took effect
+//! (see [`follow`]); the watch itself is held by the daemon, lbctl only reports on it. Exit
 //! codes are stable so CI steps can branch on them (see [`exit_code`] and `lbctl --help`).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use lb_daemon::{api::model::*, client::*};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Shown at the end of `lbctl --help`.
 const AFTER_HELP: &str = "\
 Examples:
-  lbctl status                         daemon, services, pools and counters
+  lbctl status                         daemon, services, pools (healthy/total), watch, counters
   lbctl switch pool-b                  new flows of the (only) service go to pool-b
   lbctl --service web switch pool-b --hard
                                        ...and established flows move too
+  lbctl switch pool-b --dry-run        what a switch would do (refusal, warnings); changes nothing
   lbctl rollback                       back to the previous pool (or split)
   lbctl split pool-a=90 pool-b=10      canary: 10% of new flows to pool-b
-  lbctl pools                          pools with their backends and share
+  lbctl drain-status                   established flows still on each pool
+  lbctl pools                          pools with their backends, health and share
   lbctl history --limit 20             the last 20 changes and who made them
   lbctl -o json status | jq '.services[].active'
   lbctl --url lb1:9180 --token-file /etc/lb/api.token status
                                        a remote daemon over TCP
 
+CI step (compare-and-swap, daemon-held watch with automatic rollback, wait for the old pool
+to empty; fails the pipeline with 6, 8 or 9):
+  lbctl switch pool-b --expect-active pool-a --watch 60s --wait-drained 5m
+
 Exit codes:
-  0  success (also when nothing had to change)
-  1  daemon internal error, or an unexpected failure (bad response, timeout)
+  0  success (also when nothing had to change, and for --dry-run)
+  1  daemon internal error, or an unexpected failure (bad response, timeout, watch cancelled)
   2  usage error (bad arguments)
-  3  daemon unreachable (not running, wrong --socket, no permission: try sudo)
+  3  daemon unreachable (not running, wrong --socket, no permission: try sudo); also when it
+     becomes unreachable during --watch/--wait (the daemon keeps watching by itself)
   4  not found (unknown service or pool)
-  5  invalid request or refused (e.g. a pool with too few healthy backends)
-  6  conflict (the state changed underneath; look and retry)
+  5  invalid request or refused (e.g. a pool below min_healthy without --force)
+  6  conflict (--expect-active did not match: someone else changed the state; look and retry)
   7  unauthorized (missing or wrong token with --url)
+  8  a wait timed out (--wait: no new flow reached the new pool; --wait-drained: flows left)
+  9  the daemon rolled back automatically during --watch (the new pool turned unhealthy)
+
+Durations (--watch, --wait, --wait-drained, --timeout) are plain seconds (90, 0.5) or
+humantime (500ms, 60s, 2m, 1h30m).
 
 Environment:
   LB_SOCKET  default for --socket
   LB_TOKEN   bearer token for --url when --token-file is not given";
+
+/// Shown at the end of `lbctl switch --help`.
+const SWITCH_AFTER_HELP: &str = "\
+Examples:
+  lbctl switch pool-b                   prints e.g. `web: pool-a -> pool-b (drain), applied in 84 us`
+  lbctl switch pool-b --dry-run         `would switch web: pool-a -> pool-b (drain)`; nothing changes
+  lbctl switch pool-b --expect-active pool-a
+                                        only if pool-a is active now, else exit 6
+  lbctl switch pool-b --expect-active pool-a --watch 60s --wait-drained 5m
+                                        the CI step
+
+After the switch (not with --dry-run) lbctl can wait, polling the daemon; all run together,
+--wait-drained starts once --wait is satisfied:
+  --wait[=TIMEOUT]        until a new flow reached the new pool (its backends' new_flows counter
+                          grew); exit 8 after TIMEOUT (default 30s). Write --wait=TIMEOUT, or put
+                          --wait TIMEOUT after POOL.
+  --wait-drained TIMEOUT  until the pools that now get no new flows have no established flow
+                          left; exit 8 after TIMEOUT with the count left.
+  --watch DURATION        the daemon watches the new pool for DURATION (whole seconds, rounded
+                          up) and rolls back by itself if it falls below min_healthy; lbctl
+                          follows the watch: exit 0 when it passed, 9 when the daemon rolled back,
+                          1 when it was cancelled (another change), 3 when the daemon cannot be
+                          reached. The watch is the daemon's: stopping lbctl does not stop it.
+An automatic rollback ends all waits at once (exit 9).
+
+JSON output (-o json): without wait flags, the switch outcome. With any of --wait,
+--wait-drained, --watch: ONE object once everything finished or failed,
+  {\"outcome\": <switch outcome>, \"wait\": {\"pool\", \"reached\", \"baseline\", \"new_flows\", \"elapsed_ms\"},
+   \"watch\": <watch, as GET /v1/services/{name}/watch>, \"drain\": {\"drained\", \"remaining\", \"pools\",
+   \"elapsed_ms\"}, \"error\": {\"exit_code\", \"message\"}}
+with a key only for the flags given (null when that wait never ran) and \"error\" only on failure.";
 
 /// Command line.
 #[derive(Parser, Debug)]
@@ -71,7 +118,7 @@ pub struct Cli {
     /// Service to act on (may be left out when the daemon has exactly one).
     #[arg(long, short = 's', global = true, value_name = "NAME", value_parser = parse_service_name)]
     service: Option<String>,
-    /// Give up after this long (seconds, e.g. 10 or 0.5).
+    /// Give up on one request after this long (seconds, e.g. 10 or 0.5).
     #[arg(long, global = true, default_value = "10", value_name = "SECONDS", value_parser = parse_timeout)]
     timeout: Duration,
     /// What to do.
@@ -91,12 +138,10 @@ pub enum Output {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Show the daemon, its interfaces, services and pools (--service: only that service).
+    /// Show the daemon, its interfaces, services, pools and watches (--service: only that service).
     Status,
     /// Make POOL the active pool: new flows go there, established flows stay (unless --hard).
-    #[command(
-        after_help = "Example: lbctl switch pool-b\nPrints e.g. `web: pool-a -> pool-b (drain), applied in 84 us`."
-    )]
+    #[command(after_help = SWITCH_AFTER_HELP)]
     Switch {
         /// Pool to make active.
         #[arg(value_name = "POOL")]
@@ -104,23 +149,67 @@ pub enum Command {
         /// Move established flows to the new pool too (they may see resets).
         #[arg(long)]
         hard: bool,
+        /// Switch even when POOL has fewer healthy backends than its min_healthy (warns).
+        #[arg(long)]
+        force: bool,
+        /// Say what would happen (refusal, warnings) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only switch if this is active now (a pool, or e.g. "split pool-a=90 pool-b=10");
+        /// otherwise change nothing and exit 6.
+        #[arg(long, value_name = "POOL", value_parser = parse_expect_active)]
+        expect_active: Option<String>,
+        /// Wait until a new flow reached POOL (default 30s); exit 8 on timeout.
+        #[arg(
+            long,
+            value_name = "TIMEOUT",
+            num_args = 0..=1,
+            default_missing_value = "30s",
+            value_parser = parse_duration
+        )]
+        wait: Option<Duration>,
+        /// Wait until the pools that no longer get new flows have no established flow; exit 8
+        /// on timeout.
+        #[arg(long, value_name = "TIMEOUT", value_parser = parse_duration)]
+        wait_drained: Option<Duration>,
+        /// Have the daemon watch POOL this long and roll back by itself if it falls below
+        /// min_healthy; lbctl follows the watch (exit 9 on an automatic rollback).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        watch: Option<Duration>,
     },
     /// Go back to the previous active pool or split.
     Rollback {
         /// Move established flows too.
         #[arg(long)]
         hard: bool,
+        /// Say what would happen and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only roll back if this is active now; otherwise change nothing and exit 6.
+        #[arg(long, value_name = "POOL", value_parser = parse_expect_active)]
+        expect_active: Option<String>,
     },
     /// Share new flows between pools by percentage (at least two pools, summing to 100).
-    #[command(after_help = "Example: lbctl split pool-a=90 pool-b=10")]
+    #[command(after_help = "Example: lbctl split pool-a=90 pool-b=10 --expect-active pool-a")]
     Split {
         /// POOL=PERCENT pairs, e.g. pool-a=90 pool-b=10.
         #[arg(value_name = "POOL=PCT", num_args = 2.., required = true)]
         weights: Vec<String>,
+        /// Split even when a pool has fewer healthy backends than its min_healthy (warns).
+        #[arg(long)]
+        force: bool,
+        /// Say what would happen and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only split if this is active now; otherwise change nothing and exit 6.
+        #[arg(long, value_name = "POOL", value_parser = parse_expect_active)]
+        expect_active: Option<String>,
     },
-    /// List the service's pools with their share of new flows and their backends.
+    /// Show established and closing flows per pool (what a drain switch leaves behind).
+    DrainStatus,
+    /// List the service's pools with their share, health and backends.
     Pools,
-    /// List every backend of the service: pool, address, weight, state, counters.
+    /// List every backend of the service: pool, address, weight, state, counters, last error.
     Backends,
     /// Show recorded changes (switches, rollbacks, splits), newest last.
     History {
@@ -138,8 +227,74 @@ pub enum Command {
     },
 }
 
-/// The process exit code for a failed request (see the table in `--help`).
-pub fn exit_code(error: &ClientError) -> i32 {
+/// Why lbctl failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// A request failed; whatever it asked for did not happen.
+    Request(ClientError),
+    /// The change was made, but a request while following it failed. `note` says what the
+    /// daemon still does by itself (a watch it holds).
+    Following {
+        /// What failed.
+        error: ClientError,
+        /// E.g. "lb-daemon still holds the watch of pool-b until ...".
+        note: Option<String>,
+    },
+    /// `--wait` or `--wait-drained` ran out of time.
+    WaitTimedOut(String),
+    /// The daemon rolled back by itself during `--watch`.
+    RolledBack(String),
+    /// Anything else: a cancelled watch, a watch that did not end, a malformed response.
+    Unexpected(String),
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        Failure::Request(error)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Request(e) => write!(f, "{e}"),
+            Failure::Following { error, note: Some(note) } => write!(f, "{error}; {note}"),
+            Failure::Following { error, note: None } => write!(f, "{error} (the change itself was made)"),
+            Failure::WaitTimedOut(m) | Failure::RolledBack(m) | Failure::Unexpected(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// The process exit code of a failure:
+///
+/// | code | meaning |
+/// |------|---------|
+/// | 0 | success (never returned here) |
+/// | 1 | daemon internal error, or an unexpected failure (bad response, request timeout, watch cancelled) |
+/// | 2 | usage error (clap exits with it before anything is sent) |
+/// | 3 | daemon unreachable; also when it becomes unreachable while following a change |
+/// | 4 | not found (unknown service or pool) |
+/// | 5 | invalid request or refused (e.g. a pool below min_healthy without `--force`) |
+/// | 6 | conflict (`--expect-active` did not match, or the service changed during `--wait-drained`) |
+/// | 7 | unauthorized (TCP without the right token) |
+/// | 8 | a wait (`--wait`, `--wait-drained`) timed out |
+/// | 9 | the daemon rolled back automatically during `--watch` |
+pub fn exit_code(failure: &Failure) -> i32 {
+    match failure {
+        Failure::Request(e) => client_exit_code(e),
+        Failure::Following { error, .. } => match error {
+            ClientError::Api { .. } => client_exit_code(error),
+            // Lost contact (or a timeout) after the change: the daemon is what is unreachable.
+            ClientError::Unreachable { .. } | ClientError::Protocol(_) => 3,
+        },
+        Failure::WaitTimedOut(_) => 8,
+        Failure::RolledBack(_) => 9,
+        Failure::Unexpected(_) => 1,
+    }
+}
+
+/// The exit code of a failed request (see [`exit_code`]).
+fn client_exit_code(error: &ClientError) -> i32 {
     match error {
         ClientError::Unreachable { .. } => 3,
         ClientError::Api { error, .. } => match error.code {
@@ -184,7 +339,7 @@ pub fn parse_split(args: &[String]) -> Result<SplitRequest, String> {
     if sum != 100 {
         return Err(format!("the percentages add up to {sum}, not 100"));
     }
-    Ok(SplitRequest { weights })
+    Ok(SplitRequest { weights, ..SplitRequest::default() })
 }
 
 fn parse_service_name(s: &str) -> Result<String, String> {
@@ -192,6 +347,41 @@ fn parse_service_name(s: &str) -> Result<String, String> {
         Ok(s.to_owned())
     } else {
         Err("service names are made of a-z, 0-9, '.', '_' and '-'".into())
+    }
+}
+
+/// Longest accepted duration for the waits and the watch (the daemon's watch limit too).
+const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
+/// A duration: plain seconds (`90`, `0.5`) or humantime (`500ms`, `60s`, `2m`, `1h30m`); more
+/// than 0, at most 24 h.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= MAX_DURATION.as_secs_f64() => {
+            Duration::from_secs_f64(secs)
+        }
+        Ok(_) => return Err("must be more than 0 and at most 24h".into()),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|_| format!("{s:?} is not a duration: expected e.g. 60s, 2m, 500ms or plain seconds"))?,
+    };
+    if d.is_zero() || d > MAX_DURATION {
+        return Err("must be more than 0 and at most 24h".into());
+    }
+    Ok(d)
+}
+
+/// The `watch_s` of a `--watch` duration: whole seconds, rounded up.
+pub fn watch_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn parse_expect_active(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        Err("expected the active pool (or split, e.g. \"split pool-a=90 pool-b=10\")".into())
+    } else {
+        Ok(s.to_owned())
     }
 }
 
@@ -257,7 +447,7 @@ fn endpoint(cli: &Cli) -> Result<Endpoint, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let split = match &cli.command {
-        Command::Split { weights } => match parse_split(weights) {
+        Command::Split { weights, .. } => match parse_split(weights) {
             Ok(req) => Some(req),
             Err(msg) => usage_error(ErrorKind::ValueValidation, msg),
         },
@@ -295,36 +485,38 @@ fn print_stdout(text: &str) {
     let _ = out.flush();
 }
 
-/// Reports a failure: message (and a hint) on stderr; in JSON mode the API's error body on stdout.
-fn report(cli: &Cli, e: &ClientError) {
+/// Reports a failure: message (and a hint) on stderr; in JSON mode the API's error body on
+/// stdout for a failed request (a failure after a change is part of the JSON printed already).
+fn report(cli: &Cli, failure: &Failure) {
     if cli.output == Output::Json
-        && let ClientError::Api { error, .. } = e
+        && let Failure::Request(ClientError::Api { error, .. }) = failure
         && let Ok(body) = serde_json::to_string_pretty(&error.body())
     {
         print_stdout(&body);
     }
-    let hint = match e {
-        ClientError::Unreachable { source, .. } => match source.kind() {
+    let hint = match failure {
+        Failure::Request(ClientError::Unreachable { source, .. }) => match source.kind() {
             std::io::ErrorKind::PermissionDenied => " (the API socket is root-only: try sudo)",
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused if cli.url.is_none() => {
                 " (is lb-daemon running? the socket path is set by --socket or LB_SOCKET)"
             }
             _ => "",
         },
-        ClientError::Api { error, .. } if error.code == ErrorCode::Unauthorized => {
+        Failure::Request(ClientError::Api { error, .. }) if error.code == ErrorCode::Unauthorized => {
             " (check --token-file or LB_TOKEN)"
         }
         _ => "",
     };
-    eprintln!("lbctl: {e}{hint}");
+    eprintln!("lbctl: {failure}{hint}");
 }
 
-/// Runs the command; returns what to print on stdout.
-fn run(cli: &Cli, client: &Client, split: Option<SplitRequest>) -> Result<String, ClientError> {
+/// Runs the command; returns what to print on stdout (a switch that waits prints its progress
+/// itself as it goes).
+fn run(cli: &Cli, client: &Client, split: Option<SplitRequest>) -> Result<String, Failure> {
     let json = cli.output == Output::Json;
     let service = cli.service.as_deref();
     // `/v1/services/web/switch` with --service, `/v1/switch` (the only service) without.
-    let change_path = |verb: &str| match service {
+    let service_path = |verb: &str| match service {
         Some(s) => format!("/v1/services/{s}/{verb}"),
         None => format!("/v1/{verb}"),
     };
@@ -335,20 +527,61 @@ fn run(cli: &Cli, client: &Client, split: Option<SplitRequest>) -> Result<String
             if let Some(name) = service
                 && !status.services.iter().any(|s| s.name == name)
             {
-                return Err(local_error(ErrorCode::NotFound, format!("no service named {name}")));
+                return Err(local_error(ErrorCode::NotFound, format!("no service named {name}")).into());
             }
             Ok(if json { pretty_json(&raw) } else { format_status(&status, service) })
         }
-        Command::Switch { pool, hard } => {
-            let req = SwitchRequest { pool: pool.clone(), hard: *hard };
-            outcome(json, client.post_text(&change_path("switch"), &req)?)
+        Command::Switch { pool, hard, force, dry_run, expect_active, wait, wait_drained, watch } => {
+            let req = SwitchRequest {
+                pool: pool.clone(),
+                hard: *hard,
+                force: *force,
+                dry_run: *dry_run,
+                expect_active: expect_active.clone(),
+                watch_s: watch.map(watch_secs),
+            };
+            let raw = client.post_text(&service_path("switch"), &req)?;
+            let waits = Waits { new_flow: *wait, drained: *wait_drained, watch: *watch };
+            if !waits.any() {
+                return outcome(json, &raw, "switch");
+            }
+            let o: SwitchOutcome = parse(&raw)?;
+            if !json {
+                print_stdout(&outcome_text(&o, "switch"));
+            }
+            let (seen, result) = if o.dry_run {
+                if !json {
+                    print_stdout("dry run: nothing changed, so nothing to wait for\n");
+                }
+                (Followed::default(), Ok(()))
+            } else if json {
+                follow(client, &o, pool, waits, &PACE, &mut |_| {})
+            } else {
+                follow(client, &o, pool, waits, &PACE, &mut |line| print_stdout(&line))
+            };
+            if json {
+                print_stdout(&followed_json(&raw, waits, &seen, result.as_ref().err()));
+            }
+            result.map(|()| String::new())
         }
-        Command::Rollback { hard } => {
-            outcome(json, client.post_text(&change_path("rollback"), &RollbackRequest { hard: *hard })?)
+        Command::Rollback { hard, dry_run, expect_active } => {
+            let req =
+                RollbackRequest { hard: *hard, dry_run: *dry_run, expect_active: expect_active.clone() };
+            outcome(json, &client.post_text(&service_path("rollback"), &req)?, "roll back")
         }
-        Command::Split { .. } => {
-            let req = split.unwrap_or_default();
-            outcome(json, client.post_text(&change_path("split"), &req)?)
+        Command::Split { force, dry_run, expect_active, .. } => {
+            let req = SplitRequest {
+                force: *force,
+                dry_run: *dry_run,
+                expect_active: expect_active.clone(),
+                ..split.unwrap_or_default()
+            };
+            outcome(json, &client.post_text(&service_path("split"), &req)?, "split")
+        }
+        Command::DrainStatus => {
+            let raw = client.get_text(&service_path("drain"))?;
+            let view: DrainView = parse(&raw)?;
+            Ok(if json { pretty_json(&raw) } else { format_drain(&view) })
         }
         Command::Pools | Command::Backends => {
             let name = match service {
@@ -421,15 +654,15 @@ fn local_error(code: ErrorCode, message: String) -> ClientError {
     ClientError::Api { status: code.http_status(), error: ApiError::new(code, message) }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, ClientError> {
+fn parse<T: DeserializeOwned>(raw: &str) -> Result<T, ClientError> {
     serde_json::from_str(raw)
         .map_err(|e| ClientError::Protocol(format!("unexpected response from lb-daemon: {e}")))
 }
 
-/// Prints a switch/rollback/split outcome.
-fn outcome(json: bool, raw: String) -> Result<String, ClientError> {
-    let o: SwitchOutcome = parse(&raw)?;
-    Ok(if json { pretty_json(&raw) } else { format!("{}\n", outcome_line(&o)) })
+/// Prints a switch/rollback/split outcome (`verb` as in "would switch").
+fn outcome(json: bool, raw: &str, verb: &str) -> Result<String, Failure> {
+    let o: SwitchOutcome = parse(raw)?;
+    Ok(if json { pretty_json(raw) } else { outcome_text(&o, verb) })
 }
 
 fn mode_name(mode: SwitchMode) -> &'static str {
@@ -453,6 +686,518 @@ fn outcome_line(o: &SwitchOutcome) -> String {
     } else {
         format!("{}: {} already active, nothing changed", o.service, o.after)
     }
+}
+
+/// The outcome line (`would switch web: pool-a -> pool-b (drain)` for a dry run), then one
+/// `warning:` line per warning.
+fn outcome_text(o: &SwitchOutcome, verb: &str) -> String {
+    let mut s = match (o.dry_run, o.changed) {
+        (false, _) => outcome_line(o),
+        (true, true) => {
+            format!("would {verb} {}: {} -> {} ({})", o.service, o.before, o.after, mode_name(o.mode))
+        }
+        (true, false) => format!("{}: {} already active, nothing would change", o.service, o.after),
+    };
+    s.push('\n');
+    for w in &o.warnings {
+        s.push_str(&format!("warning: {w}\n"));
+    }
+    s
+}
+
+/// Poll intervals of [`follow`] (tests go faster).
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    /// `--wait`: the service's counters.
+    new_flow: Duration,
+    /// `--wait-drained`: the drain view.
+    drain: Duration,
+    /// `--watch`: the watch.
+    watch: Duration,
+    /// How long past its window a watch may still be reported running.
+    watch_grace: Duration,
+    /// Shortest time between two drain progress lines.
+    drain_report: Duration,
+    /// How long polls may fail in a row (daemon restarting, busy) before lbctl gives up.
+    patience: Duration,
+}
+
+const PACE: Pace = Pace {
+    new_flow: Duration::from_millis(100),
+    drain: Duration::from_millis(250),
+    watch: Duration::from_millis(200),
+    watch_grace: Duration::from_secs(10),
+    drain_report: Duration::from_secs(1),
+    patience: Duration::from_secs(2),
+};
+
+/// What to wait for after a switch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Waits {
+    /// `--wait`: timeout for a new flow to reach the new pool.
+    new_flow: Option<Duration>,
+    /// `--wait-drained`: timeout for the old pools to empty.
+    drained: Option<Duration>,
+    /// `--watch`: the daemon's watch window.
+    watch: Option<Duration>,
+}
+
+impl Waits {
+    fn any(&self) -> bool {
+        self.new_flow.is_some() || self.drained.is_some() || self.watch.is_some()
+    }
+}
+
+/// What `--wait` saw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+struct NewFlowReport {
+    /// The new pool.
+    pool: String,
+    /// Whether a new flow reached it.
+    reached: bool,
+    /// Its backends' `new_flows` right after the switch.
+    baseline: u64,
+    /// ... and at the last look.
+    new_flows: u64,
+    /// Since the switch.
+    elapsed_ms: u64,
+}
+
+/// What `--wait-drained` saw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+struct DrainReport {
+    /// Whether the pools drained.
+    drained: bool,
+    /// Established flows left on them at the last look.
+    remaining: u64,
+    /// The pools waited for (those with share 0 after the switch), at the last look.
+    pools: Vec<PoolDrain>,
+    /// Since the wait started.
+    elapsed_ms: u64,
+}
+
+/// What the waits saw, for `--output json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Followed {
+    wait: Option<NewFlowReport>,
+    watch: Option<WatchView>,
+    drain: Option<DrainReport>,
+}
+
+/// The one JSON document of a switch with waits: the outcome as the daemon sent it (every field,
+/// in its order), a key per wait asked for (null when it never ran) and `error` on failure.
+fn followed_json(raw_outcome: &str, waits: Waits, seen: &Followed, failure: Option<&Failure>) -> String {
+    fn compact<T: Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+    }
+    let outcome = raw_outcome.trim();
+    let mut members =
+        vec![("outcome", if outcome.is_empty() { "null".to_owned() } else { outcome.to_owned() })];
+    if waits.new_flow.is_some() {
+        members.push(("wait", compact(&seen.wait)));
+    }
+    if waits.watch.is_some() {
+        members.push(("watch", compact(&seen.watch)));
+    }
+    if waits.drained.is_some() {
+        members.push(("drain", compact(&seen.drain)));
+    }
+    if let Some(f) = failure {
+        members.push((
+            "error",
+            compact(&serde_json::json!({ "exit_code": exit_code(f), "message": f.to_string() })),
+        ));
+    }
+    let body: Vec<String> = members.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    pretty_json(&format!("{{{}}}", body.join(",")))
+}
+
+/// Where [`follow`] reads the daemon's state (the client; a script in tests).
+trait Daemon {
+    fn fetch(&self, path: &str) -> Result<String, ClientError>;
+}
+
+impl Daemon for Client {
+    fn fetch(&self, path: &str) -> Result<String, ClientError> {
+        self.get_text(path)
+    }
+}
+
+/// Polls, tolerating a daemon that does not answer for up to `patience` in a row.
+struct Contact {
+    failing_since: Option<Instant>,
+    patience: Duration,
+}
+
+impl Contact {
+    /// The answer; `Ok(None)` when the daemon did not answer and lbctl should try again.
+    /// `note` goes with an error when the daemon still does something by itself.
+    fn poll<T: DeserializeOwned>(
+        &mut self,
+        daemon: &dyn Daemon,
+        path: &str,
+        note: Option<&str>,
+    ) -> Result<Option<T>, Failure> {
+        let failed = |error| Failure::Following { error, note: note.map(str::to_owned) };
+        match daemon.fetch(path) {
+            Ok(raw) => {
+                self.failing_since = None;
+                serde_json::from_str(&raw).map(Some).map_err(|e| {
+                    Failure::Unexpected(format!("unexpected response from lb-daemon to GET {path}: {e}"))
+                })
+            }
+            Err(e @ ClientError::Api { .. }) => Err(failed(e)),
+            Err(e) => {
+                let since = *self.failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.patience { Err(failed(e)) } else { Ok(None) }
+            }
+        }
+    }
+}
+
+/// The watch being followed.
+struct WatchFollow {
+    /// History id of the switch it watches.
+    switch_id: Option<u64>,
+    /// After this, a watch still running is an error.
+    deadline: Instant,
+    next: Instant,
+    /// What an error says the daemon still does.
+    note: String,
+}
+
+/// A `--wait` in progress.
+struct FlowFollow {
+    timeout: Duration,
+    deadline: Instant,
+    next: Instant,
+    baseline: Option<u64>,
+}
+
+/// A `--wait-drained` in progress.
+struct DrainFollow {
+    timeout: Duration,
+    started: Instant,
+    deadline: Instant,
+    next: Instant,
+    /// The pools with share 0 at the first look.
+    pools: Option<Vec<String>>,
+    /// Last count printed and when.
+    said: Option<(u64, Instant)>,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `1.2s`, `42s`, `5m`: a short readable duration.
+fn short(d: Duration) -> String {
+    if d < Duration::from_secs(10) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
+fn flows(n: u64) -> String {
+    format!("{n} established flow{}", if n == 1 { "" } else { "s" })
+}
+
+/// Follows a switch to `pool` (outcome `o`) through the waits asked for, telling progress to
+/// `say`: a new flow reaching the pool (`--wait`), then the other pools draining
+/// (`--wait-drained`), and all along the daemon's watch (`--watch`), which outranks the rest:
+/// an automatic rollback ends everything with [`Failure::RolledBack`]. Returns what it saw
+/// (for `--output json`) and how it ended.
+fn follow(
+    daemon: &dyn Daemon,
+    o: &SwitchOutcome,
+    pool: &str,
+    waits: Waits,
+    pace: &Pace,
+    say: &mut dyn FnMut(String),
+) -> (Followed, Result<(), Failure>) {
+    let mut seen = Followed::default();
+    let result = follow_into(daemon, o, pool, waits, pace, say, &mut seen);
+    (seen, result)
+}
+
+fn follow_into(
+    daemon: &dyn Daemon,
+    o: &SwitchOutcome,
+    pool: &str,
+    waits: Waits,
+    pace: &Pace,
+    say: &mut dyn FnMut(String),
+    seen: &mut Followed,
+) -> Result<(), Failure> {
+    let start = Instant::now();
+    let svc = o.service.as_str();
+    let service_path = format!("/v1/services/{svc}");
+    let drain_path = format!("/v1/services/{svc}/drain");
+    let watch_path = format!("/v1/services/{svc}/watch");
+    let mut contact = Contact { failing_since: None, patience: pace.patience };
+
+    let mut watch = waits.watch.and_then(|window| {
+        let follow = |switch_id: Option<u64>, window: Duration, until: &str| WatchFollow {
+            switch_id,
+            deadline: start + window + pace.watch_grace,
+            next: start,
+            note: format!(
+                "lb-daemon still holds the watch of {pool} (until {until}) and rolls back by itself if \
+                 {pool} falls below min_healthy; check with `lbctl status`"
+            ),
+        };
+        let until = |w: &Option<WatchView>| w.as_ref().map(|w| w.until.clone()).unwrap_or_else(|| "its end".into());
+        if o.changed {
+            seen.watch = o.watch.clone();
+            let window = Duration::from_secs(watch_secs(window));
+            say(format!(
+                "watching {pool} for {} (until {}): lb-daemon rolls back to {} by itself if {pool} falls below \
+                 min_healthy; stopping lbctl does not stop the watch",
+                humantime::format_duration(window),
+                until(&o.watch),
+                o.before
+            ));
+            Some(follow(o.history_id, window, &until(&o.watch)))
+        } else if let Some(w) = o.watch.as_ref().filter(|w| w.state == WatchState::Watching && w.pool == pool) {
+            // Already active and still watched since an earlier switch: follow that watch.
+            seen.watch = Some(w.clone());
+            say(format!("{pool} is already active and watched by lb-daemon until {}; following that watch", w.until));
+            Some(follow(w.switch_history_id, Duration::from_secs(w.remaining_s), &w.until))
+        } else {
+            say(format!("{svc}: {pool} was already active, so no watch was started"));
+            None
+        }
+    });
+    let mut flow = waits.new_flow.map(|timeout| FlowFollow {
+        timeout,
+        deadline: start + timeout,
+        next: start,
+        baseline: None,
+    });
+    let mut drain_timeout = waits.drained;
+    let mut drain: Option<DrainFollow> = None;
+
+    loop {
+        // The watch first: an automatic rollback outranks everything else.
+        let note = watch.as_ref().map(|w| w.note.clone());
+        if let Some(w) = watch.as_mut()
+            && Instant::now() >= w.next
+        {
+            let now = Instant::now();
+            w.next = now + pace.watch;
+            if let Some(view) = contact.poll::<Option<WatchView>>(daemon, &watch_path, note.as_deref())?
+                && judge_watch(w, view, o, pool, now, seen, say)?
+            {
+                watch = None;
+            }
+        }
+        let note = watch.as_ref().map(|w| w.note.clone());
+        let with_note = |msg: String| match &note {
+            Some(n) => format!("{msg}; {n}"),
+            None => msg,
+        };
+
+        if let Some(f) = flow.as_mut()
+            && Instant::now() >= f.next
+        {
+            let now = Instant::now();
+            let mut reached = false;
+            if let Some(view) = contact.poll::<ServiceView>(daemon, &service_path, note.as_deref())? {
+                let n = pool_new_flows(&view, pool);
+                let baseline = *f.baseline.get_or_insert(n);
+                reached = n > baseline;
+                let elapsed = now.duration_since(start);
+                seen.wait = Some(NewFlowReport {
+                    pool: pool.to_owned(),
+                    reached,
+                    baseline,
+                    new_flows: n,
+                    elapsed_ms: ms(elapsed),
+                });
+                if reached {
+                    say(format!("new flows reach {pool} ({} within {})", n - baseline, short(elapsed)));
+                }
+            }
+            if reached {
+                flow = None;
+            } else if now >= f.deadline {
+                return Err(Failure::WaitTimedOut(with_note(format!(
+                    "no new flow reached {pool} within {}",
+                    humantime::format_duration(f.timeout)
+                ))));
+            } else {
+                f.next = (now + pace.new_flow).min(f.deadline);
+            }
+        }
+
+        // --wait-drained starts once --wait is satisfied.
+        if flow.is_none()
+            && let Some(timeout) = drain_timeout.take()
+        {
+            let now = Instant::now();
+            drain = Some(DrainFollow {
+                timeout,
+                started: now,
+                deadline: now + timeout,
+                next: now,
+                pools: None,
+                said: None,
+            });
+        }
+        if let Some(d) = drain.as_mut()
+            && Instant::now() >= d.next
+        {
+            let now = Instant::now();
+            let mut drained = false;
+            if let Some(view) = contact.poll::<DrainView>(daemon, &drain_path, note.as_deref())? {
+                let first = d.pools.is_none();
+                let names = d.pools.get_or_insert_with(|| {
+                    view.pools.iter().filter(|p| p.share == 0).map(|p| p.pool.clone()).collect()
+                });
+                let pools: Vec<PoolDrain> =
+                    view.pools.iter().filter(|p| names.contains(&p.pool)).cloned().collect();
+                let remaining: u64 = pools.iter().map(|p| p.established).sum();
+                let label = if names.is_empty() { "the other pools".to_owned() } else { names.join(", ") };
+                let elapsed = now.duration_since(d.started);
+                drained = remaining == 0;
+                seen.drain =
+                    Some(DrainReport { drained, remaining, pools: pools.clone(), elapsed_ms: ms(elapsed) });
+                if let Some(back) = pools.iter().find(|p| p.share > 0) {
+                    if let Some(w) = watch.as_mut() {
+                        // Most likely the daemon rolled back: let the watch say so first.
+                        w.next = now;
+                        d.next = now + pace.drain;
+                        continue;
+                    }
+                    return Err(Failure::Following {
+                        error: local_error(
+                            ErrorCode::Conflict,
+                            format!(
+                                "{} gets new flows again ({}%): {svc} was changed meanwhile (see `lbctl history`)",
+                                back.pool, back.share
+                            ),
+                        ),
+                        note: None,
+                    });
+                }
+                if drained {
+                    say(if first {
+                        format!("{label}: no established flows left")
+                    } else {
+                        format!("{label} drained after {}", short(elapsed))
+                    });
+                } else if first {
+                    say(format!(
+                        "waiting for {label} to drain: {} (timeout {})",
+                        flows(remaining),
+                        humantime::format_duration(d.timeout)
+                    ));
+                    d.said = Some((remaining, now));
+                } else if d
+                    .said
+                    .is_none_or(|(n, at)| n != remaining && now.duration_since(at) >= pace.drain_report)
+                {
+                    say(format!("  {label}: {} left", flows(remaining)));
+                    d.said = Some((remaining, now));
+                }
+            }
+            if drained {
+                drain = None;
+            } else if now >= d.deadline {
+                let names = d.pools.as_ref().map(|n| n.join(", ")).unwrap_or_else(|| "the old pools".into());
+                let msg = match &seen.drain {
+                    Some(r) => format!(
+                        "{names} still {} {} after {} (see `lbctl drain-status`)",
+                        if d.pools.as_ref().is_some_and(|n| n.len() > 1) { "have" } else { "has" },
+                        flows(r.remaining),
+                        humantime::format_duration(d.timeout)
+                    ),
+                    None => format!(
+                        "could not count the established flows within {}",
+                        humantime::format_duration(d.timeout)
+                    ),
+                };
+                return Err(Failure::WaitTimedOut(with_note(msg)));
+            } else {
+                d.next = (now + pace.drain).min(d.deadline);
+            }
+        }
+
+        let next =
+            [watch.as_ref().map(|w| w.next), flow.as_ref().map(|f| f.next), drain.as_ref().map(|d| d.next)]
+                .into_iter()
+                .flatten()
+                .min();
+        match next {
+            Some(at) => std::thread::sleep(at.saturating_duration_since(Instant::now())),
+            None if drain_timeout.is_none() => return Ok(()),
+            None => {}
+        }
+    }
+}
+
+/// One look at the watch: `Ok(true)` when it passed, `Ok(false)` while it runs.
+fn judge_watch(
+    w: &WatchFollow,
+    view: Option<WatchView>,
+    o: &SwitchOutcome,
+    pool: &str,
+    now: Instant,
+    seen: &mut Followed,
+    say: &mut dyn FnMut(String),
+) -> Result<bool, Failure> {
+    let svc = o.service.as_str();
+    let Some(view) = view else {
+        return Err(Failure::Unexpected(format!(
+            "lb-daemon holds no watch of {svc} any more: was its state reset? (see `lbctl status`)"
+        )));
+    };
+    if view.switch_history_id != w.switch_id {
+        say(format!("watch of {pool} ended: superseded"));
+        return Err(Failure::Unexpected(format!(
+            "the watch of {pool} ended early: {svc} was changed again (lb-daemon now reports the watch of switch #{}); \
+             see `lbctl history`",
+            view.switch_history_id.map(|id| id.to_string()).unwrap_or_else(|| "?".into())
+        )));
+    }
+    seen.watch = Some(view.clone());
+    match view.state {
+        WatchState::Watching if now >= w.deadline => Err(Failure::Unexpected(format!(
+            "lb-daemon still reports the watch of {pool} running after its end ({}); it keeps holding it, \
+             see `lbctl status`",
+            view.until
+        ))),
+        WatchState::Watching => Ok(false),
+        WatchState::Passed => {
+            say(format!("watch of {pool} passed: it stayed healthy until {}", view.until));
+            Ok(true)
+        }
+        WatchState::RolledBack => {
+            say(format!("watch of {pool} ended: lb-daemon rolled back to {}", o.before));
+            let id = |id: Option<u64>| id.map(|id| format!("#{id}")).unwrap_or_else(|| "#?".into());
+            Err(Failure::RolledBack(format!(
+                "lb-daemon rolled back {svc} from {pool} to {} automatically: {} (rollback {} in the history, \
+                 switch {})",
+                o.before,
+                view.reason.as_deref().unwrap_or("no reason given"),
+                id(view.rollback_history_id),
+                id(view.switch_history_id),
+            )))
+        }
+        WatchState::Cancelled => {
+            say(format!("watch of {pool} ended: cancelled"));
+            Err(Failure::Unexpected(format!(
+                "the watch of {pool} was cancelled: {}",
+                view.reason.as_deref().unwrap_or("no reason given")
+            )))
+        }
+    }
+}
+
+/// The `new_flows` counters of `pool`'s backends, summed.
+fn pool_new_flows(view: &ServiceView, pool: &str) -> u64 {
+    view.pools.iter().filter(|p| p.name == pool).flat_map(|p| &p.backends).map(|b| b.traffic.new_flows).sum()
 }
 
 /// Re-indents compact JSON the way `serde_json::to_string_pretty` does, keeping the order and
@@ -566,19 +1311,27 @@ fn format_status(s: &StatusView, only: Option<&str>) -> String {
     for svc in s.services.iter().filter(|svc| only.is_none_or(|n| n == svc.name)) {
         out.push('\n');
         out.push_str(&service_header(svc));
-        let mut rows =
-            vec![["POOL", "SHARE", "BACKENDS", "UP", "PACKETS", "NEW FLOWS"].map(String::from).to_vec()];
+        let mut rows = vec![["POOL", "SHARE", "HEALTHY", "PACKETS", "NEW FLOWS"].map(String::from).to_vec()];
         for p in &svc.pools {
             rows.push(vec![
                 p.name.clone(),
                 format!("{}%", p.share),
-                p.backends.len().to_string(),
-                p.backends.iter().filter(|b| b.up).count().to_string(),
+                pool_health(p),
                 p.traffic.packets.to_string(),
                 p.traffic.new_flows.to_string(),
             ]);
         }
-        out.push_str(&table(&rows, &[false, true, true, true, true, true], "  "));
+        out.push_str(&table(&rows, &[false, true, false, true, true], "  "));
+        let down: Vec<String> = svc
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().filter(|b| !b.up).map(move |b| (p, b)))
+            .map(|(p, b)| format!("  DOWN {} {}{}", p.name, b.addr, last_error(b)))
+            .collect();
+        for line in down {
+            out.push_str(&line);
+            out.push('\n');
+        }
     }
     let counters: Vec<String> =
         s.reasons.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r}={n}")).collect();
@@ -588,10 +1341,21 @@ fn format_status(s: &StatusView, only: Option<&str>) -> String {
     out
 }
 
-/// `service web (nat) on 192.0.2.1:80` and its active/previous line.
+/// `2/3 (min 2)`, with `below min` when a switch to the pool would be refused.
+fn pool_health(p: &PoolView) -> String {
+    let below = if p.healthy < p.min_healthy { " below min" } else { "" };
+    format!("{}/{} (min {}){below}", p.healthy, p.backends.len(), p.min_healthy)
+}
+
+/// `: connect: connection refused` when the backend has a last health-check error.
+fn last_error(b: &BackendView) -> String {
+    b.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+}
+
+/// `service web (nat) on 192.0.2.1:80`, its active/previous line and its watch.
 fn service_header(svc: &ServiceView) -> String {
     let previous = svc.previous.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "none".into());
-    format!(
+    let mut s = format!(
         "service {} ({}) on {}\n  active: {}   previous: {}   epoch: {}\n",
         svc.name,
         svc.mode,
@@ -599,26 +1363,55 @@ fn service_header(svc: &ServiceView) -> String {
         svc.active,
         previous,
         svc.epoch
-    )
+    );
+    if let Some(w) = &svc.watch {
+        s.push_str(&format!("  {}\n", watch_line(w)));
+    }
+    s
+}
+
+/// A watch in one line.
+fn watch_line(w: &WatchView) -> String {
+    let switch = w.switch_history_id.map(|id| format!(" of switch #{id}")).unwrap_or_default();
+    let reason = w.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+    match w.state {
+        WatchState::Watching => format!(
+            "watch{switch}: {} watched for {} more (until {}); rolls back by itself below min_healthy",
+            w.pool,
+            humantime::format_duration(Duration::from_secs(w.remaining_s)),
+            w.until
+        ),
+        WatchState::Passed => format!("last watch{switch}: {} passed (until {})", w.pool, w.until),
+        WatchState::RolledBack => format!(
+            "last watch{switch}: {} rolled back automatically{}{reason}",
+            w.pool,
+            w.rollback_history_id.map(|id| format!(" (#{id})")).unwrap_or_default()
+        ),
+        WatchState::Cancelled => format!("last watch{switch}: {} cancelled{reason}", w.pool),
+    }
 }
 
 fn format_pools(svc: &ServiceView) -> String {
     let mut out = service_header(svc);
     for p in &svc.pools {
-        let up = p.backends.iter().filter(|b| b.up).count();
         out.push_str(&format!(
-            "\npool {}: share {}%, {} backends ({} up), {} packets, {} new flows\n",
+            "\npool {}: share {}%, healthy {}, {} packets, {} new flows\n",
             p.name,
             p.share,
-            p.backends.len(),
-            up,
+            pool_health(p),
             p.traffic.packets,
             p.traffic.new_flows
         ));
         let rows: Vec<Vec<String>> = p
             .backends
             .iter()
-            .map(|b| vec![b.addr.clone(), format!("weight {}", b.weight), up_down(b.up).into()])
+            .map(|b| {
+                let mut row = vec![b.addr.clone(), format!("weight {}", b.weight), up_down(b.up).into()];
+                if let Some(e) = &b.last_error {
+                    row.push(e.clone());
+                }
+                row
+            })
             .collect();
         out.push_str(&table(&rows, &[], "  "));
     }
@@ -626,12 +1419,13 @@ fn format_pools(svc: &ServiceView) -> String {
 }
 
 fn up_down(up: bool) -> &'static str {
-    if up { "up" } else { "down" }
+    if up { "up" } else { "DOWN" }
 }
 
 fn format_backends(svc: &ServiceView) -> String {
-    let mut rows =
-        vec![["POOL", "ADDR", "WEIGHT", "STATE", "PACKETS", "NEW FLOWS"].map(String::from).to_vec()];
+    let mut rows = vec![
+        ["POOL", "ADDR", "WEIGHT", "STATE", "PACKETS", "NEW FLOWS", "LAST ERROR"].map(String::from).to_vec(),
+    ];
     for p in &svc.pools {
         for b in &p.backends {
             rows.push(vec![
@@ -641,10 +1435,31 @@ fn format_backends(svc: &ServiceView) -> String {
                 up_down(b.up).into(),
                 b.traffic.packets.to_string(),
                 b.traffic.new_flows.to_string(),
+                b.last_error.clone().unwrap_or_default(),
             ]);
         }
     }
     table(&rows, &[false, false, true, false, true, true], "")
+}
+
+fn format_drain(d: &DrainView) -> String {
+    let mut out = format!(
+        "service {}: flows per pool ({} flows scanned; idle over {} not counted as established)\n",
+        d.service,
+        d.flows_scanned,
+        humantime::format_duration(Duration::from_secs(d.idle_timeout_s))
+    );
+    let mut rows = vec![["POOL", "SHARE", "ESTABLISHED", "CLOSING"].map(String::from).to_vec()];
+    for p in &d.pools {
+        rows.push(vec![
+            p.pool.clone(),
+            format!("{}%", p.share),
+            p.established.to_string(),
+            p.closing.to_string(),
+        ]);
+    }
+    out.push_str(&table(&rows, &[false, true, true, true], "  "));
+    out
 }
 
 fn format_history(entries: &[HistoryEntry]) -> String {
@@ -681,6 +1496,7 @@ fn format_history(entries: &[HistoryEntry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
@@ -690,23 +1506,145 @@ mod tests {
         ClientError::Api { status: code.http_status(), error: ApiError::new(code, "x") }
     }
 
+    fn unreachable() -> ClientError {
+        ClientError::Unreachable {
+            endpoint: "/run/lb/lb.sock".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        }
+    }
+
     #[test]
     fn exit_codes() {
-        let unreachable = ClientError::Unreachable {
-            endpoint: "/run/lb/lb.sock".into(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        };
-        assert_eq!(exit_code(&unreachable), 3);
-        assert_eq!(exit_code(&api(ErrorCode::NotFound)), 4);
-        assert_eq!(exit_code(&api(ErrorCode::InvalidRequest)), 5);
-        assert_eq!(exit_code(&api(ErrorCode::Refused)), 5);
-        assert_eq!(exit_code(&api(ErrorCode::Conflict)), 6);
-        assert_eq!(exit_code(&api(ErrorCode::Unauthorized)), 7);
-        assert_eq!(exit_code(&api(ErrorCode::Internal)), 1);
-        assert_eq!(exit_code(&ClientError::Protocol("bad".into())), 1);
+        let code = |e: ClientError| exit_code(&Failure::from(e));
+        assert_eq!(code(unreachable()), 3);
+        assert_eq!(code(api(ErrorCode::NotFound)), 4);
+        assert_eq!(code(api(ErrorCode::InvalidRequest)), 5);
+        assert_eq!(code(api(ErrorCode::Refused)), 5);
+        assert_eq!(code(api(ErrorCode::Conflict)), 6);
+        assert_eq!(code(api(ErrorCode::Unauthorized)), 7);
+        assert_eq!(code(api(ErrorCode::Internal)), 1);
+        assert_eq!(code(ClientError::Protocol("bad".into())), 1);
         // 405 and 413 carry invalid_request.
-        let e = ClientError::Api { status: 405, error: ApiError::invalid("method") };
-        assert_eq!(exit_code(&e), 5);
+        assert_eq!(code(ClientError::Api { status: 405, error: ApiError::invalid("method") }), 5);
+    }
+
+    #[test]
+    fn exit_codes_of_waits_and_watches() {
+        assert_eq!(exit_code(&Failure::WaitTimedOut("no new flow reached pool-b within 30s".into())), 8);
+        assert_eq!(exit_code(&Failure::RolledBack("rolled back".into())), 9);
+        assert_eq!(exit_code(&Failure::Unexpected("cancelled".into())), 1);
+        // Losing the daemon after the change is "unreachable", whatever the transport said.
+        let lost = |error| exit_code(&Failure::Following { error, note: Some("watch".into()) });
+        assert_eq!(lost(unreachable()), 3);
+        assert_eq!(lost(ClientError::Protocol("lb-daemon did not answer within 10s".into())), 3);
+        // The daemon's own answers keep their codes.
+        assert_eq!(lost(api(ErrorCode::NotFound)), 4);
+        assert_eq!(lost(api(ErrorCode::Conflict)), 6);
+        let e =
+            Failure::Following { error: unreachable(), note: Some("lb-daemon still holds the watch".into()) };
+        assert!(e.to_string().ends_with("; lb-daemon still holds the watch"), "{e}");
+        let e = Failure::Following { error: unreachable(), note: None };
+        assert!(e.to_string().contains("the change itself was made"), "{e}");
+        // The help lists them.
+        for line in ["  8  a wait timed out", "  9  the daemon rolled back automatically during --watch"] {
+            assert!(AFTER_HELP.contains(line), "{line}");
+        }
+        assert!(
+            AFTER_HELP.contains("lbctl switch pool-b --expect-active pool-a --watch 60s --wait-drained 5m")
+        );
+    }
+
+    #[test]
+    fn durations() {
+        let ok = |s: &str| parse_duration(s).unwrap();
+        assert_eq!(ok("60s"), Duration::from_secs(60));
+        assert_eq!(ok("2m"), Duration::from_secs(120));
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("1h30m"), Duration::from_secs(5400));
+        assert_eq!(ok("90"), Duration::from_secs(90));
+        assert_eq!(ok(" 0.5 "), Duration::from_millis(500));
+        assert_eq!(ok("24h"), Duration::from_secs(86_400));
+        for bad in ["", "0", "0s", "-1", "-5s", "abc", "5 parsecs", "NaN", "inf", "25h", "86401"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_duration("ten").unwrap_err().contains("60s"));
+        assert_eq!(watch_secs(Duration::from_millis(500)), 1);
+        assert_eq!(watch_secs(Duration::from_secs(60)), 60);
+        assert_eq!(watch_secs(Duration::from_millis(60_001)), 61);
+    }
+
+    #[test]
+    fn switch_flags_parse() {
+        let switch = |a: &[&str]| match Cli::try_parse_from(a).map(|c| c.command) {
+            Ok(Command::Switch { pool, hard, force, dry_run, expect_active, wait, wait_drained, watch }) => {
+                (pool, hard, force, dry_run, expect_active, wait, wait_drained, watch)
+            }
+            other => panic!("{a:?}: {other:?}"),
+        };
+        let s = |n: u64| Some(Duration::from_secs(n));
+        let ci = switch(&[
+            "lbctl",
+            "switch",
+            "pool-b",
+            "--expect-active",
+            "pool-a",
+            "--watch",
+            "60s",
+            "--wait-drained",
+            "5m",
+        ]);
+        assert_eq!(ci, ("pool-b".into(), false, false, false, Some("pool-a".into()), None, s(300), s(60)));
+        // --wait alone means 30s; its value may follow with a space (after POOL) or `=`.
+        assert_eq!(switch(&["lbctl", "switch", "pool-b", "--wait"]).5, s(30));
+        assert_eq!(switch(&["lbctl", "switch", "pool-b", "--wait", "10s"]).5, s(10));
+        assert_eq!(switch(&["lbctl", "switch", "--wait=2m", "pool-b"]).5, s(120));
+        let both = switch(&[
+            "lbctl",
+            "switch",
+            "pool-b",
+            "--wait",
+            "--watch",
+            "1m",
+            "--force",
+            "--dry-run",
+            "--hard",
+        ]);
+        assert_eq!((both.1, both.2, both.3, both.5, both.7), (true, true, true, s(30), s(60)));
+        assert_eq!(switch(&["lbctl", "switch", "pool-b"]).5, None);
+        for bad in [
+            &["lbctl", "switch", "pool-b", "--watch", "0s"][..],
+            &["lbctl", "switch", "pool-b", "--watch"],
+            &["lbctl", "switch", "pool-b", "--wait-drained", "soon"],
+            &["lbctl", "switch", "pool-b", "--expect-active", ""],
+            &["lbctl", "switch", "pool-b", "--wait", "10s", "extra"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let cli =
+            Cli::try_parse_from(["lbctl", "rollback", "--dry-run", "--expect-active", "pool-b", "--hard"])
+                .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Rollback { hard: true, dry_run: true, expect_active: Some(ref p) } if p == "pool-b"
+        ));
+        let cli = Cli::try_parse_from([
+            "lbctl",
+            "split",
+            "pool-a=90",
+            "pool-b=10",
+            "--force",
+            "--dry-run",
+            "--expect-active",
+            "split pool-a=50 pool-b=50",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Split { force: true, dry_run: true, expect_active: Some(ref e), ref weights }
+                if e == "split pool-a=50 pool-b=50" && weights.len() == 2
+        ));
+        let cli = Cli::try_parse_from(["lbctl", "-o", "json", "drain-status", "-s", "web"]).unwrap();
+        assert!(matches!(cli.command, Command::DrainStatus));
     }
 
     #[test]
@@ -719,6 +1657,7 @@ mod tests {
                 PoolWeight { pool: "pool-b".into(), weight: 10 }
             ]
         );
+        assert!(!req.force && !req.dry_run && req.expect_active.is_none());
         let three = parse_split(&args(&["a=50", "b=25", "c=25"])).unwrap();
         assert_eq!(three.weights.len(), 3);
         for bad in [
@@ -741,7 +1680,7 @@ mod tests {
         let cli = Cli::try_parse_from(["lbctl", "-s", "web", "split", "a=60", "b=40", "-o", "json"]).unwrap();
         assert_eq!(cli.service.as_deref(), Some("web"));
         assert_eq!(cli.output, Output::Json);
-        assert!(matches!(cli.command, Command::Split { ref weights } if weights.len() == 2));
+        assert!(matches!(cli.command, Command::Split { ref weights, .. } if weights.len() == 2));
         assert!(Cli::try_parse_from(["lbctl", "split", "a=100"]).is_err());
         assert!(Cli::try_parse_from(["lbctl", "--service", "Web Site", "status"]).is_err());
         assert!(Cli::try_parse_from(["lbctl", "--timeout", "0", "status"]).is_err());
@@ -773,17 +1712,29 @@ mod tests {
         );
     }
 
-    #[test]
-    fn pretty_json_matches_serde_and_keeps_order() {
-        let o = SwitchOutcome {
+    fn switched() -> SwitchOutcome {
+        SwitchOutcome {
             service: "web".into(),
             changed: true,
             before: Active::Pool("pool-a".into()),
-            after: Active::Split(vec![PoolWeight { pool: "a,b:{[\"".into(), weight: 90 }]),
+            after: Active::Pool("pool-b".into()),
             mode: SwitchMode::Drain,
             epoch: 3,
             apply_us: 84,
+            history_id: Some(7),
+            dry_run: false,
+            warnings: vec![],
+            watch: None,
+        }
+    }
+
+    #[test]
+    fn pretty_json_matches_serde_and_keeps_order() {
+        let o = SwitchOutcome {
+            after: Active::Split(vec![PoolWeight { pool: "a,b:{[\"".into(), weight: 90 }]),
             history_id: None,
+            warnings: vec!["forced: b".into()],
+            ..switched()
         };
         let compact = serde_json::to_string(&o).unwrap();
         assert_eq!(pretty_json(&compact), serde_json::to_string_pretty(&o).unwrap() + "\n");
@@ -795,8 +1746,425 @@ mod tests {
     }
 
     #[test]
+    fn dry_run_and_warnings_text() {
+        let dry = SwitchOutcome {
+            dry_run: true,
+            apply_us: 0,
+            history_id: None,
+            warnings: vec!["forced: pool-b has 0 healthy backend(s), min_healthy is 1".into()],
+            ..switched()
+        };
+        assert_eq!(
+            outcome_text(&dry, "switch"),
+            "would switch web: pool-a -> pool-b (drain)\n\
+             warning: forced: pool-b has 0 healthy backend(s), min_healthy is 1\n"
+        );
+        let same = SwitchOutcome { changed: false, warnings: vec![], ..dry };
+        assert_eq!(outcome_text(&same, "roll back"), "web: pool-b already active, nothing would change\n");
+        assert_eq!(outcome_text(&switched(), "switch"), "web: pool-a -> pool-b (drain), applied in 84 us\n");
+    }
+
+    #[test]
     fn tables_align() {
         let rows = vec![args(&["POOL", "N"]), args(&["pool-a", "1234"]), args(&["b", "5"])];
         assert_eq!(table(&rows, &[false, true], ""), "POOL       N\npool-a  1234\nb          5\n");
+    }
+
+    fn backend(addr: &str, up: bool, new_flows: u64, error: Option<&str>) -> BackendView {
+        BackendView {
+            addr: addr.into(),
+            weight: 1,
+            index: 0,
+            up,
+            last_error: error.map(String::from),
+            traffic: Traffic { packets: 10, bytes: 1000, new_flows },
+        }
+    }
+
+    /// `web` with pool-a (share `share_a`) and pool-b, whose backends saw `b_flows` new flows.
+    fn service(share_a: u32, b_flows: u64, watch: Option<WatchView>) -> ServiceView {
+        let pool = |name: &str, share: u32, min_healthy: u32, backends: Vec<BackendView>| PoolView {
+            name: name.into(),
+            share,
+            min_healthy,
+            healthy: backends.iter().filter(|b| b.up).count() as u32,
+            traffic: Traffic::default(),
+            backends,
+        };
+        ServiceView {
+            name: "web".into(),
+            mode: "nat".into(),
+            vips: vec!["192.0.2.1:80".into()],
+            active: Active::Pool(if share_a == 100 { "pool-a" } else { "pool-b" }.into()),
+            previous: Some(Active::Pool("pool-a".into())),
+            epoch: 3,
+            pools: vec![
+                pool(
+                    "pool-a",
+                    share_a,
+                    2,
+                    vec![
+                        backend("10.0.0.1:8080", true, 5, None),
+                        backend("10.0.0.2:8080", false, 0, Some("connect: connection refused")),
+                    ],
+                ),
+                pool(
+                    "pool-b",
+                    100 - share_a,
+                    1,
+                    vec![
+                        backend("10.0.1.1:8080", true, b_flows / 2, None),
+                        backend("10.0.1.2:8080", true, b_flows - b_flows / 2, None),
+                    ],
+                ),
+            ],
+            watch,
+        }
+    }
+
+    fn watch_view(state: WatchState, switch_id: u64) -> WatchView {
+        WatchView {
+            service: "web".into(),
+            pool: "pool-b".into(),
+            until: "2030-01-01T00:01:00Z".into(),
+            remaining_s: if state == WatchState::Watching { 42 } else { 0 },
+            state,
+            reason: match state {
+                WatchState::RolledBack => Some("pool-b: 0 of 2 backends healthy, min_healthy 1".into()),
+                WatchState::Cancelled => Some("superseded by change #9".into()),
+                _ => None,
+            },
+            switch_history_id: Some(switch_id),
+            rollback_history_id: (state == WatchState::RolledBack).then_some(8),
+        }
+    }
+
+    fn drain_view(share_a: u32, established_a: u64) -> DrainView {
+        DrainView {
+            service: "web".into(),
+            idle_timeout_s: 120,
+            pools: vec![
+                PoolDrain { pool: "pool-a".into(), share: share_a, established: established_a, closing: 1 },
+                PoolDrain { pool: "pool-b".into(), share: 100 - share_a, established: 30, closing: 0 },
+            ],
+            flows_scanned: 99,
+        }
+    }
+
+    #[test]
+    fn status_pools_backends_and_drain_text() {
+        let svc = service(0, 4, Some(watch_view(WatchState::Watching, 7)));
+        let pools = format_pools(&svc);
+        assert!(pools.contains("pool pool-a: share 0%, healthy 1/2 (min 2) below min,"), "{pools}");
+        assert!(pools.contains("pool pool-b: share 100%, healthy 2/2 (min 1),"), "{pools}");
+        assert!(pools.contains("10.0.0.2:8080  weight 1  DOWN  connect: connection refused\n"), "{pools}");
+        assert!(pools.contains("10.0.0.1:8080  weight 1  up\n"), "{pools}");
+        assert!(
+            pools.contains("watch of switch #7: pool-b watched for 42s more (until 2030-01-01T00:01:00Z)"),
+            "{pools}"
+        );
+        let backends = format_backends(&svc);
+        assert!(backends.lines().next().unwrap().ends_with("LAST ERROR"), "{backends}");
+        assert!(backends.contains("DOWN") && backends.contains("connect: connection refused"), "{backends}");
+        let status = StatusView {
+            instance: "lb".into(),
+            version: "0.1.0".into(),
+            uptime_s: 5,
+            adopted: false,
+            interfaces: vec![],
+            services: vec![service(100, 0, Some(watch_view(WatchState::RolledBack, 7)))],
+            reasons: vec![],
+        };
+        let text = format_status(&status, None);
+        assert!(text.contains("POOL    SHARE  HEALTHY"), "{text}");
+        assert!(text.contains("1/2 (min 2) below min"), "{text}");
+        assert!(text.contains("DOWN pool-a 10.0.0.2:8080: connect: connection refused"), "{text}");
+        assert!(
+            text.contains("last watch of switch #7: pool-b rolled back automatically (#8): pool-b: 0 of 2"),
+            "{text}"
+        );
+        let drain = format_drain(&drain_view(0, 4));
+        assert_eq!(
+            drain,
+            "service web: flows per pool (99 flows scanned; idle over 2m not counted as established)\n  \
+             POOL    SHARE  ESTABLISHED  CLOSING\n  \
+             pool-a     0%            4        1\n  \
+             pool-b   100%           30        0\n"
+        );
+    }
+
+    /// Answers [`follow`]'s polls from a function of the path and how often it was asked.
+    struct Scripted<F: Fn(&str, usize) -> Result<String, ClientError>> {
+        answer: F,
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl<F: Fn(&str, usize) -> Result<String, ClientError>> Daemon for Scripted<F> {
+        fn fetch(&self, path: &str) -> Result<String, ClientError> {
+            let n = self.calls.borrow().iter().filter(|p| *p == path).count();
+            self.calls.borrow_mut().push(path.to_owned());
+            (self.answer)(path, n)
+        }
+    }
+
+    fn scripted<F: Fn(&str, usize) -> Result<String, ClientError>>(answer: F) -> Scripted<F> {
+        Scripted { answer, calls: RefCell::new(Vec::new()) }
+    }
+
+    fn json<T: Serialize>(v: &T) -> Result<String, ClientError> {
+        Ok(serde_json::to_string(v).unwrap())
+    }
+
+    const FAST: Pace = Pace {
+        new_flow: Duration::from_millis(2),
+        drain: Duration::from_millis(2),
+        watch: Duration::from_millis(2),
+        watch_grace: Duration::from_millis(300),
+        drain_report: Duration::ZERO,
+        patience: Duration::from_millis(40),
+    };
+
+    fn run_follow(
+        daemon: &dyn Daemon,
+        o: &SwitchOutcome,
+        waits: Waits,
+    ) -> (Followed, Result<(), Failure>, Vec<String>) {
+        let mut said = Vec::new();
+        let (seen, result) = follow(daemon, o, "pool-b", waits, &FAST, &mut |l| said.push(l));
+        (seen, result, said)
+    }
+
+    fn ms_(n: u64) -> Option<Duration> {
+        Some(Duration::from_millis(n))
+    }
+
+    #[test]
+    fn follow_passes_when_flows_arrive_the_old_pool_drains_and_the_watch_passes() {
+        let daemon = scripted(|path, n| match path {
+            "/v1/services/web" => json(&service(0, if n < 3 { 10 } else { 12 }, None)),
+            "/v1/services/web/drain" => json(&drain_view(0, [3, 3, 2, 1].get(n).copied().unwrap_or(0))),
+            "/v1/services/web/watch" => {
+                json(&Some(watch_view(if n < 20 { WatchState::Watching } else { WatchState::Passed }, 7)))
+            }
+            other => panic!("unexpected GET {other}"),
+        });
+        let o = SwitchOutcome { watch: Some(watch_view(WatchState::Watching, 7)), ..switched() };
+        let waits =
+            Waits { new_flow: ms_(5000), drained: ms_(5000), watch: Some(Duration::from_millis(1500)) };
+        let (seen, result, said) = run_follow(&daemon, &o, waits);
+        result.unwrap();
+        assert_eq!(seen.wait.as_ref().map(|w| (w.reached, w.baseline, w.new_flows)), Some((true, 10, 12)));
+        let drain = seen.drain.unwrap();
+        assert!(
+            drain.drained
+                && drain.remaining == 0
+                && drain.pools.len() == 1
+                && drain.pools[0].pool == "pool-a"
+        );
+        assert_eq!(seen.watch.unwrap().state, WatchState::Passed);
+        assert!(said[0].starts_with("watching pool-b for 2s (until 2030-01-01T00:01:00Z)"), "{said:?}");
+        assert!(said[0].contains("stopping lbctl does not stop the watch"), "{said:?}");
+        for want in [
+            "new flows reach pool-b (2 within",
+            "waiting for pool-a to drain: 3 established flows (timeout 5s)",
+            "  pool-a: 2 established flows left",
+            "pool-a drained after",
+            "watch of pool-b passed",
+        ] {
+            assert!(said.iter().any(|l| l.starts_with(want)), "{want:?} in {said:?}");
+        }
+        // --wait-drained started only once a new flow reached pool-b.
+        let calls = daemon.calls.borrow();
+        let first_drain = calls.iter().position(|p| p.ends_with("/drain")).unwrap();
+        let services_before = calls[..first_drain].iter().filter(|p| *p == "/v1/services/web").count();
+        assert_eq!(services_before, 4, "{calls:?}");
+    }
+
+    #[test]
+    fn follow_exits_9_when_the_daemon_rolls_back() {
+        let daemon = scripted(|path, n| match path {
+            "/v1/services/web" => json(&service(if n < 2 { 0 } else { 100 }, 10, None)),
+            "/v1/services/web/drain" => json(&drain_view(0, 5)),
+            "/v1/services/web/watch" => {
+                json(&Some(watch_view(if n < 4 { WatchState::Watching } else { WatchState::RolledBack }, 7)))
+            }
+            other => panic!("unexpected GET {other}"),
+        });
+        let waits = Waits { new_flow: ms_(5000), drained: ms_(5000), watch: Some(Duration::from_secs(60)) };
+        let (seen, result, said) = run_follow(&daemon, &switched(), waits);
+        let e = result.unwrap_err();
+        assert_eq!(exit_code(&e), 9, "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("rolled back web from pool-b to pool-a automatically"), "{msg}");
+        assert!(msg.contains("pool-b: 0 of 2 backends healthy, min_healthy 1"), "{msg}");
+        assert!(msg.contains("rollback #8") && msg.contains("switch #7"), "{msg}");
+        assert_eq!(seen.watch.unwrap().rollback_history_id, Some(8));
+        assert_eq!(said.last().unwrap(), "watch of pool-b ended: lb-daemon rolled back to pool-a");
+    }
+
+    #[test]
+    fn follow_prefers_the_rollback_over_a_pool_that_gets_flows_again() {
+        // The drain view sees pool-a active again before the watch says why.
+        let daemon = || {
+            scripted(|path, n| match path {
+                "/v1/services/web/drain" => json(&drain_view(if n < 1 { 0 } else { 100 }, 5)),
+                "/v1/services/web/watch" => json(&Some(watch_view(
+                    if n < 2 { WatchState::Watching } else { WatchState::RolledBack },
+                    7,
+                ))),
+                other => panic!("unexpected GET {other}"),
+            })
+        };
+        let waits = Waits { drained: ms_(5000), watch: Some(Duration::from_secs(60)), ..Waits::default() };
+        let d = daemon();
+        let (_, result, _) = run_follow(&d, &switched(), waits);
+        assert_eq!(exit_code(&result.unwrap_err()), 9);
+        let calls = d.calls.borrow();
+        assert_eq!(calls.iter().filter(|p| p.ends_with("/drain")).count(), 2, "{calls:?}");
+        // Without a watch it is someone else's change: a conflict.
+        let (_, result, _) =
+            run_follow(&daemon(), &switched(), Waits { drained: ms_(5000), ..Waits::default() });
+        let e = result.unwrap_err();
+        assert_eq!(exit_code(&e), 6, "{e}");
+        assert!(e.to_string().contains("pool-a gets new flows again (100%)"), "{e}");
+    }
+
+    #[test]
+    fn follow_times_out_with_8() {
+        let daemon = scripted(|path, _| match path {
+            "/v1/services/web" => json(&service(0, 10, None)),
+            "/v1/services/web/drain" => json(&drain_view(0, 4)),
+            other => panic!("unexpected GET {other}"),
+        });
+        let (seen, result, _) =
+            run_follow(&daemon, &switched(), Waits { new_flow: ms_(60), ..Waits::default() });
+        let e = result.unwrap_err();
+        assert_eq!((exit_code(&e), e.to_string()), (8, "no new flow reached pool-b within 60ms".to_owned()));
+        assert_eq!(seen.wait.map(|w| w.reached), Some(false));
+
+        let (seen, result, said) =
+            run_follow(&daemon, &switched(), Waits { drained: ms_(60), ..Waits::default() });
+        let e = result.unwrap_err();
+        assert_eq!(exit_code(&e), 8);
+        assert_eq!(
+            e.to_string(),
+            "pool-a still has 4 established flows after 60ms (see `lbctl drain-status`)"
+        );
+        assert_eq!(seen.drain.map(|d| (d.drained, d.remaining)), Some((false, 4)));
+        // One line when it starts; the count never dropped, so no more.
+        assert_eq!(said, vec!["waiting for pool-a to drain: 4 established flows (timeout 60ms)".to_owned()]);
+    }
+
+    #[test]
+    fn follow_exits_3_when_the_daemon_goes_away_during_the_watch() {
+        let daemon = scripted(|path, n| match (path, n) {
+            ("/v1/services/web/watch", 0) => json(&Some(watch_view(WatchState::Watching, 7))),
+            _ => Err(unreachable()),
+        });
+        let started = Instant::now();
+        let (_, result, _) = run_follow(
+            &daemon,
+            &switched(),
+            Waits { watch: Some(Duration::from_secs(60)), ..Waits::default() },
+        );
+        let e = result.unwrap_err();
+        assert_eq!(exit_code(&e), 3, "{e}");
+        assert!(started.elapsed() >= FAST.patience, "retried for a while first");
+        let msg = e.to_string();
+        assert!(msg.starts_with("cannot reach lb-daemon at /run/lb/lb.sock"), "{msg}");
+        assert!(msg.contains("lb-daemon still holds the watch of pool-b"), "{msg}");
+        // A short outage is ridden out.
+        let daemon = scripted(|path, n| match (path, n) {
+            ("/v1/services/web/watch", 1 | 2) => Err(unreachable()),
+            ("/v1/services/web/watch", n) => {
+                json(&Some(watch_view(if n < 5 { WatchState::Watching } else { WatchState::Passed }, 7)))
+            }
+            _ => Err(unreachable()),
+        });
+        let (_, result, _) = run_follow(
+            &daemon,
+            &switched(),
+            Waits { watch: Some(Duration::from_secs(60)), ..Waits::default() },
+        );
+        result.unwrap();
+    }
+
+    #[test]
+    fn follow_exits_1_when_the_watch_is_cancelled_superseded_or_stuck() {
+        let cancelled = scripted(|_, _| json(&Some(watch_view(WatchState::Cancelled, 7))));
+        let watch = Waits { watch: Some(Duration::from_secs(1)), ..Waits::default() };
+        let e = run_follow(&cancelled, &switched(), watch).1.unwrap_err();
+        assert_eq!(exit_code(&e), 1);
+        assert_eq!(e.to_string(), "the watch of pool-b was cancelled: superseded by change #9");
+        let superseded = scripted(|_, _| json(&Some(watch_view(WatchState::Watching, 9))));
+        let e = run_follow(&superseded, &switched(), watch).1.unwrap_err();
+        assert_eq!(exit_code(&e), 1);
+        assert!(e.to_string().contains("switch #9"), "{e}");
+        let gone = scripted(|_, _| json(&None::<WatchView>));
+        assert_eq!(exit_code(&run_follow(&gone, &switched(), watch).1.unwrap_err()), 1);
+        // Still "watching" well after the window plus the grace.
+        let stuck = scripted(|_, _| json(&Some(watch_view(WatchState::Watching, 7))));
+        let short_watch = Waits { watch: ms_(1), ..Waits::default() };
+        let e = run_follow(&stuck, &switched(), short_watch).1.unwrap_err();
+        assert_eq!(exit_code(&e), 1);
+        assert!(e.to_string().contains("still reports the watch of pool-b running"), "{e}");
+    }
+
+    #[test]
+    fn follow_without_a_change_starts_no_watch() {
+        let daemon = scripted(|path, _| panic!("unexpected GET {path}"));
+        let same = SwitchOutcome { changed: false, history_id: None, ..switched() };
+        let (seen, result, said) =
+            run_follow(&daemon, &same, Waits { watch: Some(Duration::from_secs(60)), ..Waits::default() });
+        result.unwrap();
+        assert_eq!(seen, Followed::default());
+        assert_eq!(said, vec!["web: pool-b was already active, so no watch was started".to_owned()]);
+        // ...but follows the earlier switch's watch when it still runs.
+        let daemon = scripted(|_, n| {
+            json(&Some(watch_view(if n < 2 { WatchState::Watching } else { WatchState::Passed }, 5)))
+        });
+        let same = SwitchOutcome { watch: Some(watch_view(WatchState::Watching, 5)), ..same };
+        let (seen, result, _) =
+            run_follow(&daemon, &same, Waits { watch: Some(Duration::from_secs(60)), ..Waits::default() });
+        result.unwrap();
+        assert_eq!(seen.watch.unwrap().state, WatchState::Passed);
+    }
+
+    #[test]
+    fn one_json_document_with_the_waits_asked_for() {
+        let raw = serde_json::to_string(&switched()).unwrap();
+        let seen = Followed { watch: Some(watch_view(WatchState::RolledBack, 7)), ..Followed::default() };
+        let waits = Waits { new_flow: ms_(30_000), watch: Some(Duration::from_secs(60)), ..Waits::default() };
+        let failure = Failure::RolledBack("rolled back".into());
+        let text = followed_json(&raw, waits, &seen, Some(&failure));
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut keys: Vec<&str> = doc.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["error", "outcome", "wait", "watch"]);
+        // In this order, the outcome as the daemon sent it.
+        let at = |k: &str| text.find(&format!("\n  \"{k}\": ")).unwrap();
+        assert!(
+            at("outcome") < at("wait") && at("wait") < at("watch") && at("watch") < at("error"),
+            "{text}"
+        );
+        assert!(
+            text.starts_with("{\n  \"outcome\": {\n    \"service\": \"web\",\n    \"changed\": true,"),
+            "{text}"
+        );
+        assert_eq!(doc["outcome"]["history_id"], 7);
+        assert_eq!(doc["wait"], serde_json::Value::Null);
+        assert_eq!(doc["watch"]["state"], "rolled_back");
+        assert_eq!(doc["error"], serde_json::json!({ "exit_code": 9, "message": "rolled back" }));
+        let seen = Followed {
+            drain: Some(DrainReport { drained: true, remaining: 0, pools: vec![], elapsed_ms: 5 }),
+            ..Followed::default()
+        };
+        let waits = Waits { drained: ms_(1000), ..Waits::default() };
+        let doc: serde_json::Value = serde_json::from_str(&followed_json(&raw, waits, &seen, None)).unwrap();
+        assert_eq!(doc.as_object().unwrap().len(), 2);
+        assert_eq!(
+            (doc["drain"]["drained"].as_bool(), doc["drain"]["remaining"].as_u64()),
+            (Some(true), Some(0))
+        );
     }
 }

@@ -173,7 +173,7 @@ fn millis(d: Duration) -> f64 {
 
 /// Target of the `i`-th alternating switch, starting from pool-a active.
 fn target(i: usize) -> &'static str {
-    if i % 2 == 0 { "pool-b" } else { "pool-a" }
+    if i.is_multiple_of(2) { "pool-b" } else { "pool-a" }
 }
 
 /// One `lbctl switch` under load, on the load's clock.

@@ -395,7 +395,7 @@ fn tour(ui: &Ui, setup: &e2e::Setup) -> Result<bool> {
     println!(
         "
     client   {client_ns}
-             10.77.1.2 … 10.77.1.{last}: opens TCP connections to the VIP {vip}
+             10.77.1.2: opens TCP connections to the VIP {vip}
                 │
                 ▼
     balancer {lb_ns}
@@ -409,7 +409,6 @@ fn tour(ui: &Ui, setup: &e2e::Setup) -> Result<bool> {
     A switch is one update of the service's entry in a BPF map: new flows go to the other
     pool at once; established flows stay on their backend (drain).",
         client_ns = ui.dim(&format!("(netns {})", topo.client().name())),
-        last = 1 + topo.client_addrs().len(),
         lb_ns = ui.dim(&format!("(netns {})", topo.balancer().name())),
         pa = ui.pool_a("pool-a"),
         pb = ui.pool_b("pool-b"),
