@@ -310,6 +310,12 @@ fn reply(ctx: &XdpContext, pkt: &Packet, nat: &NatBackend, bytes: u64) -> Option
             Some(b) if b.addr == key.src && b.port == key.sport => {}
             _ => continue,
         }
+        // A SYN-ACK answering a closed VIP flow belongs to a new connection the client opened
+        // to the backend directly, reusing the port: forget the old flow, leave this alone.
+        if pkt.tcp_flags & TCP_SYN != 0 && flow.flags & (FLOW_FIN | FLOW_RST) != 0 {
+            let _ = FLOWS.remove(&flow_key);
+            return None;
+        }
         let action = egress_action(ctx, flow.client_ifindex);
         rewrite_src(pkt, &vip.addr, vip.port);
         if action == xdp_action::XDP_PASS {

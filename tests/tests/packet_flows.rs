@@ -146,6 +146,27 @@ fn reply_from_another_backend_than_the_flows_is_not_rewritten() {
 }
 
 #[test]
+fn direct_connection_reusing_a_closed_vip_flows_port_is_not_rewritten() {
+    let bed = PacketBed::new().unwrap();
+    let vip = sa("10.0.0.200:80");
+    let client = sa("10.0.0.100:40888");
+    let backend = bed.expected_backend(0, client, vip);
+    let backend_addr = bed.backends[&backend];
+    // A VIP connection that ends with the client's FIN.
+    assert_to_backend(&bed, &Frame::syn(client, vip), SVC_NAT, backend);
+    assert_to_backend(&bed, &Frame::syn(client, vip).with(FIN | ACK, b""), SVC_NAT, backend);
+    // The client now connects to the backend directly from the same port; the backend's
+    // SYN-ACK and everything after it must reach the client untouched.
+    let synack = Frame::syn(backend_addr, client).with(0x12, b"");
+    let out = run(bed.dp.program(), &synack.build(), Some(bed.v0)).unwrap();
+    assert_eq!((out.verdict, out.packet), (XDP_PASS, synack.build()));
+    let data = Frame::syn(backend_addr, client).with(ACK | PSH, b"direct");
+    let out = run(bed.dp.program(), &data.build(), Some(bed.v0)).unwrap();
+    assert_eq!((out.verdict, out.packet), (XDP_PASS, data.build()));
+    assert!(bed.dp.flow(&flow_key(client, vip)).unwrap().is_none(), "the closed flow was forgotten");
+}
+
+#[test]
 fn dsr_backend_replies_are_left_alone() {
     let bed = PacketBed::new().unwrap();
     let vip = sa("10.0.0.201:80");

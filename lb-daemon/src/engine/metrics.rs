@@ -3,7 +3,10 @@
 use super::{layout::Layout, state::PersistedState};
 use crate::{api::model::Active, dataplane::Dataplane};
 use lb_common::stats::{ALL_REASONS, backend_counter, backend_new_flow_counter, reason_counter, vip_counter};
-use std::{collections::BTreeSet, fmt::Write};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write,
+};
 
 /// Escapes a label value.
 fn esc(v: &str) -> String {
@@ -15,8 +18,9 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// Renders every metric.
-pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BTreeSet<u32>) -> String {
+/// Renders every metric. `established` holds the established flows of each (service, pool),
+/// counted from the flow table.
+pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BTreeSet<u32>, established: &BTreeMap<(String, String), u64>) -> String {
     let mut out = String::new();
     header(&mut out, "lb_build_info", "gauge", "Daemon version.");
     let _ = writeln!(out, "lb_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
@@ -85,7 +89,26 @@ pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BT
         let epoch = state.services.get(&s.name).map(|st| st.epoch).unwrap_or(0);
         let _ = writeln!(out, "lb_service_epoch{{service=\"{}\"}} {}", esc(&s.name), epoch);
     }
-    header(&mut out, "lb_switches_total", "counter", "Changes of the active pool recorded in the history kept by the daemon, by kind.");
+    header(&mut out, "lb_service_active_pool", "gauge", "1 for the pool (or pools, during a split) new flows of the service go to, 0 for the others.");
+    for s in &layout.services {
+        let active = state.services.get(&s.name).map(|st| &st.active);
+        for p in &s.pools {
+            let on = match active {
+                Some(Active::Pool(a)) => *a == p.name,
+                Some(Active::Split(ws)) => ws.iter().any(|w| w.pool == p.name),
+                None => false,
+            };
+            let _ = writeln!(out, "lb_service_active_pool{{service=\"{}\",pool=\"{}\"}} {}", esc(&s.name), esc(&p.name), u8::from(on));
+        }
+    }
+    header(&mut out, "lb_pool_established_flows", "gauge", "Established flows pinned to a pool's backends, counted from the flow table.");
+    for s in &layout.services {
+        for p in &s.pools {
+            let n = established.get(&(s.name.clone(), p.name.clone())).copied().unwrap_or(0);
+            let _ = writeln!(out, "lb_pool_established_flows{{service=\"{}\",pool=\"{}\"}} {n}", esc(&s.name), esc(&p.name));
+        }
+    }
+    header(&mut out, "lb_switches_total", "counter", "Changes of a service's active pool kept in the daemon's history, by kind; automatic=\"true\" marks rollbacks the daemon made by itself.");
     for s in &layout.services {
         for kind in ["switch", "rollback", "split", "reload", "auto_rollback"] {
             let n = state
@@ -93,7 +116,8 @@ pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BT
                 .iter()
                 .filter(|h| h.service == s.name && serde_json::to_value(h.kind).ok().and_then(|v| v.as_str().map(|k| k == kind)).unwrap_or(false))
                 .count();
-            let _ = writeln!(out, "lb_switches_total{{service=\"{}\",kind=\"{kind}\"}} {n}", esc(&s.name));
+            let automatic = kind == "auto_rollback";
+            let _ = writeln!(out, "lb_switches_total{{service=\"{}\",kind=\"{kind}\",automatic=\"{automatic}\"}} {n}", esc(&s.name));
         }
     }
     out

@@ -1013,6 +1013,12 @@ impl Control for Engine {
 
     fn metrics(&self) -> Result<String, ApiError> {
         let inner = self.lock();
-        Ok(metrics::render(&inner.layout, &inner.state, &inner.dp, &inner.down))
+        let mut established = BTreeMap::new();
+        for svc in &inner.layout.services {
+            for p in inner.drain_view(svc).pools {
+                established.insert((svc.name.clone(), p.pool), p.established);
+            }
+        }
+        Ok(metrics::render(&inner.layout, &inner.state, &inner.dp, &inner.down, &established))
     }
 }
