@@ -36,8 +36,11 @@ struct Args {
     /// Validate the config and exit (0 when valid).
     #[arg(long)]
     check: bool,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text")]
+    /// Print a complete, commented example config and exit.
+    #[arg(long)]
+    print_example_config: bool,
+    /// Log format: `text` for people, `json` (one object per line) for log pipelines.
+    #[arg(long, value_enum, env = "LB_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
     /// Log filter (tracing syntax, e.g. `info` or `lb_daemon=debug`).
     #[arg(long, env = "LB_LOG", default_value = "info")]
@@ -80,6 +83,10 @@ fn ensure_bpffs(path: &std::path::Path) -> Result<()> {
 }
 
 fn run(args: Args) -> Result<()> {
+    if args.print_example_config {
+        print!("{}", lb_daemon::config::EXAMPLE_CONFIG);
+        return Ok(());
+    }
     let config = Config::load(&args.config)?;
     if args.check {
         println!("{}: valid", args.config.display());

@@ -94,7 +94,7 @@ impl LbDaemon {
     pub fn spawn(&mut self, topo: &Topology) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log"))?;
         let mut cmd = Command::new(&self.daemon_bin);
-        cmd.arg("--config").arg(self.config_path()).env("LB_LOG", "info").stdout(Stdio::null()).stderr(log);
+        cmd.arg("--config").arg(self.config_path()).env("LB_LOG", "info").env("LB_LOG_FORMAT", "json").stdout(Stdio::null()).stderr(log);
         let mut child = topo.spawn_in(topo.balancer(), &mut cmd)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -3,6 +3,7 @@
 //! caches it; later runs only check that it is there.
 
 mod ebpf;
+mod install;
 mod system;
 mod toolchain;
 
@@ -51,6 +52,19 @@ enum Command {
     Demo,
     /// Only set up the eBPF toolchain (nightly, rust-src, bpf-linker).
     Setup,
+    /// Build and install lb-daemon and lbctl (`<prefix>/bin`), an example config in
+    /// /etc/lb/lb.toml (an existing one is kept), the systemd unit, the man page and bash
+    /// completions.
+    Install {
+        /// Install prefix of the binaries and the man page.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: String,
+        /// Stage everything under this folder instead of `/` (packaging).
+        #[arg(long, default_value = "/")]
+        destdir: std::path::PathBuf,
+    },
+    /// Write lbctl's man page to target/man/lbctl.1 (generated from its clap definitions).
+    Man,
 }
 
 fn main() -> Result<()> {
@@ -59,6 +73,18 @@ fn main() -> Result<()> {
         Command::Setup => {
             toolchain::ensure()?;
         }
+        Command::Install { prefix, destdir } => {
+            let tc = toolchain::ensure()?;
+            ebpf::build(&tc)?;
+            system::cargo(&["build", "--release", "-p", "lb-daemon", "--bins"])?;
+            install::install(&destdir, &prefix)?;
+        }
+        Command::Man => {
+            let tc = toolchain::ensure()?;
+            ebpf::build(&tc)?;
+            system::cargo(&["build", "--release", "-p", "lb-daemon", "--bin", "lbctl"])?;
+            println!("{}", install::man()?.display());
+        }
         Command::Build => {
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
@@ -66,7 +92,12 @@ fn main() -> Result<()> {
         }
         Command::Test { cargo_args } => {
             system::require_root("the tests load XDP programs and create network namespaces")?;
-            system::ensure_debian_packages(&[("ip", "iproute2"), ("ethtool", "ethtool")])?;
+            system::ensure_debian_packages(&[
+                ("ip", "iproute2"),
+                ("ethtool", "ethtool"),
+                ("promtool", "prometheus"),
+                ("systemd-analyze", "systemd"),
+            ])?;
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
             // The end-to-end tests run the real lb-daemon, lbctl and test-backend binaries.
