@@ -33,42 +33,27 @@ pub fn set_macs(pkt: &Packet, dst: [u8; 6], src: [u8; 6]) {
     }
 }
 
-/// Replaces the destination address and port (client → VIP becomes client → backend).
-#[inline(always)]
-pub fn rewrite_dst(pkt: &Packet, addr: &[u32; 4], port: u16) {
-    unsafe {
-        let tcp = pkt.tcp;
-        let mut check = (*tcp).check;
-        if pkt.key.family == FAMILY_V4 {
-            let ip = pkt.ip as *mut Ipv4Hdr;
-            let old = (*ip).daddr;
-            (*ip).daddr = addr[0];
-            (*ip).check = csum::replace_u32((*ip).check, old, addr[0]);
-            check = csum::replace_u32(check, old, addr[0]);
-        } else {
-            let ip = pkt.ip as *mut Ipv6Hdr;
-            if pkt.ip as usize + size_of::<Ipv6Hdr>() > pkt.data_end {
-                return;
-            }
-            let old = (*ip).daddr;
-            (*ip).daddr = *addr;
-            check = csum::replace_addr(check, &old, addr);
-        }
-        (*tcp).check = csum::replace_u16(check, (*tcp).dport, port);
-        (*tcp).dport = port;
-    }
+/// Which end of the packet a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Destination address and port (client → VIP becomes client → backend).
+    Dst,
+    /// Source address and port (backend → client becomes VIP → client).
+    Src,
 }
 
-/// Replaces the source address and port (backend → client becomes VIP → client).
+/// Replaces one end's address and port, updating the IPv4 header checksum and the TCP
+/// checksum incrementally.
 #[inline(always)]
-pub fn rewrite_src(pkt: &Packet, addr: &[u32; 4], port: u16) {
+pub fn rewrite(pkt: &Packet, end: End, addr: &[u32; 4], port: u16) {
     unsafe {
         let tcp = pkt.tcp;
         let mut check = (*tcp).check;
         if pkt.key.family == FAMILY_V4 {
             let ip = pkt.ip as *mut Ipv4Hdr;
-            let old = (*ip).saddr;
-            (*ip).saddr = addr[0];
+            let field = if end == End::Dst { &raw mut (*ip).daddr } else { &raw mut (*ip).saddr };
+            let old = *field;
+            *field = addr[0];
             (*ip).check = csum::replace_u32((*ip).check, old, addr[0]);
             check = csum::replace_u32(check, old, addr[0]);
         } else {
@@ -76,11 +61,13 @@ pub fn rewrite_src(pkt: &Packet, addr: &[u32; 4], port: u16) {
             if pkt.ip as usize + size_of::<Ipv6Hdr>() > pkt.data_end {
                 return;
             }
-            let old = (*ip).saddr;
-            (*ip).saddr = *addr;
+            let field = if end == End::Dst { &raw mut (*ip).daddr } else { &raw mut (*ip).saddr };
+            let old = *field;
+            *field = *addr;
             check = csum::replace_addr(check, &old, addr);
         }
-        (*tcp).check = csum::replace_u16(check, (*tcp).sport, port);
-        (*tcp).sport = port;
+        let port_field = if end == End::Dst { &raw mut (*tcp).dport } else { &raw mut (*tcp).sport };
+        (*tcp).check = csum::replace_u16(check, *port_field, port);
+        *port_field = port;
     }
 }

@@ -36,7 +36,7 @@ use lb_common::{
 };
 
 use crate::{
-    forward::{egress_action, rewrite_dst, rewrite_src, set_macs},
+    forward::{End, egress_action, rewrite, set_macs},
     maps::{
         BACKEND_FILTER, BACKENDS, FLOWS, NAT_BACKENDS, NEXTHOPS, SERVICES, STATS, TABLES,
         VIP_FILTER, VIPS,
@@ -259,7 +259,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, backend: u32, vip_i
         // the neighbour; later packets take the fast path. DSR: the kernel could only route the
         // VIP back to us (or answer "unreachable"), so drop and let the client retransmit.
         if nat {
-            rewrite_dst(pkt, &b.addr, b.port);
+            rewrite(pkt, End::Dst, &b.addr, b.port);
             count(vip_counter(vip_index), bytes);
             count(backend_counter(backend), bytes);
             return pass(Reason::PassNoNextHop, bytes);
@@ -269,12 +269,12 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, backend: u32, vip_i
     let action = egress_action(ctx, nh.ifindex);
     if action == xdp_action::XDP_PASS {
         if nat {
-            rewrite_dst(pkt, &b.addr, b.port);
+            rewrite(pkt, End::Dst, &b.addr, b.port);
         }
         return pass(Reason::PassEgressUnknown, bytes);
     }
     if nat {
-        rewrite_dst(pkt, &b.addr, b.port);
+        rewrite(pkt, End::Dst, &b.addr, b.port);
     }
     set_macs(pkt, nh.dmac, nh.smac);
     count(vip_counter(vip_index), bytes);
@@ -317,7 +317,7 @@ fn reply(ctx: &XdpContext, pkt: &Packet, nat: &NatBackend, bytes: u64) -> Option
             return None;
         }
         let action = egress_action(ctx, flow.client_ifindex);
-        rewrite_src(pkt, &vip.addr, vip.port);
+        rewrite(pkt, End::Src, &vip.addr, vip.port);
         if action == xdp_action::XDP_PASS {
             return Some(pass(Reason::PassEgressUnknown, bytes));
         }

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod e2e;
+pub mod interrupt;
 pub mod netns;
 pub mod packets;
 pub mod testbed;

@@ -448,22 +448,11 @@ fn connect(target: SocketAddr, source: Option<Ipv4Addr>, timeout: Duration) -> s
     Ok(stream)
 }
 
-/// Runs `f` on a short-lived thread inside `ns`.
-fn in_ns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<T> {
-            let _guard = ns.enter()?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow!("thread in {} panicked", ns.name()))?
-    })
-}
 
 /// One request from the `client` namespace: connect to `target`, send a line, return the
 /// answered backend name (errors: connection refused, timeouts, ...; [`DEFAULT_TIMEOUT`] each).
 pub fn request(client: &NetNs, target: SocketAddr) -> Result<String> {
-    in_ns(client, || one_request(target, None, DEFAULT_TIMEOUT))?
+    client.run_in(|| one_request(target, None, DEFAULT_TIMEOUT))?
         .map_err(|e| anyhow!("request to {target} from {}: {e}", client.name()))
 }
 
@@ -485,7 +474,7 @@ impl LongLived {
     /// [`DEFAULT_TIMEOUT`] for each connect and for each later [`ask`](Self::ask)).
     pub fn open(client: &NetNs, target: SocketAddr, n: usize) -> Result<LongLived> {
         ensure!(n <= 10_000, "at most 10000 long-lived connections");
-        let streams = in_ns(client, || -> Result<Vec<TcpStream>> {
+        let streams = client.run_in(|| -> Result<Vec<TcpStream>> {
             let mut streams = Vec::with_capacity(n);
             for i in 0..n {
                 let s = connect(target, None, DEFAULT_TIMEOUT)

@@ -70,6 +70,19 @@ impl NetNs {
         out.trim().parse().with_context(|| format!("ifindex of {dev}: {out:?}"))
     }
 
+    /// Runs `f` on a short-lived thread inside the namespace (the calling thread stays where
+    /// it is).
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<T> {
+                let _guard = self.enter()?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
+        })
+    }
+
     /// Moves the calling thread into the namespace until the guard is dropped.
     pub fn enter(&self) -> Result<NsGuard> {
         let home = File::open("/proc/thread-self/ns/net").context("opening own netns")?;

@@ -16,7 +16,7 @@ use lb_common::{
     hash::flow_hash,
     maglev::{MaglevBackend, build_table},
     maps::{
-        BACKEND_UP, Backend, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, SERVICE_DSR,
+        BACKEND_UP, Backend, FlowKey, PROTO_TCP, SERVICE_DSR,
         SERVICE_ENABLED, Service, EndpointKey, VipValue, NatBackend, NatVip,
     },
 };
@@ -79,17 +79,7 @@ pub struct PacketBed {
     pub ns: NetNs,
 }
 
-/// Address words and family as the maps store them.
-pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
-    match ip {
-        IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], FAMILY_V4),
-        IpAddr::V6(a) => {
-            let o = a.octets();
-            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-            ([w(0), w(4), w(8), w(12)], FAMILY_V6)
-        }
-    }
-}
+pub use lb_daemon::engine::addr_words;
 
 /// The flow key of a client → VIP packet.
 pub fn flow_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {

@@ -240,7 +240,7 @@ impl Topology {
         // XDP_PASS program on the peer so that XDP_TX frames are delivered at once.
         ethtool(&switch, &["-K", "p-lb", "gro", "on"])?;
         ethtool(&balancer, &["-K", "eth0", "gro", "on"])?;
-        let peer_pass = in_ns(&switch, || attach_xdp_pass("p-lb"))?
+        let peer_pass = switch.run_in(|| attach_xdp_pass("p-lb"))?
             .context("attaching XDP_PASS to p-lb (the balancer's peer)")?;
 
         // The backends.
@@ -363,7 +363,7 @@ impl Topology {
         let probe = SocketAddr::from((Ipv4Addr::LOCALHOST, host.spec.port));
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let answer = in_ns(&host.ns, || probe_backend(probe));
+            let answer = host.ns.run_in(|| probe_backend(probe));
             match answer {
                 Ok(Ok(got)) if got == name => return Ok(()),
                 Ok(Ok(got)) => bail!("port {} of backend {name} answers {got:?}", host.spec.port),
@@ -482,17 +482,6 @@ fn spawn_in_ns(ns: &NetNs, cmd: &mut Command) -> Result<Child> {
     cmd.spawn().with_context(|| format!("spawning {:?} in {}", cmd.get_program(), ns.name()))
 }
 
-/// Runs `f` on a short-lived thread inside `ns`.
-fn in_ns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<T> {
-            let _guard = ns.enter()?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread in {} panicked", ns.name()))?
-    })
-}
 
 /// One request to a backend (from the current namespace): its name, or why not.
 fn probe_backend(addr: SocketAddr) -> std::io::Result<String> {

@@ -28,8 +28,9 @@ pub struct Outcome {
     pub packet: Vec<u8>,
 }
 
-/// `struct xdp_md` as test_run takes it in `ctx_in`.
-fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
+/// `struct xdp_md` as test_run takes it in `ctx_in`: a frame of `len` bytes received on
+/// `ingress_ifindex`.
+pub fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
     let mut md = [0u8; 24];
     md[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
     md[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());

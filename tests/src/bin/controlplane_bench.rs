@@ -30,7 +30,6 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     process::ExitCode,
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -60,31 +59,11 @@ const MAX_CONNECTIONS: u32 = 200_000;
 /// Backend a1, the target of the baseline load.
 const DIRECT_BACKEND: &str = "10.77.2.11:8080";
 
-/// Set by SIGINT / SIGTERM.
-static STOP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_signal: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
 
-fn install_signal_handlers() -> Result<()> {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction is valid; the handler only stores an atomic.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
-                bail!("sigaction({signal}): {}", std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
-}
 
 fn check_interrupted() -> Result<()> {
-    if STOP.load(Ordering::SeqCst) {
+    if lb_tests::interrupt::requested() {
         bail!("interrupted");
     }
     Ok(())
@@ -198,7 +177,7 @@ fn unpaced(target: SocketAddr, sources: &[std::net::Ipv4Addr], max_duration: Dur
 fn run_for(client: &lb_tests::netns::NetNs, opts: LoadOptions) -> Result<LoadReport> {
     let load = LoadHandle::start(client, opts)?;
     while !load.is_finished() {
-        if STOP.load(Ordering::SeqCst) {
+        if lb_tests::interrupt::requested() {
             drop(load);
             bail!("interrupted");
         }
@@ -405,7 +384,7 @@ fn main() -> ExitCode {
         eprintln!("controlplane-bench: run as root (network namespaces, XDP)");
         return ExitCode::from(1);
     }
-    if let Err(e) = install_signal_handlers() {
+    if let Err(e) = lb_tests::interrupt::install() {
         eprintln!("controlplane-bench: {e:#}");
         return ExitCode::from(1);
     }
@@ -413,7 +392,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("controlplane-bench: {e:#}");
-            ExitCode::from(if STOP.load(Ordering::SeqCst) { 130 } else { 1 })
+            ExitCode::from(if lb_tests::interrupt::requested() { 130 } else { 1 })
         }
     }
 }

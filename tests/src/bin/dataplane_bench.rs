@@ -16,7 +16,7 @@ use lb_daemon::dataplane::{BENCH_XDP_OBJECT, DataplaneOptions};
 use lb_tests::{
     packets::{ACK, Frame, PSH},
     testbed::{LB_MAC, PacketBed, backend_mac},
-    xdp_run::{run, verdict_name},
+    xdp_run::{run, verdict_name, xdp_md},
 };
 use std::net::SocketAddr;
 
@@ -146,11 +146,4 @@ fn bench_table_size(args: &Args, flow_entries: u32, all_cases: bool) -> Result<(
         );
     }
     Ok(())
-}
-
-fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
-    let mut md = [0u8; 24];
-    md[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
-    md[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    md
 }

@@ -34,8 +34,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Set by SIGINT / SIGTERM: every loop of the demo stops early so that cleanup runs.
-static STOP: AtomicBool = AtomicBool::new(false);
 
 /// New connections per second from the client to the VIP.
 const RATE_PER_S: u64 = 50;
@@ -48,30 +46,10 @@ const TICK: Duration = Duration::from_millis(500);
 /// Connect, write and read timeout of one connection of the load.
 const CONN_TIMEOUT: Duration = Duration::from_secs(1);
 
-extern "C" fn on_signal(_signal: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    STOP.store(true, Ordering::SeqCst);
-}
 
-/// Routes SIGINT and SIGTERM to [`on_signal`] (SA_RESTART, so blocking calls carry on).
-fn install_signal_handlers() -> Result<()> {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction is valid; the handler only stores an atomic.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
-                bail!("sigaction({signal}): {}", std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
-}
 
 fn stopped() -> bool {
-    STOP.load(Ordering::SeqCst)
+    lb_tests::interrupt::requested()
 }
 
 /// Fails with "interrupted" once a signal arrived (the caller's drops then clean up).
@@ -603,7 +581,7 @@ fn main() -> ExitCode {
         eprintln!("lb-demo: run as root (it creates network namespaces and loads an XDP program)");
         return ExitCode::from(1);
     }
-    if let Err(e) = install_signal_handlers() {
+    if let Err(e) = lb_tests::interrupt::install() {
         eprintln!("lb-demo: {e:#}");
         return ExitCode::from(1);
     }
