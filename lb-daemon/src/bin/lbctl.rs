@@ -31,9 +31,12 @@ Examples:
   lbctl drain-status                   established flows still on each pool
   lbctl pools                          pools with their backends, health and share
   lbctl history --limit 20             the last 20 changes and who made them
+  lbctl top                            live dashboard: new flows/s and packets/s per pool and backend
   lbctl -o json status | jq '.services[].active'
   lbctl --url lb1:9180 --token-file /etc/lb/api.token status
                                        a remote daemon over TCP
+  lbctl completions bash | sudo tee /etc/bash_completion.d/lbctl
+                                       shell completion (also zsh, fish)
 
 CI step (compare-and-swap, daemon-held watch with automatic rollback, wait for the old pool
 to empty; fails the pipeline with 6, 8 or 9):
@@ -52,12 +55,113 @@ Exit codes:
   8  a wait timed out (--wait: no new flow reached the new pool; --wait-drained: flows left)
   9  the daemon rolled back automatically during --watch (the new pool turned unhealthy)
 
-Durations (--watch, --wait, --wait-drained, --timeout) are plain seconds (90, 0.5) or
-humantime (500ms, 60s, 2m, 1h30m).
+Durations:
+  --watch, --wait, --wait-drained, --timeout and top's --interval take plain seconds (90, 0.5)
+  or humantime (500ms, 60s, 2m, 1h30m).
 
 Environment:
   LB_SOCKET  default for --socket
-  LB_TOKEN   bearer token for --url when --token-file is not given";
+  LB_TOKEN   bearer token for --url when --token-file is not given
+  NO_COLOR   set (to anything but the empty string): no colours. Colours are only used when the
+             output goes to a terminal anyway (and TERM is not dumb)";
+
+/// Shown at the end of `lbctl status --help`.
+const STATUS_AFTER_HELP: &str = "\
+Examples:
+  lbctl status                          daemon (uptime, adopted state, XDP mode per interface),
+                                        then per service: active pool or split, watch, pools
+                                        (share, healthy/total), backends (health, packets, new
+                                        flows) and the pass/drop counters
+  lbctl -s web status                   only the service web
+  lbctl -o json status | jq '.services[] | {name, active}'
+                                        the API's JSON (GET /v1/status)
+  watch -n1 lbctl status                ...or `lbctl top` for rates instead of totals";
+
+/// Shown at the end of `lbctl top --help`.
+const TOP_AFTER_HELP: &str = "\
+Examples:
+  lbctl top                             refresh every second until Ctrl-C
+  lbctl -s web top --interval 5s        only the service web, every 5 seconds
+  lbctl top --iterations 2 > top.txt    two frames (one blank line apart), then exit 0
+  lbctl -o json top --interval 10s | jq -c '.services[].pools[] | {name, new_flows_per_s}'
+                                        one JSON object per line and frame
+
+Rates (new flows/s, packets/s, pass/drop reasons/s) are the difference between two successive
+GET /v1/status samples divided by the time between them, so the first frame shows \"-\" (null in
+JSON). A counter that went backwards (daemon restarted without its pinned state) also shows \"-\".
+On a terminal the screen is cleared before each frame; otherwise frames follow one another. A
+failed request ends top with the usual exit code (see `lbctl --help`).";
+
+/// Shown at the end of `lbctl rollback --help`.
+const ROLLBACK_AFTER_HELP: &str = "\
+Examples:
+  lbctl rollback                        back to the previous pool or split; established flows stay
+  lbctl rollback --dry-run              what it would do; changes nothing
+  lbctl -s web rollback --expect-active pool-b --hard
+                                        only if pool-b is active (else exit 6); move all flows";
+
+/// Shown at the end of `lbctl split --help`.
+const SPLIT_AFTER_HELP: &str = "\
+Examples:
+  lbctl split pool-a=90 pool-b=10 --expect-active pool-a
+                                        canary: 10% of new flows to pool-b, if pool-a is active
+  lbctl split pool-a=50 pool-b=50 --dry-run
+  lbctl switch pool-b                   end the canary: every new flow to pool-b";
+
+/// Shown at the end of `lbctl drain-status --help`.
+const DRAIN_AFTER_HELP: &str = "\
+Examples:
+  lbctl drain-status                    established and closing flows per pool
+  lbctl -s web -o json drain-status | jq '[.pools[] | select(.share == 0) | .established] | add'
+                                        flows left on the pools being drained";
+
+/// Shown at the end of `lbctl pools --help`.
+const POOLS_AFTER_HELP: &str = "\
+Examples:
+  lbctl pools                           each pool with its share, health and backends
+  lbctl -s web -o json pools | jq '.pools[] | {name, healthy, min_healthy}'";
+
+/// Shown at the end of `lbctl backends --help`.
+const BACKENDS_AFTER_HELP: &str = "\
+Examples:
+  lbctl backends                        one line per backend
+  lbctl backends | grep -w DOWN         the backends failing their health checks
+  lbctl -o json backends | jq '.pools[].backends[] | select(.up | not) | .addr'";
+
+/// Shown at the end of `lbctl history --help`.
+const HISTORY_AFTER_HELP: &str = "\
+Examples:
+  lbctl history                         the last 50 changes, newest last
+  lbctl -s web history --limit 5        the last 5 changes of the service web
+  lbctl -o json history | jq '.[] | select(.kind == \"auto_rollback\")'";
+
+/// Shown at the end of `lbctl reload --help`.
+const RELOAD_AFTER_HELP: &str = "\
+Examples:
+  sudoedit /etc/lb/lb.toml && lb-daemon --config /etc/lb/lb.toml --check && lbctl reload
+                                        edit, validate, apply (same as SIGHUP to lb-daemon)
+  lbctl -o json reload | jq -r '.changes[]'";
+
+/// Shown at the end of `lbctl shutdown --help`.
+const SHUTDOWN_AFTER_HELP: &str = "\
+Examples:
+  lbctl shutdown                        stop lb-daemon (upgrade); forwarding continues and the
+                                        next lb-daemon adopts the pinned state
+  lbctl shutdown --detach               stop forwarding: detach XDP, remove the pinned maps";
+
+/// Shown at the end of `lbctl completions --help`.
+const COMPLETIONS_AFTER_HELP: &str = "\
+Examples:
+  lbctl completions bash | sudo tee /etc/bash_completion.d/lbctl > /dev/null
+  source <(lbctl completions bash)      this shell only
+  lbctl completions zsh > \"${fpath[1]}/_lbctl\"
+  lbctl completions fish > ~/.config/fish/completions/lbctl.fish";
+
+/// Shown at the end of `lbctl man --help`.
+const MAN_AFTER_HELP: &str = "\
+Examples:
+  lbctl man > lbctl.1 && man ./lbctl.1
+  lbctl man | sudo tee /usr/local/share/man/man1/lbctl.1 > /dev/null";
 
 /// Shown at the end of `lbctl switch --help`.
 const SWITCH_AFTER_HELP: &str = "\
@@ -138,8 +242,22 @@ pub enum Output {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Show the daemon, its interfaces, services, pools and watches (--service: only that service).
+    /// Show the daemon, its interfaces, services, pools, backends and watches (--service: only
+    /// that service).
+    #[command(after_help = STATUS_AFTER_HELP)]
     Status,
+    /// Live dashboard: health, new flows/s and packets/s per pool and backend.
+    ///
+    /// Refreshed every --interval until Ctrl-C (or --iterations frames).
+    #[command(after_help = TOP_AFTER_HELP)]
+    Top {
+        /// Time between two frames (e.g. 1s, 500ms, 5s; at least 100ms).
+        #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_interval)]
+        interval: Duration,
+        /// Stop after this many frames (for scripts); without it, run until interrupted.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        iterations: Option<u64>,
+    },
     /// Make POOL the active pool: new flows go there, established flows stay (unless --hard).
     #[command(after_help = SWITCH_AFTER_HELP)]
     Switch {
@@ -178,6 +296,7 @@ pub enum Command {
         watch: Option<Duration>,
     },
     /// Go back to the previous active pool or split.
+    #[command(after_help = ROLLBACK_AFTER_HELP)]
     Rollback {
         /// Move established flows too.
         #[arg(long)]
@@ -190,7 +309,7 @@ pub enum Command {
         expect_active: Option<String>,
     },
     /// Share new flows between pools by percentage (at least two pools, summing to 100).
-    #[command(after_help = "Example: lbctl split pool-a=90 pool-b=10 --expect-active pool-a")]
+    #[command(after_help = SPLIT_AFTER_HELP)]
     Split {
         /// POOL=PERCENT pairs, e.g. pool-a=90 pool-b=10.
         #[arg(value_name = "POOL=PCT", num_args = 2.., required = true)]
@@ -206,25 +325,62 @@ pub enum Command {
         expect_active: Option<String>,
     },
     /// Show established and closing flows per pool (what a drain switch leaves behind).
+    #[command(after_help = DRAIN_AFTER_HELP)]
     DrainStatus,
     /// List the service's pools with their share, health and backends.
+    #[command(after_help = POOLS_AFTER_HELP)]
     Pools,
     /// List every backend of the service: pool, address, weight, state, counters, last error.
+    #[command(after_help = BACKENDS_AFTER_HELP)]
     Backends,
     /// Show recorded changes (switches, rollbacks, splits), newest last.
+    #[command(after_help = HISTORY_AFTER_HELP)]
     History {
         /// Show at most this many entries (1-10000).
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
     /// Make the daemon re-read its config file and apply it.
+    #[command(after_help = RELOAD_AFTER_HELP)]
     Reload,
     /// Stop the daemon. Forwarding continues from the pinned state unless --detach.
+    #[command(after_help = SHUTDOWN_AFTER_HELP)]
     Shutdown {
         /// Also detach the XDP program and remove the pinned maps: forwarding stops.
         #[arg(long)]
         detach: bool,
     },
+    /// Print a shell completion script to stdout.
+    #[command(after_help = COMPLETIONS_AFTER_HELP)]
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: CompletionShell,
+    },
+    /// Print lbctl's man page (roff) to stdout.
+    #[command(hide = true, after_help = MAN_AFTER_HELP)]
+    Man,
+}
+
+/// Shells `lbctl completions` writes a script for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
+}
+
+impl From<CompletionShell> for clap_complete::Shell {
+    fn from(shell: CompletionShell) -> Self {
+        match shell {
+            CompletionShell::Bash => clap_complete::Shell::Bash,
+            CompletionShell::Zsh => clap_complete::Shell::Zsh,
+            CompletionShell::Fish => clap_complete::Shell::Fish,
+        }
+    }
 }
 
 /// Why lbctl failed.
@@ -446,6 +602,11 @@ fn endpoint(cli: &Cli) -> Result<Endpoint, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `completions` and `man` need no daemon (nor a valid --url/token).
+    if let Some(text) = offline_output(&cli.command) {
+        print_stdout(&text);
+        return ExitCode::SUCCESS;
+    }
     let split = match &cli.command {
         Command::Split { weights, .. } => match parse_split(weights) {
             Ok(req) => Some(req),
@@ -475,6 +636,12 @@ fn usage_error(kind: ErrorKind, msg: String) -> ! {
     Cli::command().error(kind, msg).exit()
 }
 
+/// Writes to stdout; false when that failed (stdout closed: `lbctl top | head`).
+fn write_stdout(text: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_ok()
+}
+
 /// Writes to stdout, ignoring a closed pipe (`lbctl history | head`).
 fn print_stdout(text: &str) {
     let mut out = std::io::stdout().lock();
@@ -490,9 +657,16 @@ fn print_stdout(text: &str) {
 fn report(cli: &Cli, failure: &Failure) {
     if cli.output == Output::Json
         && let Failure::Request(ClientError::Api { error, .. }) = failure
-        && let Ok(body) = serde_json::to_string_pretty(&error.body())
     {
-        print_stdout(&body);
+        // `top` prints one JSON object per line: its error body is one line too.
+        let body = if matches!(cli.command, Command::Top { .. }) {
+            serde_json::to_string(&error.body())
+        } else {
+            serde_json::to_string_pretty(&error.body())
+        };
+        if let Ok(body) = body {
+            print_stdout(&body);
+        }
     }
     let hint = match failure {
         Failure::Request(ClientError::Unreachable { source, .. }) => match source.kind() {
@@ -507,7 +681,23 @@ fn report(cli: &Cli, failure: &Failure) {
         }
         _ => "",
     };
-    eprintln!("lbctl: {failure}{hint}");
+    eprintln!("{} {failure}{hint}", Paint::for_fd(libc::STDERR_FILENO).error("lbctl:"));
+}
+
+/// What a command that needs no daemon prints (`completions`, `man`); `None` for the others.
+fn offline_output(command: &Command) -> Option<String> {
+    match command {
+        Command::Completions { shell } => Some(completions(*shell)),
+        Command::Man => Some(man_page()),
+        _ => None,
+    }
+}
+
+/// The completion script of `shell` for lbctl.
+fn completions(shell: CompletionShell) -> String {
+    let mut script = Vec::new();
+    clap_complete::generate(clap_complete::Shell::from(shell), &mut Cli::command(), "lbctl", &mut script);
+    String::from_utf8_lossy(&script).into_owned()
 }
 
 /// Runs the command; returns what to print on stdout (a switch that waits prints its progress
@@ -520,17 +710,26 @@ fn run(cli: &Cli, client: &Client, split: Option<SplitRequest>) -> Result<String
         Some(s) => format!("/v1/services/{s}/{verb}"),
         None => format!("/v1/{verb}"),
     };
+    let paint = Paint::for_fd(libc::STDOUT_FILENO);
     match &cli.command {
         Command::Status => {
             let raw = client.get_text("/v1/status")?;
             let status: StatusView = parse(&raw)?;
-            if let Some(name) = service
-                && !status.services.iter().any(|s| s.name == name)
-            {
-                return Err(local_error(ErrorCode::NotFound, format!("no service named {name}")).into());
-            }
-            Ok(if json { pretty_json(&raw) } else { format_status(&status, service) })
+            check_service(&status, service)?;
+            Ok(if json { pretty_json(&raw) } else { render_status(&status, service, paint) })
         }
+        Command::Top { interval, iterations } => {
+            let opts = TopOptions {
+                interval: *interval,
+                iterations: *iterations,
+                json,
+                clear: !json && is_tty(libc::STDOUT_FILENO),
+                paint,
+                service: service.map(str::to_owned),
+            };
+            run_top(client, &opts, &mut write_stdout).map(|()| String::new())
+        }
+        Command::Completions { .. } | Command::Man => Ok(offline_output(&cli.command).unwrap_or_default()),
         Command::Switch { pool, hard, force, dry_run, expect_active, wait, wait_drained, watch } => {
             let req = SwitchRequest {
                 pool: pool.clone(),
@@ -592,8 +791,8 @@ fn run(cli: &Cli, client: &Client, split: Option<SplitRequest>) -> Result<String
             let view: ServiceView = parse(&raw)?;
             Ok(match (json, &cli.command) {
                 (true, _) => pretty_json(&raw),
-                (false, Command::Pools) => format_pools(&view),
-                (false, _) => format_backends(&view),
+                (false, Command::Pools) => render_pools(&view, paint),
+                (false, _) => render_backends(&view, paint),
             })
         }
         Command::History { limit } => {
@@ -630,6 +829,16 @@ fn run(cli: &Cli, client: &Client, split: Option<SplitRequest>) -> Result<String
                 "lb-daemon is shutting down; the XDP program stays attached and forwarding continues\n".into()
             })
         }
+    }
+}
+
+/// `not_found` when `--service` names a service the status does not have.
+fn check_service(status: &StatusView, only: Option<&str>) -> Result<(), ClientError> {
+    match only {
+        Some(name) if !status.services.iter().any(|s| s.name == name) => {
+            Err(local_error(ErrorCode::NotFound, format!("no service named {name}")))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -1265,11 +1474,27 @@ fn pretty_json(raw: &str) -> String {
     out
 }
 
-/// Left-aligned columns (right-aligned where `right[i]`), two spaces apart.
+/// Characters a terminal shows of `s`: ANSI escape sequences (colours) take no room.
+fn visible_width(s: &str) -> usize {
+    let (mut n, mut escape) = (0, false);
+    for c in s.chars() {
+        if escape {
+            escape = !c.is_ascii_alphabetic();
+        } else if c == '\x1b' {
+            escape = true;
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Left-aligned columns (right-aligned where `right[i]`), two spaces apart; cells may be
+/// coloured (see [`Paint`]).
 fn table(rows: &[Vec<String>], right: &[bool], indent: &str) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
+        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| visible_width(c)).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for row in rows {
@@ -1278,7 +1503,7 @@ fn table(rows: &[Vec<String>], right: &[bool], indent: &str) -> String {
             if i > 0 {
                 line.push_str("  ");
             }
-            let pad = widths[i].saturating_sub(cell.chars().count());
+            let pad = widths[i].saturating_sub(visible_width(cell));
             if right.get(i).copied().unwrap_or(false) {
                 line.push_str(&" ".repeat(pad));
                 line.push_str(cell);
@@ -1295,38 +1520,57 @@ fn table(rows: &[Vec<String>], right: &[bool], indent: &str) -> String {
     out
 }
 
-fn format_status(s: &StatusView, only: Option<&str>) -> String {
+/// `lbctl status` as text: the daemon (version, uptime, adopted state, XDP mode per interface),
+/// then per service its header (active pool or split, watch), pools (share, health, counters),
+/// backends (health, counters) and the down backends with their errors; then the non-zero
+/// pass/drop/forward counters.
+fn render_status(s: &StatusView, only: Option<&str>, paint: Paint) -> String {
     let mut out = format!(
-        "lb-daemon {} (instance {}), up {}{}\n",
+        "lb-daemon {} (instance {}): uptime {}, {}\n",
         s.version,
         s.instance,
         humantime::format_duration(Duration::from_secs(s.uptime_s)),
-        if s.adopted { ", adopted pinned state" } else { "" }
+        if s.adopted {
+            "adopted pinned state (forwarding survived a restart)"
+        } else {
+            "started fresh (no pinned state adopted)"
+        }
     );
-    let ifaces: Vec<String> = s.interfaces.iter().map(|i| format!("{} ({})", i.name, i.mode)).collect();
-    out.push_str(&format!(
-        "interfaces: {}\n",
-        if ifaces.is_empty() { "none".into() } else { ifaces.join(", ") }
-    ));
+    out.push_str(&format!("interfaces: {}\n", interfaces_line(&s.interfaces, paint)));
     for svc in s.services.iter().filter(|svc| only.is_none_or(|n| n == svc.name)) {
         out.push('\n');
-        out.push_str(&service_header(svc));
+        out.push_str(&service_header(svc, paint));
         let mut rows = vec![["POOL", "SHARE", "HEALTHY", "PACKETS", "NEW FLOWS"].map(String::from).to_vec()];
         for p in &svc.pools {
             rows.push(vec![
                 p.name.clone(),
                 format!("{}%", p.share),
-                pool_health(p),
+                pool_health(p, paint),
                 p.traffic.packets.to_string(),
                 p.traffic.new_flows.to_string(),
             ]);
         }
         out.push_str(&table(&rows, &[false, true, false, true, true], "  "));
+        let mut rows = vec![["POOL", "BACKEND", "STATE", "PACKETS", "NEW FLOWS"].map(String::from).to_vec()];
+        for p in &svc.pools {
+            for b in &p.backends {
+                rows.push(vec![
+                    p.name.clone(),
+                    b.addr.clone(),
+                    up_down(b.up, paint),
+                    b.traffic.packets.to_string(),
+                    b.traffic.new_flows.to_string(),
+                ]);
+            }
+        }
+        if rows.len() > 1 {
+            out.push_str(&table(&rows, &[false, false, false, true, true], "  "));
+        }
         let down: Vec<String> = svc
             .pools
             .iter()
             .flat_map(|p| p.backends.iter().filter(|b| !b.up).map(move |b| (p, b)))
-            .map(|(p, b)| format!("  DOWN {} {}{}", p.name, b.addr, last_error(b)))
+            .map(|(p, b)| format!("  {} {} {}{}", paint.red("DOWN"), p.name, b.addr, last_error(b)))
             .collect();
         for line in down {
             out.push_str(&line);
@@ -1341,10 +1585,28 @@ fn format_status(s: &StatusView, only: Option<&str>) -> String {
     out
 }
 
+/// `eth0 (XDP native), eth1 (XDP generic)` (generic, the slow fallback, in yellow), or `none`.
+fn interfaces_line(interfaces: &[InterfaceView], paint: Paint) -> String {
+    if interfaces.is_empty() {
+        return "none".into();
+    }
+    let each = |i: &InterfaceView| {
+        let mode = format!("XDP {}", i.mode);
+        let mode = if i.mode == "native" { mode } else { paint.yellow(&mode) };
+        format!("{} ({mode})", i.name)
+    };
+    interfaces.iter().map(each).collect::<Vec<_>>().join(", ")
+}
+
 /// `2/3 (min 2)`, with `below min` when a switch to the pool would be refused.
-fn pool_health(p: &PoolView) -> String {
-    let below = if p.healthy < p.min_healthy { " below min" } else { "" };
-    format!("{}/{} (min {}){below}", p.healthy, p.backends.len(), p.min_healthy)
+fn pool_health(p: &PoolView, paint: Paint) -> String {
+    health_text(p.healthy, p.backends.len(), p.min_healthy, paint)
+}
+
+/// `healthy/total (min N)`, then ` below min` (red) when `healthy < min_healthy`.
+fn health_text(healthy: u32, total: usize, min_healthy: u32, paint: Paint) -> String {
+    let below = if healthy < min_healthy { format!(" {}", paint.red("below min")) } else { String::new() };
+    format!("{healthy}/{total} (min {min_healthy}){below}")
 }
 
 /// `: connect: connection refused` when the backend has a last health-check error.
@@ -1353,19 +1615,19 @@ fn last_error(b: &BackendView) -> String {
 }
 
 /// `service web (nat) on 192.0.2.1:80`, its active/previous line and its watch.
-fn service_header(svc: &ServiceView) -> String {
+fn service_header(svc: &ServiceView, paint: Paint) -> String {
     let previous = svc.previous.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "none".into());
     let mut s = format!(
         "service {} ({}) on {}\n  active: {}   previous: {}   epoch: {}\n",
-        svc.name,
+        paint.bold(&svc.name),
         svc.mode,
         svc.vips.join(", "),
-        svc.active,
+        paint.bold(&svc.active.to_string()),
         previous,
         svc.epoch
     );
     if let Some(w) = &svc.watch {
-        s.push_str(&format!("  {}\n", watch_line(w)));
+        s.push_str(&format!("  {}\n", paint.watch(w.state, &watch_line(w))));
     }
     s
 }
@@ -1391,14 +1653,15 @@ fn watch_line(w: &WatchView) -> String {
     }
 }
 
-fn format_pools(svc: &ServiceView) -> String {
-    let mut out = service_header(svc);
+/// `lbctl pools` as text.
+fn render_pools(svc: &ServiceView, paint: Paint) -> String {
+    let mut out = service_header(svc, paint);
     for p in &svc.pools {
         out.push_str(&format!(
             "\npool {}: share {}%, healthy {}, {} packets, {} new flows\n",
-            p.name,
+            paint.bold(&p.name),
             p.share,
-            pool_health(p),
+            pool_health(p, paint),
             p.traffic.packets,
             p.traffic.new_flows
         ));
@@ -1406,7 +1669,7 @@ fn format_pools(svc: &ServiceView) -> String {
             .backends
             .iter()
             .map(|b| {
-                let mut row = vec![b.addr.clone(), format!("weight {}", b.weight), up_down(b.up).into()];
+                let mut row = vec![b.addr.clone(), format!("weight {}", b.weight), up_down(b.up, paint)];
                 if let Some(e) = &b.last_error {
                     row.push(e.clone());
                 }
@@ -1418,11 +1681,13 @@ fn format_pools(svc: &ServiceView) -> String {
     out
 }
 
-fn up_down(up: bool) -> &'static str {
-    if up { "up" } else { "DOWN" }
+/// `up` (green) or `DOWN` (red).
+fn up_down(up: bool, paint: Paint) -> String {
+    if up { paint.green("up") } else { paint.red("DOWN") }
 }
 
-fn format_backends(svc: &ServiceView) -> String {
+/// `lbctl backends` as text.
+fn render_backends(svc: &ServiceView, paint: Paint) -> String {
     let mut rows = vec![
         ["POOL", "ADDR", "WEIGHT", "STATE", "PACKETS", "NEW FLOWS", "LAST ERROR"].map(String::from).to_vec(),
     ];
@@ -1432,7 +1697,7 @@ fn format_backends(svc: &ServiceView) -> String {
                 p.name.clone(),
                 b.addr.clone(),
                 b.weight.to_string(),
-                up_down(b.up).into(),
+                up_down(b.up, paint),
                 b.traffic.packets.to_string(),
                 b.traffic.new_flows.to_string(),
                 b.last_error.clone().unwrap_or_default(),
@@ -1493,10 +1758,606 @@ fn format_history(entries: &[HistoryEntry]) -> String {
     out
 }
 
+// ---------------------------------------------------------------------------------------------
+// Colours.
+
+/// Whether to colour a stream: only when it is a terminal (`is_tty`) and colours were not
+/// turned off (`no_color`: `NO_COLOR` set to a non-empty value, or `TERM=dumb`).
+pub fn colour_wanted(is_tty: bool, no_color: bool) -> bool {
+    is_tty && !no_color
+}
+
+/// Whether the environment turns colours off: `NO_COLOR` (non-empty) or `TERM=dumb`.
+fn no_color_env() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("TERM").is_some_and(|t| t == "dumb")
+}
+
+/// Whether the file descriptor is a terminal.
+fn is_tty(fd: libc::c_int) -> bool {
+    // SAFETY: isatty only inspects the descriptor; an invalid one yields 0.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// ANSI colours for one output stream, or plain text when they are off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paint {
+    /// Whether to emit escape sequences.
+    on: bool,
+}
+
+impl Paint {
+    /// No colours.
+    #[cfg(test)]
+    const OFF: Paint = Paint { on: false };
+
+    /// Colours for the stream `fd` (stdout or stderr), as [`colour_wanted`] decides.
+    fn for_fd(fd: libc::c_int) -> Paint {
+        Paint { on: colour_wanted(is_tty(fd), no_color_env()) }
+    }
+
+    fn wrap(self, sgr: &str, text: &str) -> String {
+        if self.on { format!("\x1b[{sgr}m{text}\x1b[0m") } else { text.to_owned() }
+    }
+
+    fn bold(self, text: &str) -> String {
+        self.wrap("1", text)
+    }
+
+    fn red(self, text: &str) -> String {
+        self.wrap("31", text)
+    }
+
+    fn green(self, text: &str) -> String {
+        self.wrap("32", text)
+    }
+
+    fn yellow(self, text: &str) -> String {
+        self.wrap("33", text)
+    }
+
+    /// The `lbctl:` prefix of an error line.
+    fn error(self, text: &str) -> String {
+        self.wrap("1;31", text)
+    }
+
+    /// Text about a watch, coloured by its state.
+    fn watch(self, state: WatchState, text: &str) -> String {
+        match state {
+            WatchState::Watching => self.yellow(text),
+            WatchState::Passed => self.green(text),
+            WatchState::RolledBack => self.red(text),
+            WatchState::Cancelled => text.to_owned(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `lbctl top`.
+
+/// Shortest `--interval` of `top`.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// `top --interval`: a duration as [`parse_duration`] takes it, at least 100ms.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_INTERVAL { Err("must be at least 100ms".into()) } else { Ok(d) }
+}
+
+/// One frame of `lbctl top`: one `GET /v1/status` sample, with per-second rates since the
+/// sample before (`null` in the first frame). `--output json` prints it as one line.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TopFrame {
+    /// 1 for the first frame.
+    pub frame: u64,
+    /// Seconds between the previous sample and this one; `None` in the first frame.
+    pub elapsed_s: Option<f64>,
+    /// Instance name.
+    pub instance: String,
+    /// Daemon version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// Whether the daemon adopted pinned state.
+    pub adopted: bool,
+    /// Interfaces and their XDP mode.
+    pub interfaces: Vec<InterfaceView>,
+    /// Services (only `--service` when given).
+    pub services: Vec<TopService>,
+    /// Counters by reason with a non-zero total, highest rate first.
+    pub reasons: Vec<TopReason>,
+}
+
+/// A service in a [`TopFrame`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TopService {
+    /// Name.
+    pub name: String,
+    /// Active pool or split.
+    pub active: Active,
+    /// Current epoch.
+    pub epoch: u32,
+    /// The watch of the last switch, if any.
+    pub watch: Option<WatchView>,
+    /// Pools, in config order.
+    pub pools: Vec<TopPool>,
+}
+
+/// A pool in a [`TopFrame`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TopPool {
+    /// Name.
+    pub name: String,
+    /// Percentage of new flows it gets.
+    pub share: u32,
+    /// Healthy backends.
+    pub healthy: u32,
+    /// All backends.
+    pub total: u32,
+    /// Fewest healthy backends a switch to it accepts without `--force`.
+    pub min_healthy: u32,
+    /// New flows per second (its backends together).
+    pub new_flows_per_s: Option<f64>,
+    /// Packets per second (its backends together).
+    pub packets_per_s: Option<f64>,
+    /// Its backends.
+    pub backends: Vec<TopBackend>,
+}
+
+/// A backend in a [`TopFrame`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TopBackend {
+    /// `ip:port`.
+    pub addr: String,
+    /// Whether it passes its health checks.
+    pub up: bool,
+    /// New flows per second.
+    pub new_flows_per_s: Option<f64>,
+    /// Packets per second.
+    pub packets_per_s: Option<f64>,
+    /// Last health-check error.
+    pub last_error: Option<String>,
+}
+
+/// A pass/drop/forward reason in a [`TopFrame`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TopReason {
+    /// Reason name, e.g. `drop_no_backend`.
+    pub name: String,
+    /// Packets counted since the counters were created.
+    pub total: u64,
+    /// Packets per second.
+    pub per_s: Option<f64>,
+}
+
+/// Per-second rate of a counter that went from `before` to `after` in `elapsed` (rounded to
+/// 0.001); `None` without an earlier value, without elapsed time, or when the counter went
+/// backwards (it was reset).
+pub fn rate(before: Option<u64>, after: u64, elapsed: Duration) -> Option<f64> {
+    let before = before?;
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 || after < before {
+        return None;
+    }
+    Some(((after - before) as f64 / secs * 1000.0).round() / 1000.0)
+}
+
+/// Frame number `frame` of `lbctl top` from the sample `cur` and, after the first, the sample
+/// before it with the time between the two: rates are the counters' differences per second,
+/// matched by service name, pool name and backend address (`None` for what the earlier sample
+/// lacks). Only the service `only` when given.
+pub fn top_frame(
+    prev: Option<(&StatusView, Duration)>,
+    cur: &StatusView,
+    only: Option<&str>,
+    frame: u64,
+) -> TopFrame {
+    let elapsed = prev.map(|(_, d)| d).unwrap_or_default();
+    let prev_service = |name: &str| prev.and_then(|(p, _)| p.services.iter().find(|s| s.name == name));
+    let services = cur
+        .services
+        .iter()
+        .filter(|svc| only.is_none_or(|n| n == svc.name))
+        .map(|svc| {
+            let before = prev_service(&svc.name);
+            let pools = svc
+                .pools
+                .iter()
+                .map(|p| {
+                    let before = before.and_then(|s| s.pools.iter().find(|q| q.name == p.name));
+                    let backends = p
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            let before =
+                                before.and_then(|q| q.backends.iter().find(|c| c.addr == b.addr)).map(|c| c.traffic);
+                            TopBackend {
+                                addr: b.addr.clone(),
+                                up: b.up,
+                                new_flows_per_s: rate(before.map(|t| t.new_flows), b.traffic.new_flows, elapsed),
+                                packets_per_s: rate(before.map(|t| t.packets), b.traffic.packets, elapsed),
+                                last_error: b.last_error.clone(),
+                            }
+                        })
+                        .collect();
+                    let traffic = before.map(|q| q.traffic);
+                    TopPool {
+                        name: p.name.clone(),
+                        share: p.share,
+                        healthy: p.healthy,
+                        total: u32::try_from(p.backends.len()).unwrap_or(u32::MAX),
+                        min_healthy: p.min_healthy,
+                        new_flows_per_s: rate(traffic.map(|t| t.new_flows), p.traffic.new_flows, elapsed),
+                        packets_per_s: rate(traffic.map(|t| t.packets), p.traffic.packets, elapsed),
+                        backends,
+                    }
+                })
+                .collect();
+            TopService {
+                name: svc.name.clone(),
+                active: svc.active.clone(),
+                epoch: svc.epoch,
+                watch: svc.watch.clone(),
+                pools,
+            }
+        })
+        .collect();
+    let mut reasons: Vec<TopReason> = cur
+        .reasons
+        .iter()
+        .filter(|(_, total)| *total > 0)
+        .map(|(name, total)| {
+            let before = prev.and_then(|(p, _)| p.reasons.iter().find(|(n, _)| n == name)).map(|(_, n)| *n);
+            TopReason { name: name.clone(), total: *total, per_s: rate(before, *total, elapsed) }
+        })
+        .collect();
+    // Highest rate first (unknown rates last), then the highest total.
+    reasons.sort_by(|a, b| {
+        b.per_s.unwrap_or(-1.0).total_cmp(&a.per_s.unwrap_or(-1.0)).then(b.total.cmp(&a.total))
+    });
+    TopFrame {
+        frame,
+        elapsed_s: prev.map(|(_, d)| (d.as_secs_f64() * 1000.0).round() / 1000.0),
+        instance: cur.instance.clone(),
+        version: cur.version.clone(),
+        uptime_s: cur.uptime_s,
+        adopted: cur.adopted,
+        interfaces: cur.interfaces.clone(),
+        services,
+        reasons,
+    }
+}
+
+/// A rate for a table cell: `-` when unknown, else `0.5`, `950.0`, `12.3k`, `4.1M`.
+fn fmt_rate(rate: Option<f64>) -> String {
+    match rate {
+        None => "-".into(),
+        Some(r) if r < 1e3 => format!("{r:.1}"),
+        Some(r) if r < 1e6 => format!("{:.1}k", r / 1e3),
+        Some(r) if r < 1e9 => format!("{:.1}M", r / 1e6),
+        Some(r) => format!("{:.1}G", r / 1e9),
+    }
+}
+
+/// How many pass/drop reasons a text frame shows.
+const TOP_REASONS: usize = 5;
+
+/// A [`TopFrame`] as text: a header line, interfaces, per service its active pool, epoch and
+/// watch and a table of pools with their backends, then the busiest pass/drop reasons.
+fn render_top(f: &TopFrame, interval: Duration, interactive: bool, paint: Paint) -> String {
+    let mut out = format!(
+        "lb-daemon {} (instance {}): uptime {}{}   every {}, frame {}{}\n",
+        f.version,
+        f.instance,
+        humantime::format_duration(Duration::from_secs(f.uptime_s)),
+        if f.adopted { ", adopted pinned state" } else { "" },
+        humantime::format_duration(interval),
+        f.frame,
+        if interactive { "   (Ctrl-C to quit)" } else { "" }
+    );
+    out.push_str(&format!("interfaces: {}\n", interfaces_line(&f.interfaces, paint)));
+    for svc in &f.services {
+        let watch = match &svc.watch {
+            None => "none".to_owned(),
+            Some(w) => paint.watch(
+                w.state,
+                &match w.state {
+                    WatchState::Watching => format!(
+                        "{} watched, {} left",
+                        w.pool,
+                        humantime::format_duration(Duration::from_secs(w.remaining_s))
+                    ),
+                    WatchState::Passed => format!("{} passed", w.pool),
+                    WatchState::RolledBack => format!("{} rolled back", w.pool),
+                    WatchState::Cancelled => format!("{} cancelled", w.pool),
+                },
+            ),
+        };
+        out.push_str(&format!(
+            "\n{}  active: {}   epoch: {}   watch: {watch}\n",
+            paint.bold(&format!("service {}", svc.name)),
+            paint.bold(&svc.active.to_string()),
+            svc.epoch
+        ));
+        let mut rows = vec![
+            ["POOL / BACKEND", "SHARE", "HEALTHY", "NEW FLOWS/S", "PACKETS/S", "LAST ERROR"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        for p in &svc.pools {
+            rows.push(vec![
+                paint.bold(&p.name),
+                format!("{}%", p.share),
+                health_text(p.healthy, p.total as usize, p.min_healthy, paint),
+                fmt_rate(p.new_flows_per_s),
+                fmt_rate(p.packets_per_s),
+                String::new(),
+            ]);
+            for b in &p.backends {
+                rows.push(vec![
+                    format!("  {}", b.addr),
+                    String::new(),
+                    up_down(b.up, paint),
+                    fmt_rate(b.new_flows_per_s),
+                    fmt_rate(b.packets_per_s),
+                    b.last_error.clone().unwrap_or_default(),
+                ]);
+            }
+        }
+        out.push_str(&table(&rows, &[false, true, false, true, true, false], "  "));
+    }
+    let busiest: Vec<String> = f
+        .reasons
+        .iter()
+        .filter(|r| r.name.starts_with("pass_") || r.name.starts_with("drop_"))
+        .filter(|r| r.per_s.is_some_and(|x| x > 0.0))
+        .take(TOP_REASONS)
+        .map(|r| {
+            let name = if r.name.starts_with("drop_") { paint.red(&r.name) } else { r.name.clone() };
+            format!("{name} {}/s", fmt_rate(r.per_s))
+        })
+        .collect();
+    let reasons = if f.elapsed_s.is_none() {
+        "- (rates from the next frame on)".to_owned()
+    } else if busiest.is_empty() {
+        "none".to_owned()
+    } else {
+        busiest.join("  ")
+    };
+    out.push_str(&format!("\npass/drop: {reasons}\n"));
+    out
+}
+
+/// How `lbctl top` runs.
+#[derive(Clone, Debug)]
+struct TopOptions {
+    /// Time between two samples.
+    interval: Duration,
+    /// Stop after this many frames.
+    iterations: Option<u64>,
+    /// One JSON line per frame instead of text.
+    json: bool,
+    /// Clear the screen before each text frame (stdout is a terminal).
+    clear: bool,
+    /// Colours of the text frames.
+    paint: Paint,
+    /// Only this service.
+    service: Option<String>,
+}
+
+/// Samples `GET /v1/status` every `interval` and hands each frame to `emit` (which returns
+/// false when the output is gone: top then ends with success). Ends after `iterations` frames,
+/// on a failed request (its error), or never (Ctrl-C).
+fn run_top(daemon: &dyn Daemon, opts: &TopOptions, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), Failure> {
+    let mut prev: Option<(StatusView, Instant)> = None;
+    let mut next = Instant::now();
+    let mut frame = 0u64;
+    loop {
+        let raw = daemon.fetch("/v1/status")?;
+        let at = Instant::now();
+        let cur: StatusView = parse(&raw)?;
+        check_service(&cur, opts.service.as_deref())?;
+        frame += 1;
+        let f = top_frame(
+            prev.as_ref().map(|(s, t)| (s, at.duration_since(*t))),
+            &cur,
+            opts.service.as_deref(),
+            frame,
+        );
+        let text = if opts.json {
+            let mut line = serde_json::to_string(&f)
+                .map_err(|e| Failure::Unexpected(format!("cannot write a frame as JSON: {e}")))?;
+            line.push('\n');
+            line
+        } else {
+            let body = render_top(&f, opts.interval, opts.clear, opts.paint);
+            if opts.clear {
+                format!("\x1b[H\x1b[2J{body}")
+            } else if frame > 1 {
+                format!("\n{body}")
+            } else {
+                body
+            }
+        };
+        if !emit(&text) || opts.iterations.is_some_and(|n| frame >= n) {
+            return Ok(());
+        }
+        prev = Some((cur, at));
+        next += opts.interval;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            // The request took longer than the interval: no catching up.
+            next = now;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `lbctl man`.
+
+/// Escapes a line of text for roff: backslashes, hyphens (so options copy as ASCII) and a
+/// leading `.` or `'` (which would start a request).
+fn roff_escape(line: &str) -> String {
+    let s = line.replace('\\', "\\e").replace('-', "\\-");
+    if s.starts_with('.') || s.starts_with('\'') { format!("\\&{s}") } else { s }
+}
+
+/// The label of an argument in the man page: `\fB\-s\fR, \fB\-\-service\fR \fINAME\fR`.
+fn man_arg_label(a: &clap::Arg) -> String {
+    let value = a
+        .get_value_names()
+        .and_then(|v| v.first())
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| a.get_id().as_str().to_uppercase());
+    if a.is_positional() {
+        return format!("\\fI{}\\fR", roff_escape(&value));
+    }
+    let mut names = Vec::new();
+    if let Some(c) = a.get_short() {
+        names.push(format!("\\fB\\-{c}\\fR"));
+    }
+    if let Some(l) = a.get_long() {
+        names.push(format!("\\fB\\-\\-{}\\fR", roff_escape(l)));
+    }
+    let mut label = names.join(", ");
+    if a.get_action().takes_values() {
+        if a.get_num_args().is_some_and(|n| n.min_values() == 0) {
+            label.push_str(&format!(" [\\fI{}\\fR]", roff_escape(&value)));
+        } else {
+            label.push_str(&format!(" \\fI{}\\fR", roff_escape(&value)));
+        }
+    }
+    label
+}
+
+/// The COMMANDS section: per visible subcommand its synopsis, description, arguments (with
+/// defaults and choices) and the examples of its `--help`.
+fn man_commands(cmd: &clap::Command) -> String {
+    let mut out = String::from(".SH COMMANDS\n");
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let args: Vec<&clap::Arg> = sub
+            .get_arguments()
+            .filter(|a| !a.is_hide_set() && !a.is_global_set() && !["help", "version"].contains(&a.get_id().as_str()))
+            .collect();
+        let mut synopsis = format!("lbctl {}", sub.get_name());
+        if args.iter().any(|a| !a.is_positional()) {
+            synopsis.push_str(" [OPTIONS]");
+        }
+        for a in args.iter().filter(|a| a.is_positional()) {
+            let value = a.get_value_names().and_then(|v| v.first()).map(|v| v.to_string()).unwrap_or_default();
+            let many = a.get_num_args().is_some_and(|n| n.max_values() > 1);
+            synopsis.push_str(&format!(" {value}{}", if many { "..." } else { "" }));
+        }
+        out.push_str(&format!(".SS \"{}\"\n", roff_escape(&synopsis)));
+        if let Some(about) = sub.get_long_about().or_else(|| sub.get_about()) {
+            for line in about.to_string().lines() {
+                out.push_str(&roff_escape(line));
+                out.push('\n');
+            }
+        }
+        for a in &args {
+            out.push_str(&format!(".TP\n{}\n", man_arg_label(a)));
+            let help = a.get_long_help().or_else(|| a.get_help()).map(|h| h.to_string()).unwrap_or_default();
+            let mut help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+            if !help.is_empty() && !help.ends_with('.') {
+                help.push('.');
+            }
+            let choices: Vec<String> = a
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set())
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            if !choices.is_empty() && a.get_action().takes_values() {
+                help.push_str(&format!(" One of: {}.", choices.join(", ")));
+            }
+            let defaults: Vec<String> =
+                a.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+            if !defaults.is_empty() && a.get_action().takes_values() {
+                help.push_str(&format!(" [default: {}]", defaults.join(", ")));
+            }
+            out.push_str(&roff_escape(&help));
+            out.push('\n');
+        }
+        if let Some(after) = sub.get_after_long_help().or_else(|| sub.get_after_help()) {
+            out.push_str(".PP\n.nf\n");
+            for line in after.to_string().lines() {
+                out.push_str(&roff_escape(line));
+                out.push('\n');
+            }
+            out.push_str(".fi\n");
+        }
+    }
+    out
+}
+
+/// `lbctl --help`'s epilogue as man sections: each heading line (`Examples:`, `Exit codes:`,
+/// ...) starts a section (`EXAMPLES`, `EXIT STATUS`, ...) whose lines are kept as they are.
+fn man_epilogue(text: &str) -> String {
+    let mut out = String::new();
+    let mut open = false;
+    for line in text.lines() {
+        let heading = !line.starts_with(' ') && line.ends_with(':') && line.split_whitespace().count() <= 2;
+        if heading {
+            if open {
+                out.push_str(".fi\n");
+            }
+            let name = line.trim_end_matches(':');
+            let title = if name == "Exit codes" { "EXIT STATUS".to_owned() } else { name.to_uppercase() };
+            out.push_str(&format!(".SH \"{title}\"\n.nf\n"));
+            open = true;
+        } else if open {
+            out.push_str(&roff_escape(line));
+            out.push('\n');
+        }
+    }
+    if open {
+        out.push_str(".fi\n");
+    }
+    out
+}
+
+/// lbctl's man page (roff, section 1): clap_mangen's title, name, synopsis, description and
+/// global options, then COMMANDS (every subcommand with its options and examples) and the
+/// sections of `lbctl --help`'s epilogue (EXAMPLES, DURATIONS, EXIT STATUS, ENVIRONMENT).
+fn man_page() -> String {
+    let cmd = Cli::command();
+    let man = clap_mangen::Man::new(cmd.clone());
+    let mut head: Vec<u8> = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = man.render_title(&mut head);
+    let _ = man.render_name_section(&mut head);
+    let _ = man.render_synopsis_section(&mut head);
+    let _ = man.render_description_section(&mut head);
+    let _ = man.render_options_section(&mut head);
+    let mut page = String::from_utf8_lossy(&head).into_owned();
+    page.push_str(&man_commands(&cmd));
+    page.push_str(&man_epilogue(AFTER_HELP));
+    let mut tail: Vec<u8> = Vec::new();
+    let _ = man.render_version_section(&mut tail);
+    page.push_str(&String::from_utf8_lossy(&tail));
+    page
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::RefCell;
+
+    // The text views without colours.
+    fn format_status(s: &StatusView, only: Option<&str>) -> String {
+        render_status(s, only, Paint::OFF)
+    }
+
+    fn format_pools(svc: &ServiceView) -> String {
+        render_pools(svc, Paint::OFF)
+    }
+
+    fn format_backends(svc: &ServiceView) -> String {
+        render_backends(svc, Paint::OFF)
+    }
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
@@ -1710,6 +2571,291 @@ mod tests {
             requester_from(env(&[("USER", "ci"), ("CI_JOB_ID", "42")]), 0, "h"),
             format!("lbctl/{v} user=ci host=h ci=gitlab:42")
         );
+    }
+
+    fn status_view(services: Vec<ServiceView>, reasons: &[(&str, u64)]) -> StatusView {
+        StatusView {
+            instance: "lb".into(),
+            version: "0.1.0".into(),
+            uptime_s: 5,
+            adopted: true,
+            interfaces: vec![InterfaceView { name: "eth0".into(), mode: "native".into() }],
+            services,
+            reasons: reasons.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+        }
+    }
+
+    /// `web` (see [`service`]) whose every counter was multiplied by `k` and whose pools'
+    /// traffic is the sum of their backends'.
+    fn counted(k: u64) -> ServiceView {
+        let mut svc = service(0, 4, None);
+        for p in &mut svc.pools {
+            for b in &mut p.backends {
+                b.traffic.packets *= k;
+                b.traffic.new_flows *= k;
+            }
+            p.traffic = Traffic {
+                packets: p.backends.iter().map(|b| b.traffic.packets).sum(),
+                bytes: 0,
+                new_flows: p.backends.iter().map(|b| b.traffic.new_flows).sum(),
+            };
+        }
+        svc
+    }
+
+    #[test]
+    fn rates_from_two_status_samples() {
+        assert_eq!(rate(Some(100), 300, Duration::from_secs(2)), Some(100.0));
+        assert_eq!(rate(Some(0), 1, Duration::from_secs(3)), Some(0.333));
+        assert_eq!(rate(None, 300, Duration::from_secs(2)), None, "no earlier sample");
+        assert_eq!(rate(Some(300), 100, Duration::from_secs(2)), None, "counter reset");
+        assert_eq!(rate(Some(1), 2, Duration::ZERO), None);
+
+        let before = status_view(vec![counted(1)], &[("pass_not_vip", 10), ("drop_no_backend", 4), ("fwd_tx", 0)]);
+        let mut after =
+            status_view(vec![counted(3)], &[("pass_not_vip", 30), ("drop_no_backend", 34), ("fwd_tx", 0)]);
+        // A backend added since the first sample has no rate yet.
+        after.services[0].pools[1].backends.push(backend("10.0.1.3:8080", true, 7, None));
+
+        let first = top_frame(None, &before, None, 1);
+        assert_eq!((first.frame, first.elapsed_s), (1, None));
+        let pool_b = &first.services[0].pools[1];
+        assert_eq!((pool_b.new_flows_per_s, pool_b.packets_per_s), (None, None));
+        assert_eq!((pool_b.healthy, pool_b.total, pool_b.min_healthy), (2, 2, 1));
+
+        let f = top_frame(Some((&before, Duration::from_secs(2))), &after, None, 2);
+        assert_eq!((f.frame, f.elapsed_s), (2, Some(2.0)));
+        let svc = &f.services[0];
+        assert_eq!((svc.name.as_str(), svc.epoch, &svc.active), ("web", 3, &Active::Pool("pool-b".into())));
+        // pool-a: new flows 5 -> 15, packets 20 -> 60, over 2 s.
+        let a = &svc.pools[0];
+        assert_eq!((a.new_flows_per_s, a.packets_per_s), (Some(5.0), Some(20.0)));
+        assert_eq!(a.backends[1].new_flows_per_s, Some(0.0));
+        assert_eq!(a.backends[1].last_error.as_deref(), Some("connect: connection refused"));
+        // pool-b: backends 2 -> 6 new flows and 10 -> 30 packets each; the pool's rates come
+        // from its own counters (the daemon's sum), 4 -> 12 new flows.
+        let b = &svc.pools[1];
+        assert_eq!(b.backends.iter().map(|x| x.new_flows_per_s).collect::<Vec<_>>(), [Some(2.0), Some(2.0), None]);
+        assert_eq!(b.backends[0].packets_per_s, Some(10.0));
+        assert_eq!((b.new_flows_per_s, b.packets_per_s), (Some(4.0), Some(20.0)));
+        // Non-zero reasons only, busiest first.
+        let reasons: Vec<(&str, Option<f64>)> = f.reasons.iter().map(|r| (r.name.as_str(), r.per_s)).collect();
+        assert_eq!(reasons, [("drop_no_backend", Some(15.0)), ("pass_not_vip", Some(10.0))]);
+        // --service, and what JSON mode prints.
+        assert!(top_frame(None, &after, Some("other"), 1).services.is_empty());
+        let json: serde_json::Value = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["services"][0]["pools"][0]["new_flows_per_s"], 5.0);
+        assert_eq!(json["services"][0]["pools"][1]["backends"][2]["packets_per_s"], serde_json::Value::Null);
+        assert_eq!(serde_json::to_value(&first).unwrap()["elapsed_s"], serde_json::Value::Null);
+
+        let text = render_top(&first, Duration::from_secs(1), false, Paint::OFF);
+        assert!(text.contains("pass/drop: - (rates from the next frame on)"), "{text}");
+        assert!(text.contains("service web  active: pool-b   epoch: 3   watch: none"), "{text}");
+        let text = render_top(&f, Duration::from_secs(1), false, Paint::OFF);
+        assert!(text.contains("  pool-a              0%  1/2 (min 2) below min          5.0       20.0\n"), "{text}");
+        assert!(text.contains("    10.0.0.2:8080         DOWN                           0.0       10.0  connect: connection refused\n"), "{text}");
+        assert!(text.contains("    10.0.1.3:8080         up                               -          -\n"), "{text}");
+        assert!(text.contains("pass/drop: drop_no_backend 15.0/s  pass_not_vip 10.0/s\n"), "{text}");
+        assert!(!text.contains('\x1b'));
+        assert_eq!(
+            [None, Some(0.25), Some(999.94), Some(12_345.0), Some(4_100_000.0)].map(fmt_rate),
+            ["-", "0.2", "999.9", "12.3k", "4.1M"]
+        );
+    }
+
+    #[test]
+    fn top_frames_json_lines_and_text_blocks() {
+        let statuses = [1, 2, 3].map(|k| serde_json::to_string(&status_view(vec![counted(k)], &[])).unwrap());
+        let daemon = scripted(move |path, n| match path {
+            "/v1/status" => Ok(statuses[n.min(2)].clone()),
+            other => panic!("unexpected GET {other}"),
+        });
+        let opts = TopOptions {
+            interval: Duration::from_millis(5),
+            iterations: Some(3),
+            json: true,
+            clear: false,
+            paint: Paint::OFF,
+            service: None,
+        };
+        let mut out = String::new();
+        run_top(&daemon, &opts, &mut |t| {
+            out.push_str(t);
+            true
+        })
+        .unwrap();
+        let frames: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(frames.len(), 3, "{out}");
+        assert_eq!(frames[0]["services"][0]["pools"][1]["new_flows_per_s"], serde_json::Value::Null);
+        for f in &frames[1..] {
+            assert!(f["elapsed_s"].as_f64().unwrap() > 0.0, "{f}");
+            assert!(f["services"][0]["pools"][1]["new_flows_per_s"].as_f64().unwrap() > 0.0, "{f}");
+        }
+        assert_eq!(frames[2]["frame"], 3);
+
+        // Text, not a terminal: blocks one blank line apart, no escape sequences.
+        let text_opts = TopOptions { json: false, iterations: Some(2), ..opts.clone() };
+        let mut blocks = Vec::new();
+        run_top(&daemon, &text_opts, &mut |t| {
+            blocks.push(t.to_owned());
+            true
+        })
+        .unwrap();
+        assert_eq!(blocks.len(), 2);
+        assert!(blocks[0].starts_with("lb-daemon 0.1.0 (instance lb)") && blocks[1].starts_with("\nlb-daemon"));
+        assert!(blocks.iter().all(|b| !b.contains('\x1b')));
+        // A terminal: the screen is cleared before each frame.
+        let mut frames = Vec::new();
+        run_top(&daemon, &TopOptions { clear: true, ..text_opts.clone() }, &mut |t| {
+            frames.push(t.to_owned());
+            true
+        })
+        .unwrap();
+        assert!(frames.iter().all(|f| f.starts_with("\x1b[H\x1b[2Jlb-daemon")), "{frames:?}");
+        // The output going away ends top (successfully) at once.
+        let mut calls = 0;
+        run_top(&daemon, &TopOptions { iterations: None, ..text_opts.clone() }, &mut |_| {
+            calls += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!(calls, 1);
+        // A failed request or an unknown --service ends it with the usual exit code.
+        let gone = scripted(|_, _| Err(unreachable()));
+        assert_eq!(exit_code(&run_top(&gone, &text_opts, &mut |_| true).unwrap_err()), 3);
+        let other = TopOptions { service: Some("other".into()), ..text_opts };
+        assert_eq!(exit_code(&run_top(&daemon, &other, &mut |_| true).unwrap_err()), 4);
+    }
+
+    #[test]
+    fn top_completions_and_man_parse() {
+        let cli = Cli::try_parse_from(["lbctl", "top"]).unwrap();
+        assert!(matches!(cli.command, Command::Top { interval, iterations: None } if interval == Duration::from_secs(1)));
+        let cli = Cli::try_parse_from(["lbctl", "-s", "web", "top", "--interval", "500ms", "--iterations", "3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Top { interval, iterations: Some(3) } if interval == Duration::from_millis(500)
+        ));
+        for bad in [
+            &["lbctl", "top", "--interval", "50ms"][..],
+            &["lbctl", "top", "--interval", "0"],
+            &["lbctl", "top", "--iterations", "0"],
+            &["lbctl", "completions"],
+            &["lbctl", "completions", "tcsh"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["lbctl", "completions", "zsh"]).unwrap();
+        assert!(matches!(cli.command, Command::Completions { shell: CompletionShell::Zsh }));
+        assert!(matches!(Cli::try_parse_from(["lbctl", "man"]).unwrap().command, Command::Man));
+        assert!(offline_output(&Command::Status).is_none());
+    }
+
+    #[test]
+    fn completion_scripts() {
+        let bash = completions(CompletionShell::Bash);
+        assert!(bash.contains("lbctl"), "{bash}");
+        assert!(bash.contains("complete -F _lbctl"), "{bash}");
+        for word in ["switch", "top", "completions", "--wait-drained", "--iterations"] {
+            assert!(bash.contains(word), "{word}");
+        }
+        assert!(completions(CompletionShell::Zsh).starts_with("#compdef lbctl"));
+        assert!(completions(CompletionShell::Fish).contains("complete -c lbctl"));
+    }
+
+    #[test]
+    fn man_page_renders() {
+        let page = man_page();
+        assert!(page.starts_with(".TH") || page.contains(".SH NAME"), "{page}");
+        assert!(page.contains(".TH lbctl 1"), "{page}");
+        for section in [".SH SYNOPSIS", ".SH OPTIONS", ".SH COMMANDS", ".SH \"EXIT STATUS\"", ".SH \"ENVIRONMENT\""] {
+            assert!(page.contains(section), "{section}");
+        }
+        assert!(page.contains(".SS \"lbctl top [OPTIONS]\""), "{page}");
+        assert!(page.contains(".SS \"lbctl split [OPTIONS] POOL=PCT...\""), "{page}");
+        assert!(page.contains("\\fB\\-\\-interval\\fR \\fIDURATION\\fR"), "{page}");
+        assert!(page.contains("[default: 1s]"), "{page}");
+        assert!(page.contains("One of: bash, zsh, fish."), "{page}");
+        assert!(page.contains("  9  the daemon rolled back automatically during \\-\\-watch"), "{page}");
+        // The hidden `man` itself is not listed; no line starts a roff request by accident.
+        assert!(!page.contains("lbctl man"), "{page}");
+        for line in page.lines().filter(|l| l.starts_with('.') || l.starts_with('\'')) {
+            let request = line[1..].split_whitespace().next().unwrap_or("");
+            assert!(
+                ["TH", "SH", "SS", "TP", "PP", "nf", "fi", "RS", "RE", "IP", "ie", "el", "br"].contains(&request),
+                "{line}"
+            );
+        }
+        assert_eq!(roff_escape(".hidden \\ -x"), "\\&.hidden \\e \\-x");
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(!colour_wanted(false, false), "not a terminal");
+        assert!(!colour_wanted(false, true));
+        assert!(!colour_wanted(true, true), "NO_COLOR");
+        assert!(colour_wanted(true, false));
+        let on = Paint { on: true };
+        assert_eq!(on.green("up"), "\x1b[32mup\x1b[0m");
+        assert_eq!(up_down(false, on), "\x1b[31mDOWN\x1b[0m");
+        assert_eq!(Paint::OFF.red("DOWN"), "DOWN");
+        assert_eq!(visible_width(&on.bold("web")), 3);
+        // Coloured cells align like plain ones.
+        let rows = vec![args(&["STATE", "N"]), vec![on.green("up"), "1".into()], vec![on.red("DOWN"), "22".into()]];
+        let plain = table(&[args(&["STATE", "N"]), args(&["up", "1"]), args(&["DOWN", "22"])], &[false, true], "");
+        let strip = |s: &str| {
+            let mut out = String::new();
+            let mut escape = false;
+            for c in s.chars() {
+                if escape {
+                    escape = !c.is_ascii_alphabetic();
+                } else if c == '\x1b' {
+                    escape = true;
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        };
+        assert_eq!(strip(&table(&rows, &[false, true], "")), plain);
+        let svc = service(0, 4, Some(watch_view(WatchState::RolledBack, 7)));
+        let coloured = render_pools(&svc, on);
+        assert!(coloured.contains("service \x1b[1mweb\x1b[0m (nat)"), "{coloured}");
+        assert!(coloured.contains("\x1b[31mlast watch of switch #7"), "{coloured}");
+        assert_eq!(strip(&coloured), format_pools(&svc));
+    }
+
+    #[test]
+    fn every_subcommand_has_examples_in_its_help() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.starts_with("Example"), "{}: {help:?}", sub.get_name());
+            assert!(help.contains(&format!("lbctl {}", sub.get_name())) || help.contains("lbctl -"), "{}", sub.get_name());
+        }
+        assert!(AFTER_HELP.contains("lbctl top"));
+    }
+
+    #[test]
+    fn status_shows_backends_interfaces_and_adoption() {
+        let mut status = status_view(vec![counted(2)], &[("pass_not_vip", 3), ("fwd_tx", 0)]);
+        status.interfaces.push(InterfaceView { name: "eth1".into(), mode: "generic".into() });
+        status.uptime_s = 3_700;
+        let text = format_status(&status, None);
+        assert!(
+            text.starts_with("lb-daemon 0.1.0 (instance lb): uptime 1h 1m 40s, adopted pinned state"),
+            "{text}"
+        );
+        assert!(text.contains("interfaces: eth0 (XDP native), eth1 (XDP generic)\n"), "{text}");
+        assert!(text.contains("  active: pool-b   previous: pool-a   epoch: 3\n"), "{text}");
+        assert!(text.contains("  POOL    BACKEND        STATE  PACKETS  NEW FLOWS\n"), "{text}");
+        assert!(text.contains("  pool-a  10.0.0.1:8080  up          20         10\n"), "{text}");
+        assert!(text.contains("  pool-a  10.0.0.2:8080  DOWN        20          0\n"), "{text}");
+        assert!(text.contains("  pool-b  10.0.1.2:8080  up          20          4\n"), "{text}");
+        assert!(text.contains("counters: pass_not_vip=3\n"), "{text}");
+        status.adopted = false;
+        assert!(format_status(&status, None).contains("started fresh"));
     }
 
     fn switched() -> SwitchOutcome {
