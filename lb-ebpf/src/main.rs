@@ -305,7 +305,7 @@ fn reply(ctx: &XdpContext, pkt: &Packet, nat: &NatBackend, bytes: u64) -> Option
             _pad: [0; 2],
         };
         let Some(flow) = FLOWS.get_ptr_mut(&flow_key) else { continue };
-        let flow = unsafe { &*flow };
+        let flow = unsafe { &mut *flow };
         match BACKENDS.get(flow.backend) {
             Some(b) if b.addr == key.src && b.port == key.sport => {}
             _ => continue,
@@ -315,6 +315,14 @@ fn reply(ctx: &XdpContext, pkt: &Packet, nat: &NatBackend, bytes: u64) -> Option
         if pkt.tcp_flags & TCP_SYN != 0 && flow.flags & (FLOW_FIN | FLOW_RST) != 0 {
             let _ = FLOWS.remove(&flow_key);
             return None;
+        }
+        // The backend ending the connection closes the flow too, so that a later SYN reusing
+        // the client's port is balanced as a new flow.
+        if pkt.tcp_flags & TCP_RST != 0 && flow.flags & FLOW_RST == 0 {
+            flow.flags |= FLOW_RST;
+        }
+        if pkt.tcp_flags & TCP_FIN != 0 && flow.flags & FLOW_FIN == 0 {
+            flow.flags |= FLOW_FIN;
         }
         let action = egress_action(ctx, flow.client_ifindex);
         rewrite(pkt, End::Src, &vip.addr, vip.port);

@@ -2,11 +2,11 @@
 //! switches, the NAT reply direction, backends going down, and the counters.
 
 use lb_common::{
-    maps::{FLOW_FIN, NO_BACKEND},
+    maps::{FLOW_FIN, FLOW_RST, NO_BACKEND},
     stats::{Reason, backend_counter, backend_new_flow_counter, reason_counter, vip_counter},
 };
 use lb_tests::{
-    packets::{ACK, FIN, Frame, PSH, verify_checksums},
+    packets::{ACK, FIN, Frame, PSH, RST, verify_checksums},
     testbed::*,
     xdp_run::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, run},
 };
@@ -164,6 +164,23 @@ fn direct_connection_reusing_a_closed_vip_flows_port_is_not_rewritten() {
     let out = run(bed.dp.program(), &data.build(), Some(bed.v0)).unwrap();
     assert_eq!((out.verdict, out.packet), (XDP_PASS, data.build()));
     assert!(bed.dp.flow(&flow_key(client, vip)).unwrap().is_none(), "the closed flow was forgotten");
+}
+
+#[test]
+fn a_port_reused_after_the_backend_reset_the_flow_is_balanced_anew() {
+    let mut bed = PacketBed::new().unwrap();
+    let vip = sa("10.0.0.200:80");
+    let client = port_that_moves(&bed, vip, CLIENT_V4, 0, 1);
+    let on_a = bed.expected_backend(0, client, vip);
+    assert_to_backend(&bed, &Frame::syn(client, vip), SVC_NAT, on_a);
+    // The backend resets the connection (its RST goes back through the balancer)...
+    let rst = Frame::syn(bed.backends[&on_a], client).with(RST | ACK, b"");
+    let out = run(bed.dp.program(), &rst.build(), Some(bed.v0)).unwrap();
+    assert_eq!(out.verdict, XDP_TX);
+    assert_ne!(bed.dp.flow(&flow_key(client, vip)).unwrap().unwrap().flags & FLOW_RST, 0);
+    // ...after a switch, a new connection from the same port follows the switch.
+    bed.switch(SVC_NAT, 1, false).unwrap();
+    assert_to_backend(&bed, &Frame::syn(client, vip), SVC_NAT, bed.expected_backend(1, client, vip));
 }
 
 #[test]
