@@ -83,9 +83,12 @@ fn find_libllvm(lib: &Path) -> Result<PathBuf> {
     found.pop().with_context(|| format!("no libLLVM.so.*-rust-* in {}", lib.display()))
 }
 
+/// `~/.cache/lb-xtask`, or `target/xtask-cache` in the workspace when HOME is not set.
 fn cache_dir() -> Result<PathBuf> {
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(PathBuf::from(home).join(".cache/lb-xtask"))
+    Ok(match std::env::var_os("HOME") {
+        Some(home) if !home.is_empty() => PathBuf::from(home).join(".cache/lb-xtask"),
+        _ => workspace_root().join("target/xtask-cache"),
+    })
 }
 
 fn ensure_bpf_linker(nightly: &str, nightly_lib: &Path) -> Result<PathBuf> {
