@@ -61,8 +61,17 @@ fn graceful_shutdown_keeps_forwarding_and_detach_stops_it() {
 }
 
 #[test]
-fn hundred_switches_under_load_fail_nothing() {
-    let s = setup("hun", "nat").expect("setup");
+fn nat_hundred_switches_under_load_fail_nothing() {
+    hundred_switches("nat");
+}
+
+#[test]
+fn dsr_hundred_switches_under_load_fail_nothing() {
+    hundred_switches("dsr");
+}
+
+fn hundred_switches(mode: &str) {
+    let s = setup(&format!("hu{}", &mode[..1]), mode).expect("setup");
     let mut opts = LoadOptions::new(web_vip());
     opts.rate_per_s = 500;
     opts.max_connections = 20_000;
