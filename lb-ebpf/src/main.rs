@@ -115,14 +115,26 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
     let key = &pkt.key;
     if filter_hit(&VIP_FILTER, &key.dst, key.dport) {
         let now = now_ns();
+        // A bare SYN almost always starts a new flow: it skips the lookup and records the flow
+        // only if none exists (a retransmitted or port-reusing SYN then takes the path below).
+        let bare_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let vip_key = EndpointKey { addr: key.dst, port: key.dport, proto: PROTO_TCP, family: key.family };
+        if bare_syn {
+            if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
+                if let Some(action) = new_flow(ctx, pkt, vip, now, bytes, BPF_NOEXIST) {
+                    return action;
+                }
+            }
+        }
         if let Some(flow) = FLOWS.get_ptr_mut(key) {
             if let Some(action) = established(ctx, pkt, unsafe { &mut *flow }, now, bytes) {
                 return action;
             }
         }
-        let vip_key = EndpointKey { addr: key.dst, port: key.dport, proto: PROTO_TCP, family: key.family };
         if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
-            return new_flow(ctx, pkt, vip, now, bytes);
+            if let Some(action) = new_flow(ctx, pkt, vip, now, bytes, BPF_ANY) {
+                return action;
+            }
         }
     }
     if filter_hit(&BACKEND_FILTER, &key.src, key.sport) {
@@ -210,17 +222,23 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
     Some(to_backend(ctx, pkt, svc, flow.backend, flow.vip_index, now, bytes))
 }
 
-/// The first packet of a flow to a VIP.
+/// `FLOWS` update flag: create or replace.
+const BPF_ANY: u64 = 0;
+/// `FLOWS` update flag: create only.
+const BPF_NOEXIST: u64 = 1;
+
+/// The first packet of a flow to a VIP: records the flow (with `update_flags`) and forwards.
+/// `None` when `BPF_NOEXIST` finds the flow already recorded.
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64) -> u32 {
+fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64, update_flags: u64) -> Option<u32> {
     let Some(svc) = SERVICES.get(vip.service) else {
-        return drop(Reason::DropBadState, bytes);
+        return Some(drop(Reason::DropBadState, bytes));
     };
     if svc.flags & SERVICE_ENABLED == 0 {
-        return drop(Reason::DropNoBackend, bytes);
+        return Some(drop(Reason::DropNoBackend, bytes));
     }
     let Some(backend) = pick(svc, pkt) else {
-        return drop(Reason::DropNoBackend, bytes);
+        return Some(drop(Reason::DropNoBackend, bytes));
     };
     let flags = (if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 })
         | (if pkt.tcp_flags & TCP_RST != 0 { FLOW_RST } else { 0 });
@@ -237,10 +255,12 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64
         lb_mac,
         _pad: [0; 4],
     };
-    let _ = FLOWS.insert(&pkt.key, &value, 0);
+    if FLOWS.insert(&pkt.key, &value, update_flags).is_err() && update_flags == BPF_NOEXIST {
+        return None;
+    }
     count(reason_counter(Reason::NewFlow), bytes);
     count(backend_new_flow_counter(backend), bytes);
-    to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes)
+    Some(to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes))
 }
 
 /// Sends a client packet to its backend.

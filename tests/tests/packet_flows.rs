@@ -61,6 +61,19 @@ fn established_flow_keeps_its_backend_across_a_drain_switch() {
 }
 
 #[test]
+fn retransmitted_syn_keeps_its_backend_across_a_switch() {
+    let mut bed = PacketBed::new().unwrap();
+    let vip = sa("10.0.0.200:80");
+    let client = port_that_moves(&bed, vip, CLIENT_V4, 0, 1);
+    let on_a = bed.expected_backend(0, client, vip);
+    assert_to_backend(&bed, &Frame::syn(client, vip), SVC_NAT, on_a);
+    bed.switch(SVC_NAT, 1, false).unwrap();
+    let new_flows = bed.packets(reason_counter(Reason::NewFlow));
+    assert_to_backend(&bed, &Frame::syn(client, vip), SVC_NAT, on_a);
+    assert_eq!(bed.packets(reason_counter(Reason::NewFlow)), new_flows, "not counted as a new flow");
+}
+
+#[test]
 fn hard_switch_moves_established_flows() {
     let mut bed = PacketBed::new().unwrap();
     let vip = sa("10.0.0.200:80");
