@@ -13,6 +13,17 @@ pub enum Active {
     Split(Vec<PoolWeight>),
 }
 
+impl Active {
+    /// Percentage of new flows `pool` receives: 100 for the active pool, its weight in a split,
+    /// 0 otherwise.
+    pub fn share(&self, pool: &str) -> u32 {
+        match self {
+            Active::Pool(p) => if p == pool { 100 } else { 0 },
+            Active::Split(ws) => ws.iter().find(|w| w.pool == pool).map(|w| w.weight).unwrap_or(0),
+        }
+    }
+}
+
 impl std::fmt::Display for Active {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

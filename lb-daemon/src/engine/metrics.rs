@@ -1,12 +1,9 @@
 //! Prometheus text exposition of the data-plane counters and the control-plane state.
 
-use super::{layout::Layout, state::PersistedState};
-use crate::{api::model::Active, dataplane::Dataplane};
+use super::{FlowCounts, layout::Layout, state::PersistedState};
+use crate::{api::model::HistoryKind, dataplane::Dataplane};
 use lb_common::stats::{ALL_REASONS, backend_counter, backend_new_flow_counter, reason_counter, vip_counter};
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt::Write,
-};
+use std::{collections::BTreeSet, fmt::Write};
 
 /// Escapes a label value.
 fn esc(v: &str) -> String {
@@ -18,9 +15,8 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// Renders every metric. `established` holds the established flows of each (service, pool),
-/// counted from the flow table.
-pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BTreeSet<u32>, established: &BTreeMap<(String, String), u64>) -> String {
+/// Renders every metric. `flows` holds the flow-table counts by backend index.
+pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BTreeSet<u32>, flows: &FlowCounts) -> String {
     let mut out = String::new();
     header(&mut out, "lb_build_info", "gauge", "Daemon version.");
     let _ = writeln!(out, "lb_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
@@ -76,11 +72,7 @@ pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BT
     for s in &layout.services {
         let active = state.services.get(&s.name).map(|st| &st.active);
         for p in &s.pools {
-            let share = match active {
-                Some(Active::Pool(a)) if *a == p.name => 1.0,
-                Some(Active::Split(ws)) => ws.iter().find(|w| w.pool == p.name).map(|w| f64::from(w.weight) / 100.0).unwrap_or(0.0),
-                _ => 0.0,
-            };
+            let share = active.map(|a| f64::from(a.share(&p.name)) / 100.0).unwrap_or(0.0);
             let _ = writeln!(out, "lb_pool_share_ratio{{service=\"{}\",pool=\"{}\"}} {}", esc(&s.name), esc(&p.name), share);
         }
     }
@@ -93,31 +85,30 @@ pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BT
     for s in &layout.services {
         let active = state.services.get(&s.name).map(|st| &st.active);
         for p in &s.pools {
-            let on = match active {
-                Some(Active::Pool(a)) => *a == p.name,
-                Some(Active::Split(ws)) => ws.iter().any(|w| w.pool == p.name),
-                None => false,
-            };
+            let on = active.is_some_and(|a| a.share(&p.name) > 0);
             let _ = writeln!(out, "lb_service_active_pool{{service=\"{}\",pool=\"{}\"}} {}", esc(&s.name), esc(&p.name), u8::from(on));
         }
     }
     header(&mut out, "lb_pool_established_flows", "gauge", "Established flows pinned to a pool's backends, counted from the flow table.");
     for s in &layout.services {
         for p in &s.pools {
-            let n = established.get(&(s.name.clone(), p.name.clone())).copied().unwrap_or(0);
+            let n: u64 = p.backends.iter().map(|b| flows.of(b.index).established).sum();
             let _ = writeln!(out, "lb_pool_established_flows{{service=\"{}\",pool=\"{}\"}} {n}", esc(&s.name), esc(&p.name));
         }
     }
     header(&mut out, "lb_switches_total", "counter", "Changes of a service's active pool kept in the daemon's history, by kind; automatic=\"true\" marks rollbacks the daemon made by itself.");
+    const KINDS: [(HistoryKind, &str); 5] = [
+        (HistoryKind::Switch, "switch"),
+        (HistoryKind::Rollback, "rollback"),
+        (HistoryKind::Split, "split"),
+        (HistoryKind::Reload, "reload"),
+        (HistoryKind::AutoRollback, "auto_rollback"),
+    ];
     for s in &layout.services {
-        for kind in ["switch", "rollback", "split", "reload", "auto_rollback"] {
-            let n = state
-                .history
-                .iter()
-                .filter(|h| h.service == s.name && serde_json::to_value(h.kind).ok().and_then(|v| v.as_str().map(|k| k == kind)).unwrap_or(false))
-                .count();
-            let automatic = kind == "auto_rollback";
-            let _ = writeln!(out, "lb_switches_total{{service=\"{}\",kind=\"{kind}\",automatic=\"{automatic}\"}} {n}", esc(&s.name));
+        for (kind, name) in KINDS {
+            let n = state.history.iter().filter(|h| h.service == s.name && h.kind == kind).count();
+            let automatic = kind == HistoryKind::AutoRollback;
+            let _ = writeln!(out, "lb_switches_total{{service=\"{}\",kind=\"{name}\",automatic=\"{automatic}\"}} {n}", esc(&s.name));
         }
     }
     out

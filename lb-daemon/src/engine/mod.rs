@@ -376,40 +376,40 @@ impl Inner {
         }
     }
 
-    /// Established and closing flows per pool of a service, from the flow table.
-    fn drain_view(&self, svc: &ServiceLayout) -> DrainView {
-        let pool_of: BTreeMap<u32, &str> = svc.backends().map(|(p, b)| (b.index, p.name.as_str())).collect();
-        let mut established: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut closing: BTreeMap<&str, u64> = BTreeMap::new();
+    /// Established and closing flows of every backend, from one scan of the flow table.
+    fn flow_counts(&self) -> FlowCounts {
+        let mut counts = FlowCounts::default();
         let now = monotonic_coarse_ns();
         let idle = DRAIN_IDLE_TIMEOUT.as_nanos() as u64;
-        let flows = self.dp.flows();
-        for (_, f) in &flows {
-            if f.service != svc.id {
-                continue;
-            }
-            let Some(pool) = pool_of.get(&f.backend) else { continue };
+        for (_, f) in self.dp.flows() {
+            let c = counts.by_backend.entry(f.backend).or_default();
             if f.flags & (lb_common::maps::FLOW_FIN | lb_common::maps::FLOW_RST) != 0 {
-                *closing.entry(pool).or_default() += 1;
+                c.closing += 1;
             } else if now.saturating_sub(f.last_seen_ns) <= idle {
-                *established.entry(pool).or_default() += 1;
+                c.established += 1;
             }
+            counts.scanned += 1;
         }
-        let view = self.service_view(svc);
+        counts
+    }
+
+    /// Established and closing flows per pool of a service.
+    fn drain_view(&self, svc: &ServiceLayout, counts: &FlowCounts) -> DrainView {
+        let active = &self.state.services[&svc.name].active;
         DrainView {
             service: svc.name.clone(),
             idle_timeout_s: DRAIN_IDLE_TIMEOUT.as_secs(),
-            pools: view
+            pools: svc
                 .pools
                 .iter()
                 .map(|p| PoolDrain {
                     pool: p.name.clone(),
-                    share: p.share,
-                    established: established.get(p.name.as_str()).copied().unwrap_or(0),
-                    closing: closing.get(p.name.as_str()).copied().unwrap_or(0),
+                    share: active.share(&p.name),
+                    established: p.backends.iter().map(|b| counts.of(b.index).established).sum(),
+                    closing: p.backends.iter().map(|b| counts.of(b.index).closing).sum(),
                 })
                 .collect(),
-            flows_scanned: flows.len() as u64,
+            flows_scanned: counts.scanned,
         }
     }
 
@@ -509,16 +509,13 @@ impl Inner {
         SERVICE_ENABLED | if svc.dsr { SERVICE_DSR } else { 0 }
     }
 
-    /// Makes `active` live for `svc`: one `SERVICES` update. Returns (epoch, microseconds from
-    /// `started` to the update).
-    fn make_live(&mut self, svc: &ServiceLayout, active: &Active, hard: bool, started: Instant) -> Result<(u32, u64), ApiError> {
+    /// Points `svc`'s `SERVICES` entry at the table for `active` (writing a split table first
+    /// if needed): the one update that makes a change live.
+    fn point(&mut self, svc: &ServiceLayout, active: &Active, epoch: u32) -> Result<(), ApiError> {
         let slot = self.slot_for(svc, active)?;
-        let current = self.state.services.get(&svc.name).map(|s| s.epoch).unwrap_or(1);
-        let epoch = if hard { current.wrapping_add(1).max(1) } else { current };
         self.dp
             .set_service(svc.id, &Service { table: slot, epoch, flags: Self::flags_of(svc), _pad: 0 })
             .map_err(dp_err)?;
-        let apply_us = started.elapsed().as_micros() as u64;
         // The previous split table (if any) is no longer referenced.
         match active {
             Active::Split(_) => {
@@ -528,7 +525,16 @@ impl Inner {
                 self.split_slots.remove(&svc.name);
             }
         }
-        Ok((epoch, apply_us))
+        Ok(())
+    }
+
+    /// Makes `active` live for `svc`. Returns (epoch, microseconds from `started` to the
+    /// update).
+    fn make_live(&mut self, svc: &ServiceLayout, active: &Active, hard: bool, started: Instant) -> Result<(u32, u64), ApiError> {
+        let current = self.state.services.get(&svc.name).map(|s| s.epoch).unwrap_or(1);
+        let epoch = if hard { current.wrapping_add(1).max(1) } else { current };
+        self.point(svc, active, epoch)?;
+        Ok((epoch, started.elapsed().as_micros() as u64))
     }
 
     /// The common path of switch, rollback, split and automatic rollback.
@@ -639,18 +645,8 @@ impl Inner {
             let slot = self.write_table(&table, &BTreeSet::new())?;
             self.pool_slots.insert((svc.name.clone(), pool.clone()), slot);
             let st = self.state.services[&svc.name].clone();
-            let serving = match &st.active {
-                Active::Pool(a) => *a == pool,
-                Active::Split(ws) => ws.iter().any(|w| w.pool == pool),
-            };
-            if serving {
-                let live = self.slot_for(&svc, &st.active)?;
-                self.dp
-                    .set_service(svc.id, &Service { table: live, epoch: st.epoch, flags: Self::flags_of(&svc), _pad: 0 })
-                    .map_err(dp_err)?;
-                if matches!(st.active, Active::Split(_)) {
-                    self.split_slots.insert(svc.name.clone(), live);
-                }
+            if st.active.share(&pool) > 0 {
+                self.point(&svc, &st.active, st.epoch)?;
             }
         }
         Ok(())
@@ -813,10 +809,6 @@ impl Inner {
 
     fn service_view(&self, svc: &ServiceLayout) -> ServiceView {
         let st = &self.state.services[&svc.name];
-        let share = |pool: &str| match &st.active {
-            Active::Pool(p) => if p == pool { 100 } else { 0 },
-            Active::Split(ws) => ws.iter().find(|w| w.pool == pool).map(|w| w.weight).unwrap_or(0),
-        };
         let pools = svc
             .pools
             .iter()
@@ -839,7 +831,7 @@ impl Inner {
                     new_flows: a.new_flows + b.traffic.new_flows,
                 });
                 let (healthy, min_healthy, _) = self.pool_health(svc, &p.name);
-                PoolView { name: p.name.clone(), share: share(&p.name), min_healthy, healthy, backends, traffic }
+                PoolView { name: p.name.clone(), share: st.active.share(&p.name), min_healthy, healthy, backends, traffic }
             })
             .collect();
         ServiceView {
@@ -852,6 +844,29 @@ impl Inner {
             pools,
             watch: self.watch_view(&svc.name),
         }
+    }
+}
+
+/// Established and closing flows of one backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BackendFlows {
+    /// Seen within `DRAIN_IDLE_TIMEOUT` and not closed.
+    pub established: u64,
+    /// Saw a FIN or RST.
+    pub closing: u64,
+}
+
+/// Flow-table counts by backend index, from one scan.
+#[derive(Debug, Default)]
+pub struct FlowCounts {
+    by_backend: BTreeMap<u32, BackendFlows>,
+    scanned: u64,
+}
+
+impl FlowCounts {
+    /// Counts of one backend (zero when it has no flow).
+    pub fn of(&self, backend: u32) -> BackendFlows {
+        self.by_backend.get(&backend).copied().unwrap_or_default()
     }
 }
 
@@ -1002,7 +1017,7 @@ impl Control for Engine {
     fn drain(&self, service: Option<&str>) -> Result<DrainView, ApiError> {
         let inner = self.lock();
         let svc = inner.service_layout(service)?;
-        Ok(inner.drain_view(svc))
+        Ok(inner.drain_view(svc, &inner.flow_counts()))
     }
 
     fn watch(&self, service: Option<&str>) -> Result<Option<WatchView>, ApiError> {
@@ -1013,12 +1028,7 @@ impl Control for Engine {
 
     fn metrics(&self) -> Result<String, ApiError> {
         let inner = self.lock();
-        let mut established = BTreeMap::new();
-        for svc in &inner.layout.services {
-            for p in inner.drain_view(svc).pools {
-                established.insert((svc.name.clone(), p.pool), p.established);
-            }
-        }
-        Ok(metrics::render(&inner.layout, &inner.state, &inner.dp, &inner.down, &established))
+        let flows = inner.flow_counts();
+        Ok(metrics::render(&inner.layout, &inner.state, &inner.dp, &inner.down, &flows))
     }
 }
