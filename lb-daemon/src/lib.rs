@@ -7,3 +7,4 @@ pub mod config;
 pub mod dataplane;
 pub mod engine;
 pub mod health;
+pub mod neighbours;

@@ -13,7 +13,7 @@ use lb_daemon::{
     dataplane::{Dataplane, DataplaneOptions, PinDir},
     engine::{Engine, ShutdownKind},
 };
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -111,6 +111,9 @@ fn run(args: Args) -> Result<()> {
     };
     let serve_opts = ServeOptions { unix_socket: config.api.unix_socket.clone(), tcp: config.api.tcp.zip(token) };
     let engine = Arc::new(Engine::start(args.config.clone(), config, dp, adopted)?);
+    // A fresh data plane waits (bounded) for the backends' next hops, so the first packets
+    // after attaching find a MAC address; an adopted one is forwarding already.
+    engine.keep_neighbours(if adopted { Duration::ZERO } else { Duration::from_secs(2) });
     engine.attach_interfaces()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     engine.start_background(runtime.handle().clone());
@@ -147,6 +150,7 @@ fn run(args: Args) -> Result<()> {
     })?;
     drop(runtime);
     if kind == ShutdownKind::Detach {
+        engine.release_neighbours();
         // The engine holds the program and, after adoption, the link: release them first.
         if Arc::try_unwrap(engine).is_err() {
             tracing::warn!("engine still referenced while detaching");

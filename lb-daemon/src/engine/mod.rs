@@ -23,6 +23,7 @@ use crate::{
     config::Config,
     dataplane::{Dataplane, DataplaneError},
     health::{HealthMonitor, HealthSink, HealthTarget},
+    neighbours::NeighbourKeeper,
 };
 use layout::{Layout, ServiceLayout, plan, pool_table, split_table};
 use lb_common::{
@@ -124,6 +125,8 @@ pub struct Engine {
     interfaces: Mutex<Vec<InterfaceView>>,
     shutdown: watch::Sender<ShutdownKind>,
     health: Mutex<Option<HealthMonitor>>,
+    /// Managed neighbour entries of the backends' next hops.
+    neighbours: NeighbourKeeper,
 }
 
 impl Engine {
@@ -169,6 +172,7 @@ impl Engine {
             interfaces: Mutex::new(Vec::new()),
             shutdown,
             health: Mutex::new(None),
+            neighbours: NeighbourKeeper::new(),
         })
     }
 
@@ -193,6 +197,46 @@ impl Engine {
         }
         *self.interfaces.lock().unwrap_or_else(|e| e.into_inner()) = views;
         Ok(())
+    }
+
+    /// Keeps the next hop of every configured backend resolved (see [`crate::neighbours`]) and
+    /// waits up to `wait` for them to resolve. Problems are logged, never fatal: a backend
+    /// without a next hop fails its health checks like an unreachable one.
+    pub fn keep_neighbours(&self, wait: Duration) {
+        let backends = self.lock().backend_addrs();
+        match self.neighbours.keep(&backends) {
+            Ok(report) => {
+                for problem in &report.problems {
+                    tracing::warn!(problem, "backend next hop not kept resolved");
+                }
+                if report.created + report.removed > 0 {
+                    tracing::info!(created = report.created, removed = report.removed, hops = report.hops.len(), "managed neighbour entries updated");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "managing neighbour entries failed"),
+        }
+        if wait.is_zero() {
+            return;
+        }
+        let started = Instant::now();
+        match self.neighbours.wait_resolved(wait) {
+            Ok(pending) if pending.is_empty() => {
+                tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "backend next hops resolved")
+            }
+            Ok(pending) => {
+                let unresolved: Vec<IpAddr> = pending.iter().map(|h| h.addr).collect();
+                tracing::warn!(?unresolved, "backend next hops not resolved yet")
+            }
+            Err(e) => tracing::warn!(error = %e, "reading neighbour entries failed"),
+        }
+    }
+
+    /// Deletes the managed neighbour entries (when detaching).
+    pub fn release_neighbours(&self) {
+        match self.neighbours.release() {
+            Ok(n) => tracing::info!(removed = n, "managed neighbour entries removed"),
+            Err(e) => tracing::warn!(error = %e, "removing managed neighbour entries failed"),
+        }
     }
 
     /// A receiver that changes when shutdown is requested.
@@ -226,6 +270,17 @@ impl Engine {
                 let _ = tokio::task::spawn_blocking(move || engine.lock().check_watches()).await;
             }
         });
+        let weak = Arc::downgrade(self);
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(crate::neighbours::REFRESH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await; // the first tick is immediate; start-up already did a pass
+            loop {
+                tick.tick().await;
+                let Some(engine) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || engine.keep_neighbours(Duration::ZERO)).await;
+            }
+        });
     }
 
     /// A health transition from the monitor.
@@ -250,6 +305,11 @@ impl Engine {
 }
 
 impl Inner {
+    /// The address of every configured backend.
+    fn backend_addrs(&self) -> BTreeSet<IpAddr> {
+        self.config.services.iter().flat_map(|s| &s.pools).flat_map(|p| &p.backends).map(|b| b.addr.ip()).collect()
+    }
+
     fn health_targets(&self) -> Vec<HealthTarget> {
         let mut out = Vec::new();
         for svc in &self.config.services {
@@ -1005,6 +1065,8 @@ impl Control for Engine {
             m.set_targets(inner.health_targets());
         }
         inner.state.save(&inner.config.state_file()).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        drop(inner);
+        self.keep_neighbours(Duration::ZERO);
         Ok(ReloadOutcome { changed: true, changes })
     }
 
