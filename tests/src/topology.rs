@@ -38,10 +38,11 @@
 //! - Every host's `eth0` steers received packets to a CPU by flow hash (RPS), as a NIC's RSS
 //!   would. A veth otherwise delivers each packet on the CPU that sent it, so a client's
 //!   handshake ACK (sent from softirq on one CPU) and its first data segment (sent by the thread
-//!   on another) reach the server on two CPUs at once. The 6.18 kernel then sometimes misses
-//!   the socket while the request socket is replaced by the established one, and the server
-//!   answers the data with a RST: about once in 50,000 to 100,000 connections, with or without
-//!   the balancer in the path. Real NICs never split a flow over CPUs like that.
+//!   on another) reach the server on two CPUs at once, and the server's 6.18 kernel sometimes
+//!   answers the data with a bare RST, as if it had found no socket (a capture on the bridge
+//!   shows the two segments in order; likely the lookup racing the request socket being turned
+//!   into the established one). About once in 50,000 to 100,000 connections, with or without
+//!   the balancer in the path; with RPS none in 160,000. Real NICs never split a flow like that.
 //! - The client namespace allows a wide ephemeral port range and `tcp_tw_reuse=1`, so load runs
 //!   of many short connections do not run out of ports because of TIME_WAIT.
 //!
