@@ -6,8 +6,8 @@ use lb_daemon::neighbours::{NeighbourKeeper, PROTOCOL};
 use lb_tests::netns::NetNs;
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
-/// Two namespaces on one veth: `lb` (10.66.0.1/24, default route via 10.66.0.254, which nobody
-/// answers) and `peer` (10.66.0.2/24 and 10.66.0.3/24).
+/// Two namespaces on one veth: `lb` (10.66.0.1/24 and fd66::1/64, default route via
+/// 10.66.0.254, which nobody answers) and `peer` (10.66.0.2/24, 10.66.0.3/24 and fd66::2/64).
 struct Pair {
     lb: NetNs,
     _peer: NetNs,
@@ -16,28 +16,15 @@ struct Pair {
 fn pair() -> Pair {
     let lb = NetNs::new("nbl").unwrap();
     let peer = NetNs::new("nbp").unwrap();
-    lb.ip(&[
-        "link",
-        "add",
-        "v0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "v1",
-        "netns",
-        peer.name(),
-    ])
-    .unwrap();
-    lb.ip(&["addr", "add", "10.66.0.1/24", "dev", "v0"])
-        .unwrap();
+    lb.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", peer.name()]).unwrap();
+    lb.ip(&["addr", "add", "10.66.0.1/24", "dev", "v0"]).unwrap();
+    lb.ip(&["addr", "add", "fd66::1/64", "dev", "v0", "nodad"]).unwrap();
     lb.ip(&["link", "set", "v0", "up"]).unwrap();
-    lb.ip(&["route", "add", "default", "via", "10.66.0.254"])
-        .unwrap();
-    peer.ip(&["addr", "add", "10.66.0.2/24", "dev", "v1"])
-        .unwrap();
-    peer.ip(&["addr", "add", "10.66.0.3/24", "dev", "v1"])
-        .unwrap();
+    lb.ip(&["route", "add", "default", "via", "10.66.0.254"]).unwrap();
+    for a in ["10.66.0.2/24", "10.66.0.3/24"] {
+        peer.ip(&["addr", "add", a, "dev", "v1"]).unwrap();
+    }
+    peer.ip(&["addr", "add", "fd66::2/64", "dev", "v1", "nodad"]).unwrap();
     peer.ip(&["link", "set", "v1", "up"]).unwrap();
     Pair { lb, _peer: peer }
 }
@@ -46,13 +33,9 @@ fn addrs(list: &[&str]) -> BTreeSet<IpAddr> {
     list.iter().map(|a| a.parse().unwrap()).collect()
 }
 
-/// `ip neigh show proto 248` in the namespace, one line per entry.
-fn ours(ns: &NetNs) -> Vec<String> {
-    ns.ip(&["neigh", "show", "proto", &PROTOCOL.to_string()])
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
+/// `ip [-6] neigh show proto 248` in the namespace, one line per entry.
+fn ours(ns: &NetNs, family: &str) -> Vec<String> {
+    ns.ip(&[family, "neigh", "show", "proto", &PROTOCOL.to_string()]).unwrap().lines().map(str::to_string).collect()
 }
 
 #[test]
@@ -61,113 +44,64 @@ fn backends_next_hops_become_managed_and_resolve() {
     let keeper = NeighbourKeeper::new();
     let (report, pending) =
         p.lb.run_in(|| {
-            let report = keeper
-                .keep(&addrs(&["10.66.0.2", "10.66.0.3", "10.66.0.1"]))
-                .unwrap();
-            (
-                report,
-                keeper.wait_resolved(Duration::from_secs(3)).unwrap(),
-            )
+            let report = keeper.keep(&addrs(&["10.66.0.2", "10.66.0.3", "10.66.0.1", "fd66::2"])).unwrap();
+            (report, keeper.wait_resolved(Duration::from_secs(3)).unwrap())
         })
         .unwrap();
-    assert_eq!(report.created, 2, "{report:?}");
-    assert_eq!(
-        report.problems.len(),
-        1,
-        "the local address has no neighbour: {report:?}"
-    );
-    assert!(pending.is_empty(), "both peers answer ARP: {pending:?}");
-    let lines = ours(&p.lb);
-    assert_eq!(lines.len(), 2, "{lines:?}");
-    assert!(
-        lines
-            .iter()
-            .all(|l| l.contains("managed") && l.contains("lladdr")),
-        "{lines:?}"
-    );
+    assert_eq!(report.created, 3, "{report:?}");
+    assert_eq!(report.problems.len(), 1, "the local address has no neighbour: {report:?}");
+    assert!(pending.is_empty(), "the peer answers ARP and neighbour discovery: {pending:?}");
+    let v4 = ours(&p.lb, "-4");
+    assert_eq!(v4.len(), 2, "{v4:?}");
+    let v6 = ours(&p.lb, "-6");
+    assert_eq!(v6.len(), 1, "{v6:?}");
+    assert!(v4.iter().chain(&v6).all(|l| l.contains("managed") && l.contains("lladdr")), "{v4:?} {v6:?}");
 
     // Idempotent: a second pass changes nothing.
-    let again =
-        p.lb.run_in(|| keeper.keep(&addrs(&["10.66.0.2", "10.66.0.3"])).unwrap())
-            .unwrap();
+    let again = p.lb.run_in(|| keeper.keep(&addrs(&["10.66.0.2", "10.66.0.3", "fd66::2"])).unwrap()).unwrap();
     assert_eq!((again.created, again.removed), (0, 0), "{again:?}");
 
     // An operator's flush is repaired by the next pass.
-    p.lb.ip(&["neigh", "flush", "dev", "v0"]).unwrap();
-    let repaired =
-        p.lb.run_in(|| keeper.keep(&addrs(&["10.66.0.2", "10.66.0.3"])).unwrap())
-            .unwrap();
+    p.lb.ip(&["-4", "neigh", "flush", "dev", "v0"]).unwrap();
+    let repaired = p.lb.run_in(|| keeper.keep(&addrs(&["10.66.0.2", "10.66.0.3", "fd66::2"])).unwrap()).unwrap();
     assert_eq!(repaired.created, 2, "{repaired:?}");
 
-    // A backend leaving the config takes its entry with it.
-    let shrunk =
-        p.lb.run_in(|| keeper.keep(&addrs(&["10.66.0.2"])).unwrap())
-            .unwrap();
-    assert_eq!(shrunk.removed, 1, "{shrunk:?}");
-    let lines = ours(&p.lb);
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].starts_with("10.66.0.2 "), "{lines:?}");
+    // Backends leaving the config take their entries with them.
+    let shrunk = p.lb.run_in(|| keeper.keep(&addrs(&["10.66.0.2"])).unwrap()).unwrap();
+    assert_eq!(shrunk.removed, 2, "{shrunk:?}");
+    let v4 = ours(&p.lb, "-4");
+    assert_eq!(v4.len(), 1, "{v4:?}");
+    assert!(v4[0].starts_with("10.66.0.2 "), "{v4:?}");
+    assert!(ours(&p.lb, "-6").is_empty());
 
     // Detaching removes the rest.
     assert_eq!(p.lb.run_in(|| keeper.release().unwrap()).unwrap(), 1);
-    assert!(ours(&p.lb).is_empty());
+    assert!(ours(&p.lb, "-4").is_empty());
 }
 
 #[test]
 fn routed_backends_keep_their_gateway_and_hand_set_entries_stay() {
     let p = pair();
     // The operator pinned 10.66.0.2 by hand.
-    p.lb.ip(&[
-        "neigh",
-        "replace",
-        "10.66.0.2",
-        "lladdr",
-        "02:00:00:00:00:02",
-        "dev",
-        "v0",
-        "nud",
-        "permanent",
-    ])
-    .unwrap();
+    p.lb.ip(&["neigh", "replace", "10.66.0.2", "lladdr", "02:00:00:00:00:02", "dev", "v0", "nud", "permanent"])
+        .unwrap();
     let keeper = NeighbourKeeper::new();
     let (report, pending) =
         p.lb.run_in(|| {
-            let report = keeper
-                .keep(&addrs(&["10.66.0.2", "192.0.2.10", "192.0.2.11"]))
-                .unwrap();
-            (
-                report,
-                keeper.wait_resolved(Duration::from_millis(300)).unwrap(),
-            )
+            let report = keeper.keep(&addrs(&["10.66.0.2", "192.0.2.10", "192.0.2.11"])).unwrap();
+            (report, keeper.wait_resolved(Duration::from_millis(300)).unwrap())
         })
         .unwrap();
     assert!(report.problems.is_empty(), "{report:?}");
-    assert_eq!(
-        report.created, 1,
-        "one gateway for both routed backends, the static entry untouched: {report:?}"
-    );
+    assert_eq!(report.created, 1, "one gateway for both routed backends, the static entry untouched: {report:?}");
     let gateway: IpAddr = "10.66.0.254".parse().unwrap();
-    assert_eq!(
-        pending.iter().map(|h| h.addr).collect::<Vec<_>>(),
-        vec![gateway],
-        "nobody answers for the gateway"
-    );
+    assert_eq!(pending.iter().map(|h| h.addr).collect::<Vec<_>>(), vec![gateway], "nobody answers for the gateway");
     let all = p.lb.ip(&["neigh", "show", "dev", "v0"]).unwrap();
-    assert!(
-        all.contains("10.66.0.2 lladdr 02:00:00:00:00:02 PERMANENT"),
-        "{all}"
-    );
-    assert_eq!(ours(&p.lb).len(), 1);
-    assert!(
-        ours(&p.lb)[0].starts_with("10.66.0.254 "),
-        "{:?}",
-        ours(&p.lb)
-    );
+    assert!(all.contains("10.66.0.2 lladdr 02:00:00:00:00:02 PERMANENT"), "{all}");
+    let v4 = ours(&p.lb, "-4");
+    assert_eq!(v4.len(), 1, "{v4:?}");
+    assert!(v4[0].starts_with("10.66.0.254 "), "{v4:?}");
     // Releasing leaves the hand-set entry alone.
     assert_eq!(p.lb.run_in(|| keeper.release().unwrap()).unwrap(), 1);
-    assert!(
-        p.lb.ip(&["neigh", "show", "dev", "v0"])
-            .unwrap()
-            .contains("PERMANENT")
-    );
+    assert!(p.lb.ip(&["neigh", "show", "dev", "v0"]).unwrap().contains("PERMANENT"));
 }

@@ -62,9 +62,9 @@ impl NeighbourKeeper {
                 Ok(Route::Via(hop)) => {
                     report.hops.insert(backend, hop);
                 }
-                Ok(Route::NotUnicast(kind)) => report.problems.push(format!(
-                    "{backend}: the route to it is not a unicast route (type {kind})"
-                )),
+                Ok(Route::NotUnicast(kind)) => {
+                    report.problems.push(format!("{backend}: the route to it is not a unicast route (type {kind})"))
+                }
                 Err(e) => report.problems.push(format!("{backend}: no route ({e})")),
             }
         }
@@ -74,13 +74,9 @@ impl NeighbourKeeper {
                 Ok(Some(n)) if n.state & NUD_STATIC != 0 || n.managed => {}
                 Ok(_) => match nl.set_managed(hop, PROTOCOL) {
                     Ok(()) => report.created += 1,
-                    Err(e) => report
-                        .problems
-                        .push(format!("{} on ifindex {}: {e}", hop.addr, hop.ifindex)),
+                    Err(e) => report.problems.push(format!("{} on ifindex {}: {e}", hop.addr, hop.ifindex)),
                 },
-                Err(e) => report
-                    .problems
-                    .push(format!("{} on ifindex {}: {e}", hop.addr, hop.ifindex)),
+                Err(e) => report.problems.push(format!("{} on ifindex {}: {e}", hop.addr, hop.ifindex)),
             }
         }
         let old: BTreeSet<NextHop> = kept.values().copied().collect();
@@ -96,13 +92,7 @@ impl NeighbourKeeper {
     /// Waits up to `timeout` for every kept next hop to have a link-layer address; returns the
     /// ones that still have none.
     pub fn wait_resolved(&self, timeout: Duration) -> std::io::Result<Vec<NextHop>> {
-        let hops: BTreeSet<NextHop> = self
-            .kept
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .copied()
-            .collect();
+        let hops: BTreeSet<NextHop> = self.kept.lock().unwrap_or_else(|e| e.into_inner()).values().copied().collect();
         let mut nl = Netlink::open()?;
         let deadline = Instant::now() + timeout;
         loop {

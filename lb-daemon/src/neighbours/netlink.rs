@@ -75,22 +75,13 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a `NETLINK_ROUTE` socket.
     pub fn open() -> io::Result<Self> {
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Requests are answered at once; never let a lost reply hang the caller.
-        let tv = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
+        let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
         let rc = unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
@@ -110,20 +101,17 @@ impl Netlink {
     pub fn route_to(&mut self, addr: IpAddr) -> io::Result<Route> {
         let seq = self.next_seq();
         let reply = self.request(&route_request(seq, addr), seq)?;
-        parse_route(&reply)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed route reply"))
+        parse_route(&reply).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed route reply"))
     }
 
     /// The neighbour entry of `hop`, if there is one.
     pub fn neighbour(&mut self, hop: &NextHop) -> io::Result<Option<Neighbour>> {
         let seq = self.next_seq();
-        match self.request(
-            &neigh_message(RTM_GETNEIGH, NLM_F_REQUEST, seq, hop, 0, None),
-            seq,
-        ) {
-            Ok(reply) => Ok(Some(parse_neighbour(&reply).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, "malformed neighbour reply")
-            })?)),
+        match self.request(&neigh_message(RTM_GETNEIGH, NLM_F_REQUEST, seq, hop, 0, None), seq) {
+            Ok(reply) => Ok(Some(
+                parse_neighbour(&reply)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed neighbour reply"))?,
+            )),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
         }
@@ -134,27 +122,13 @@ impl Netlink {
     pub fn set_managed(&mut self, hop: &NextHop, protocol: u8) -> io::Result<()> {
         let seq = self.next_seq();
         let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-        self.request(
-            &neigh_message(
-                RTM_NEWNEIGH,
-                flags,
-                seq,
-                hop,
-                protocol,
-                Some(NTF_EXT_MANAGED),
-            ),
-            seq,
-        )
-        .map(drop)
+        self.request(&neigh_message(RTM_NEWNEIGH, flags, seq, hop, protocol, Some(NTF_EXT_MANAGED)), seq).map(drop)
     }
 
     /// Deletes `hop`'s entry (absent is fine).
     pub fn delete(&mut self, hop: &NextHop) -> io::Result<()> {
         let seq = self.next_seq();
-        match self.request(
-            &neigh_message(RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, seq, hop, 0, None),
-            seq,
-        ) {
+        match self.request(&neigh_message(RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, seq, hop, 0, None), seq) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             other => other.map(drop),
         }
@@ -184,8 +158,7 @@ impl Netlink {
         }
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -197,10 +170,7 @@ impl Netlink {
                     NLMSG_ERROR => match error_code(payload) {
                         Some(0) => Ok(Vec::new()),
                         Some(code) => Err(io::Error::from_raw_os_error(-code)),
-                        None => Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "short netlink error",
-                        )),
+                        None => Err(io::Error::new(io::ErrorKind::InvalidData, "short netlink error")),
                     },
                     NLMSG_DONE => Ok(Vec::new()),
                     _ => Ok(payload.to_vec()),
@@ -322,21 +292,11 @@ fn parse_route(payload: &[u8]) -> Option<Route> {
             _ => {}
         }
     }
-    Some(Route::Via(NextHop {
-        ifindex: ifindex?,
-        addr: gateway.or(dst)?,
-    }))
+    Some(Route::Via(NextHop { ifindex: ifindex?, addr: gateway.or(dst)? }))
 }
 
 /// An `ndmsg` request for `hop`, optionally with a protocol tag and extended flags.
-fn neigh_message(
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    hop: &NextHop,
-    protocol: u8,
-    ext_flags: Option<u32>,
-) -> Vec<u8> {
+fn neigh_message(ty: u16, flags: u16, seq: u32, hop: &NextHop, protocol: u8, ext_flags: Option<u32>) -> Vec<u8> {
     let (family, octets) = family_and_octets(hop.addr);
     // struct ndmsg: family, pad, pad (u16), ifindex (i32), state (u16), flags (u8), type (u8).
     // State NUD_NONE: with no link-layer address, the kernel starts resolving.
@@ -364,17 +324,11 @@ fn parse_neighbour(payload: &[u8]) -> Option<Neighbour> {
     for (ty, data) in attrs(&payload[12..]) {
         match ty {
             NDA_PROTOCOL => protocol = *data.first()?,
-            NDA_FLAGS_EXT => {
-                managed = u32::from_ne_bytes(data.get(..4)?.try_into().ok()?) & NTF_EXT_MANAGED != 0
-            }
+            NDA_FLAGS_EXT => managed = u32::from_ne_bytes(data.get(..4)?.try_into().ok()?) & NTF_EXT_MANAGED != 0,
             _ => {}
         }
     }
-    Some(Neighbour {
-        state,
-        managed,
-        protocol,
-    })
+    Some(Neighbour { state, managed, protocol })
 }
 
 #[cfg(test)]
@@ -394,10 +348,7 @@ mod tests {
         let (ty, seq, p) = messages(&m).next().unwrap();
         assert_eq!((ty, seq), (RTM_GETROUTE, 7));
         assert_eq!(&p[..2], &[AF_INET, 32]);
-        assert_eq!(
-            attrs(&p[12..]).collect::<Vec<_>>(),
-            vec![(RTA_DST, &[10u8, 1, 2, 3][..])]
-        );
+        assert_eq!(attrs(&p[12..]).collect::<Vec<_>>(), vec![(RTA_DST, &[10u8, 1, 2, 3][..])]);
         let m = route_request(8, IpAddr::V6(Ipv6Addr::LOCALHOST));
         assert_eq!(&payload(&m)[..2], &[AF_INET6, 128]);
     }
@@ -417,31 +368,13 @@ mod tests {
     #[test]
     fn a_connected_route_keeps_the_address_itself() {
         let r = parse_route(&route_reply(RTN_UNICAST, [10, 0, 0, 5], None, 3)).unwrap();
-        assert_eq!(
-            r,
-            Route::Via(NextHop {
-                ifindex: 3,
-                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5))
-            })
-        );
+        assert_eq!(r, Route::Via(NextHop { ifindex: 3, addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)) }));
     }
 
     #[test]
     fn a_routed_address_keeps_the_gateway() {
-        let r = parse_route(&route_reply(
-            RTN_UNICAST,
-            [192, 0, 2, 9],
-            Some([10, 0, 0, 1]),
-            4,
-        ))
-        .unwrap();
-        assert_eq!(
-            r,
-            Route::Via(NextHop {
-                ifindex: 4,
-                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))
-            })
-        );
+        let r = parse_route(&route_reply(RTN_UNICAST, [192, 0, 2, 9], Some([10, 0, 0, 1]), 4)).unwrap();
+        assert_eq!(r, Route::Via(NextHop { ifindex: 4, addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)) }));
     }
 
     #[test]
@@ -453,50 +386,24 @@ mod tests {
         via.extend_from_slice(&[10, 0, 0, 1]);
         push_attr(&mut p, RTA_VIA, &via);
         let r = parse_route(&p).unwrap();
-        assert_eq!(
-            r,
-            Route::Via(NextHop {
-                ifindex: 2,
-                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))
-            })
-        );
+        assert_eq!(r, Route::Via(NextHop { ifindex: 2, addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)) }));
     }
 
     #[test]
     fn local_and_unreachable_routes_have_no_neighbour() {
-        assert_eq!(
-            parse_route(&route_reply(2, [127, 0, 0, 1], None, 1)),
-            Some(Route::NotUnicast(2))
-        );
-        assert_eq!(
-            parse_route(&route_reply(7, [10, 9, 9, 9], None, 0)),
-            Some(Route::NotUnicast(7))
-        );
+        assert_eq!(parse_route(&route_reply(2, [127, 0, 0, 1], None, 1)), Some(Route::NotUnicast(2)));
+        assert_eq!(parse_route(&route_reply(7, [10, 9, 9, 9], None, 0)), Some(Route::NotUnicast(7)));
         assert_eq!(parse_route(&[AF_INET, 32]), None, "truncated");
     }
 
     #[test]
     fn managed_neighbour_request_carries_protocol_and_flag() {
-        let hop = NextHop {
-            ifindex: 9,
-            addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
-        };
-        let m = neigh_message(
-            RTM_NEWNEIGH,
-            NLM_F_REQUEST | NLM_F_CREATE,
-            3,
-            &hop,
-            248,
-            Some(NTF_EXT_MANAGED),
-        );
+        let hop = NextHop { ifindex: 9, addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)) };
+        let m = neigh_message(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_CREATE, 3, &hop, 248, Some(NTF_EXT_MANAGED));
         let p = payload(&m);
         assert_eq!(p[0], AF_INET);
         assert_eq!(i32::from_ne_bytes(p[4..8].try_into().unwrap()), 9);
-        assert_eq!(
-            u16::from_ne_bytes([p[8], p[9]]),
-            0,
-            "NUD_NONE: the kernel resolves it"
-        );
+        assert_eq!(u16::from_ne_bytes([p[8], p[9]]), 0, "NUD_NONE: the kernel resolves it");
         let a: Vec<_> = attrs(&p[12..]).collect();
         assert_eq!(a[0], (NDA_DST, &[10u8, 0, 0, 7][..]));
         assert_eq!(a[1], (NDA_PROTOCOL, &[248u8][..]));
@@ -512,14 +419,7 @@ mod tests {
         push_attr(&mut p, NDA_DST, &[10, 0, 0, 7]);
         push_attr(&mut p, NDA_PROTOCOL, &[248]);
         push_attr(&mut p, NDA_FLAGS_EXT, &NTF_EXT_MANAGED.to_ne_bytes());
-        assert_eq!(
-            parse_neighbour(&p),
-            Some(Neighbour {
-                state: 0x02,
-                managed: true,
-                protocol: 248
-            })
-        );
+        assert_eq!(parse_neighbour(&p), Some(Neighbour { state: 0x02, managed: true, protocol: 248 }));
         assert_eq!(parse_neighbour(&p[..6]), None);
     }
 
