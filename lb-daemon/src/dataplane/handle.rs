@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::{
     ffi::CString,
     fs,
+    os::fd::{AsFd, OwnedFd},
+    sync::Arc,
     path::{Path, PathBuf},
 };
 use lb_common::{
@@ -130,6 +132,8 @@ pub struct Dataplane {
     tables: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    /// A second descriptor of `FLOWS`, for batch reads (aya's map hides its own).
+    flows_fd: Arc<OwnedFd>,
     nat_backends: HashMap<MapData, EndpointKey, NatBackend>,
     nexthops: PerCpuArray<MapData, NextHop>,
     egress: DevMapHash<MapData>,
@@ -215,7 +219,16 @@ impl Dataplane {
                 .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(e.to_string()))?;
             prog.load().map_err(|e| DataplaneError::Load(verifier_error(e)))?;
         }
+        let flows_fd = match ebpf.map("FLOWS") {
+            Some(aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) => data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| DataplaneError::Map("FLOWS", format!("duplicating its descriptor: {e}")))?,
+            _ => return Err(DataplaneError::Map("FLOWS", "missing or not a hash map".into())),
+        };
         Ok(Self {
+            flows_fd: Arc::new(flows_fd),
             vips: take(&mut ebpf, "VIPS")?,
             services: take(&mut ebpf, "SERVICES")?,
             tables: take(&mut ebpf, "TABLES")?,
@@ -408,8 +421,19 @@ impl Dataplane {
         }
     }
 
-    /// Every recorded flow.
-    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+    /// Calls `f` with every recorded flow (read in batches, see [`super::batch`]); returns how
+    /// many there were.
+    pub fn for_each_flow(&self, f: impl FnMut(&FlowKey, &FlowValue)) -> Result<usize, DataplaneError> {
+        self.flow_reader().for_each(f).map_err(|e| DataplaneError::Map("FLOWS", format!("batch lookup: {e}")))
+    }
+
+    /// A reader of `FLOWS` that can be used without this handle.
+    pub fn flow_reader(&self) -> super::FlowReader {
+        super::FlowReader(self.flows_fd.clone())
+    }
+
+    /// Every recorded flow, one lookup per entry (the reference for [`Self::for_each_flow`]).
+    pub fn flows_one_by_one(&self) -> Vec<(FlowKey, FlowValue)> {
         self.flows.iter().filter_map(Result::ok).collect()
     }
 

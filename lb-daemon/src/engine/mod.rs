@@ -21,7 +21,7 @@ use crate::{
         },
     },
     config::Config,
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{Dataplane, DataplaneError, FlowReader},
     health::{HealthMonitor, HealthSink, HealthTarget},
     neighbours::NeighbourKeeper,
 };
@@ -437,21 +437,6 @@ impl Inner {
     }
 
     /// Established and closing flows of every backend, from one scan of the flow table.
-    fn flow_counts(&self) -> FlowCounts {
-        let mut counts = FlowCounts::default();
-        let now = monotonic_coarse_ns();
-        let idle = DRAIN_IDLE_TIMEOUT.as_nanos() as u64;
-        for (_, f) in self.dp.flows() {
-            let c = counts.by_backend.entry(f.backend).or_default();
-            if f.flags & (lb_common::maps::FLOW_FIN | lb_common::maps::FLOW_RST) != 0 {
-                c.closing += 1;
-            } else if now.saturating_sub(f.last_seen_ns) <= idle {
-                c.established += 1;
-            }
-            counts.scanned += 1;
-        }
-        counts
-    }
 
     /// Established and closing flows per pool of a service.
     fn drain_view(&self, svc: &ServiceLayout, counts: &FlowCounts) -> DrainView {
@@ -924,6 +909,26 @@ pub struct FlowCounts {
 }
 
 impl FlowCounts {
+    /// Counts the flow table without holding the engine (a 1M-entry table takes ~0.3 s). An
+    /// error, never a partial count: `--wait-drained` must not see a pool drained that is not.
+    fn scan(reader: &FlowReader) -> Result<Self, ApiError> {
+        let mut counts = FlowCounts::default();
+        let now = monotonic_coarse_ns();
+        let idle = DRAIN_IDLE_TIMEOUT.as_nanos() as u64;
+        let scanned = reader
+            .for_each(|_, f| {
+                let c = counts.by_backend.entry(f.backend).or_default();
+                if f.flags & (lb_common::maps::FLOW_FIN | lb_common::maps::FLOW_RST) != 0 {
+                    c.closing += 1;
+                } else if now.saturating_sub(f.last_seen_ns) <= idle {
+                    c.established += 1;
+                }
+            })
+            .map_err(|e| ApiError::internal(format!("data plane: counting FLOWS: {e}")))?;
+        counts.scanned = scanned as u64;
+        Ok(counts)
+    }
+
     /// Counts of one backend (zero when it has no flow).
     pub fn of(&self, backend: u32) -> BackendFlows {
         self.by_backend.get(&backend).copied().unwrap_or_default()
@@ -1077,9 +1082,15 @@ impl Control for Engine {
     }
 
     fn drain(&self, service: Option<&str>) -> Result<DrainView, ApiError> {
+        let reader = {
+            let inner = self.lock();
+            inner.service_layout(service)?;
+            inner.dp.flow_reader()
+        };
+        let counts = FlowCounts::scan(&reader)?;
         let inner = self.lock();
         let svc = inner.service_layout(service)?;
-        Ok(inner.drain_view(svc, &inner.flow_counts()))
+        Ok(inner.drain_view(svc, &counts))
     }
 
     fn watch(&self, service: Option<&str>) -> Result<Option<WatchView>, ApiError> {
@@ -1089,8 +1100,9 @@ impl Control for Engine {
     }
 
     fn metrics(&self) -> Result<String, ApiError> {
+        let reader = self.lock().dp.flow_reader();
+        let flows = FlowCounts::scan(&reader)?;
         let inner = self.lock();
-        let flows = inner.flow_counts();
         Ok(metrics::render(&inner.layout, &inner.state, &inner.dp, &inner.down, &flows))
     }
 }

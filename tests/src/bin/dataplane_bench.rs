@@ -18,7 +18,10 @@ use lb_tests::{
     testbed::{LB_MAC, PacketBed, backend_mac},
     xdp_run::{run, verdict_name, xdp_md},
 };
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 #[derive(Parser)]
 #[command(about = "ns/packet of the XDP data plane by BPF_PROG_TEST_RUN")]
@@ -145,5 +148,42 @@ fn bench_table_size(args: &Args, flow_entries: u32, all_cases: bool) -> Result<(
             verdict_name(warm.verdict)
         );
     }
+    scan_flow_table(&bed, args.runs)
+}
+
+/// Times counting the flow table the way `drain-status`, `--wait-drained` and `/metrics` do
+/// (batched), beside a one-by-one walk, now that the new-flow cases have filled it.
+fn scan_flow_table(bed: &PacketBed, runs: u32) -> Result<()> {
+    let mut batched = Vec::new();
+    let mut flows = 0;
+    for _ in 0..runs {
+        let started = Instant::now();
+        flows = bed.dp.for_each_flow(|_, _| {})?;
+        batched.push(started.elapsed());
+    }
+    let mut walked = Vec::new();
+    for _ in 0..runs.min(3) {
+        let started = Instant::now();
+        let n = bed.dp.flows_one_by_one().len();
+        walked.push(started.elapsed());
+        flows = flows.max(n);
+    }
+    batched.sort_unstable();
+    walked.sort_unstable();
+    let ms = |d: &Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+    println!(
+        "{:<50} {:>7} {:>7} {:>7}  ms, {flows} flows",
+        "flow-table count, batched (drain-status)",
+        ms(&batched[0]),
+        ms(&batched[batched.len() / 2]),
+        ms(&batched[batched.len() - 1])
+    );
+    println!(
+        "{:<50} {:>7} {:>7} {:>7}  ms",
+        "flow-table count, one entry at a time",
+        ms(&walked[0]),
+        ms(&walked[walked.len() / 2]),
+        ms(&walked[walked.len() - 1])
+    );
     Ok(())
 }
