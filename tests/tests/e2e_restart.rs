@@ -54,9 +54,13 @@ fn graceful_shutdown_keeps_forwarding_and_detach_stops_it() {
     assert!(in_pool_a(&request(s.topo.client(), web_vip()).expect("forwarding continues after the daemon exits")));
     s.daemon.spawn(&s.topo).unwrap();
     assert!(s.daemon.status().unwrap().adopted);
+    // The backends' next hops are managed neighbour entries (one per backend here).
+    let managed = || s.topo.balancer().ip(&["neigh", "show", "proto", "248"]).unwrap();
+    assert_eq!(managed().lines().filter(|l| l.contains("managed")).count(), 4, "{}", managed());
     s.daemon.lbctl_ok(&["shutdown", "--detach"]);
     assert!(s.daemon.wait_exit(Duration::from_secs(10)).unwrap().success());
     assert!(!s.daemon.pin_dir().exists(), "pins removed");
+    assert!(managed().trim().is_empty(), "managed neighbour entries removed: {}", managed());
     assert!(request(s.topo.client(), web_vip()).is_err(), "nothing forwards the VIP any more");
 }
 
