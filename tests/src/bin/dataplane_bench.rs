@@ -168,22 +168,13 @@ fn scan_flow_table(bed: &PacketBed, runs: u32) -> Result<()> {
         walked.push(started.elapsed());
         flows = flows.max(n);
     }
-    batched.sort_unstable();
-    walked.sort_unstable();
-    let ms = |d: &Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
-    println!(
-        "{:<50} {:>7} {:>7} {:>7}  ms, {flows} flows",
-        "flow-table count, batched (drain-status)",
-        ms(&batched[0]),
-        ms(&batched[batched.len() / 2]),
-        ms(&batched[batched.len() - 1])
-    );
-    println!(
-        "{:<50} {:>7} {:>7} {:>7}  ms",
-        "flow-table count, one entry at a time",
-        ms(&walked[0]),
-        ms(&walked[walked.len() / 2]),
-        ms(&walked[walked.len() - 1])
-    );
+    let row = |name: &str, times: &mut Vec<Duration>, note: &str| {
+        times.sort_unstable();
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+        let (min, median, max) = (times[0], times[times.len() / 2], times[times.len() - 1]);
+        println!("{name:<50} {:>7} {:>7} {:>7}  ms{note}", ms(min), ms(median), ms(max));
+    };
+    row("flow-table count, batched (drain-status)", &mut batched, &format!(", {flows} flows"));
+    row("flow-table count, one entry at a time", &mut walked, "");
     Ok(())
 }
