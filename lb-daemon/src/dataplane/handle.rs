@@ -14,8 +14,8 @@ use std::{
     ffi::CString,
     fs,
     os::fd::{AsFd, OwnedFd},
-    sync::Arc,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 use lb_common::{
     filter::{FILTER_WORDS, filter_bit, word_and_mask},

@@ -436,8 +436,6 @@ impl Inner {
         }
     }
 
-    /// Established and closing flows of every backend, from one scan of the flow table.
-
     /// Established and closing flows per pool of a service.
     fn drain_view(&self, svc: &ServiceLayout, counts: &FlowCounts) -> DrainView {
         let active = &self.state.services[&svc.name].active;
