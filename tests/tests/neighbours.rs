@@ -101,6 +101,12 @@ fn routed_backends_keep_their_gateway_and_hand_set_entries_stay() {
     let v4 = ours(&p.lb, "-4");
     assert_eq!(v4.len(), 1, "{v4:?}");
     assert!(v4[0].starts_with("10.66.0.254 "), "{v4:?}");
+    // The route going away for a while (a flapping uplink) keeps the gateway's entry.
+    p.lb.ip(&["route", "del", "default"]).unwrap();
+    let routeless = p.lb.run_in(|| keeper.keep(&addrs(&["10.66.0.2", "192.0.2.10", "192.0.2.11"])).unwrap()).unwrap();
+    assert_eq!(routeless.problems.len(), 2, "{routeless:?}");
+    assert_eq!(routeless.removed, 0, "{routeless:?}");
+    assert_eq!(ours(&p.lb, "-4").len(), 1);
     // Releasing leaves the hand-set entry alone.
     assert_eq!(p.lb.run_in(|| keeper.release().unwrap()).unwrap(), 1);
     assert!(p.lb.ip(&["neigh", "show", "dev", "v0"]).unwrap().contains("PERMANENT"));

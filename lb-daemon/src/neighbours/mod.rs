@@ -52,20 +52,25 @@ impl NeighbourKeeper {
     }
 
     /// Makes the next hop of every address in `backends` a managed entry, and deletes the
-    /// managed entries of next hops that only backends no longer listed used.
+    /// managed entries of next hops that only backends no longer listed used. A backend whose
+    /// route cannot be read this time keeps the next hop it had: a passing routing problem
+    /// never removes an entry the data plane may be using.
     pub fn keep(&self, backends: &BTreeSet<IpAddr>) -> std::io::Result<KeepReport> {
         let mut nl = Netlink::open()?;
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         let mut report = KeepReport::default();
         for &backend in backends {
-            match nl.route_to(backend) {
+            let problem = match nl.route_to(backend) {
                 Ok(Route::Via(hop)) => {
                     report.hops.insert(backend, hop);
+                    continue;
                 }
-                Ok(Route::NotUnicast(kind)) => {
-                    report.problems.push(format!("{backend}: the route to it is not a unicast route (type {kind})"))
-                }
-                Err(e) => report.problems.push(format!("{backend}: no route ({e})")),
+                Ok(Route::NotUnicast(kind)) => format!("{backend}: the route to it is not a unicast route (type {kind})"),
+                Err(e) => format!("{backend}: no route ({e})"),
+            };
+            report.problems.push(problem);
+            if let Some(old) = kept.get(&backend) {
+                report.hops.insert(backend, *old);
             }
         }
         let wanted: BTreeSet<NextHop> = report.hops.values().copied().collect();
