@@ -4,7 +4,12 @@
 
 use lb_daemon::neighbours::{NeighbourKeeper, PROTOCOL};
 use lb_tests::netns::NetNs;
-use std::{collections::BTreeSet, net::IpAddr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    io::ErrorKind,
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
 
 /// Two namespaces on one veth: `lb` (10.66.0.1/24 and fd66::1/64, default route via
 /// 10.66.0.254, which nobody answers) and `peer` (10.66.0.2/24, 10.66.0.3/24 and fd66::2/64).
@@ -26,6 +31,19 @@ fn pair() -> Pair {
     }
     peer.ip(&["addr", "add", "fd66::2/64", "dev", "v1", "nodad"]).unwrap();
     peer.ip(&["link", "set", "v1", "up"]).unwrap();
+    // A fresh link loses its first IPv6 neighbour solicitations (the entry then takes ~2 s):
+    // wait until the peer answers over IPv6 (a refused connection is an answer), then forget
+    // what that taught the kernel.
+    let peer6: SocketAddr = "[fd66::2]:9".parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lb.run_in(|| TcpStream::connect_timeout(&peer6, Duration::from_millis(500))).unwrap().err().map(|e| e.kind())
+        != Some(ErrorKind::ConnectionRefused)
+    {
+        assert!(Instant::now() < deadline, "the peer never answered over IPv6");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lb.ip(&["neigh", "flush", "dev", "v0"]).unwrap();
+    lb.ip(&["-6", "neigh", "flush", "dev", "v0"]).unwrap();
     Pair { lb, _peer: peer }
 }
 

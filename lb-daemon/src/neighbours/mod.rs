@@ -65,7 +65,9 @@ impl NeighbourKeeper {
                     report.hops.insert(backend, hop);
                     continue;
                 }
-                Ok(Route::NotUnicast(kind)) => format!("{backend}: the route to it is not a unicast route (type {kind})"),
+                Ok(Route::NotUnicast(kind)) => {
+                    format!("{backend}: the route to it is not a unicast route (type {kind})")
+                }
                 Err(e) => format!("{backend}: no route ({e})"),
             };
             report.problems.push(problem);
