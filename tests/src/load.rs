@@ -226,6 +226,18 @@ impl LoadHandle {
         self.shared.start.elapsed()
     }
 
+    /// When the run started (the zero of [`ConnResult::at`]).
+    pub fn started_at(&self) -> Instant {
+        self.shared.start
+    }
+
+    /// The connections finished so far from the `from`-th on, in the order they finished:
+    /// for showing a run while it goes on (pass the count already shown).
+    pub fn results_from(&self, from: usize) -> Vec<ConnResult> {
+        let results = self.shared.results.lock().unwrap();
+        results.get(from..).unwrap_or_default().to_vec()
+    }
+
     /// Whether every worker has finished (a bound was reached).
     pub fn is_finished(&self) -> bool {
         self.workers.iter().all(|w| w.is_finished())

@@ -17,30 +17,24 @@
 use anyhow::{Context, Result, bail};
 use lb_tests::{
     e2e::{self, POOL_A, POOL_B, in_pool_a, in_pool_b, web_vip},
-    load::LongLived,
+    load::{ConnResult, LoadHandle, LoadOptions, LoadReport, LongLived},
     netns::NetNs,
 };
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 
 /// New connections per second from the client to the VIP.
-const RATE_PER_S: u64 = 50;
+const RATE_PER_S: u32 = 50;
 /// Hard bounds of the load, whatever happens to the rest of the demo.
 const LOAD_MAX_DURATION: Duration = Duration::from_secs(30);
 /// At most this many connections (30 s at 50 per second).
-const LOAD_MAX_CONNECTIONS: u64 = 1500;
+const LOAD_MAX_CONNECTIONS: u32 = 1500;
 /// One live line per tick.
 const TICK: Duration = Duration::from_millis(500);
 /// Connect, write and read timeout of one connection of the load.
@@ -116,141 +110,32 @@ impl Ui {
     }
 }
 
-/// One finished connection of the live load.
-#[derive(Clone, Debug)]
-struct Answer {
-    /// When it started, on the load's clock.
-    at: Duration,
-    /// The backend that answered, or why it failed.
-    backend: Result<String, String>,
-}
-
-/// State shared by the load's workers and the printer.
-struct LiveShared {
-    start: Instant,
-    stop: AtomicBool,
-    next: AtomicU64,
-    target: SocketAddr,
-    /// Finished connections in the order they finished.
-    done: Mutex<Vec<Answer>>,
-}
-
-/// A paced, bounded stream of short connections from the client namespace, whose answers can
-/// be read while it runs (for the live lines). Stopped and joined on drop.
+/// The demo's traffic: a paced, bounded run of short connections from the client namespace,
+/// and how many of its results the live lines have shown.
 struct LiveLoad {
-    shared: Arc<LiveShared>,
-    workers: Vec<JoinHandle<()>>,
-    /// How many answers the printer has shown.
+    load: LoadHandle,
     shown: usize,
 }
 
 impl LiveLoad {
-    fn start(client: &NetNs, target: SocketAddr, workers: usize) -> Result<Self> {
-        let shared = Arc::new(LiveShared {
-            start: Instant::now(),
-            stop: AtomicBool::new(false),
-            next: AtomicU64::new(0),
-            target,
-            done: Mutex::new(Vec::new()),
-        });
-        // New threads inherit the namespace of the thread creating them.
-        let spawned = std::thread::scope(|s| {
-            s.spawn(|| -> Result<Vec<JoinHandle<()>>> {
-                let _guard = client.enter()?;
-                let mut handles = Vec::new();
-                for i in 0..workers {
-                    let mine = shared.clone();
-                    match std::thread::Builder::new().name(format!("demo-load-{i}")).spawn(move || live_worker(&mine)) {
-                        Ok(h) => handles.push(h),
-                        Err(e) => {
-                            shared.stop.store(true, Ordering::SeqCst);
-                            for h in handles {
-                                let _ = h.join();
-                            }
-                            return Err(e).context("spawning a load worker");
-                        }
-                    }
-                }
-                Ok(handles)
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("load starter thread panicked"))?
-        })?;
-        Ok(Self { shared, workers: spawned, shown: 0 })
+    fn start(client: &NetNs, target: SocketAddr) -> Result<Self> {
+        let opts = LoadOptions {
+            rate_per_s: RATE_PER_S,
+            max_connections: LOAD_MAX_CONNECTIONS,
+            max_duration: LOAD_MAX_DURATION,
+            workers: 4,
+            timeout: CONN_TIMEOUT,
+            ..LoadOptions::new(target)
+        };
+        Ok(Self { load: LoadHandle::start(client, opts)?, shown: 0 })
     }
 
-    fn elapsed(&self) -> Duration {
-        self.shared.start.elapsed()
-    }
-
-    /// Answers finished since the previous call.
-    fn take_new(&mut self) -> Vec<Answer> {
-        let done = self.shared.done.lock().unwrap();
-        let new = done[self.shown..].to_vec();
-        self.shown = done.len();
+    /// Connections finished since the previous call.
+    fn take_new(&mut self) -> Vec<ConnResult> {
+        let new = self.load.results_from(self.shown);
+        self.shown += new.len();
         new
     }
-
-    /// Stops starting connections, waits for those in flight, returns every answer by start time.
-    fn stop(&mut self) -> Vec<Answer> {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-        let mut all = self.shared.done.lock().unwrap().clone();
-        all.sort_by_key(|a| a.at);
-        all
-    }
-}
-
-impl Drop for LiveLoad {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-    }
-}
-
-/// Takes the next slot (one every 1/RATE s), waits for it, makes one connection.
-fn live_worker(shared: &LiveShared) {
-    loop {
-        let i = shared.next.fetch_add(1, Ordering::SeqCst);
-        if i >= LOAD_MAX_CONNECTIONS {
-            return;
-        }
-        let due = shared.start + Duration::from_nanos(i * 1_000_000_000 / RATE_PER_S);
-        if due >= shared.start + LOAD_MAX_DURATION {
-            return;
-        }
-        loop {
-            if shared.stop.load(Ordering::SeqCst) || stopped() {
-                return;
-            }
-            let now = Instant::now();
-            if now >= due {
-                break;
-            }
-            std::thread::sleep((due - now).min(Duration::from_millis(20)));
-        }
-        let at = shared.start.elapsed();
-        let backend = one_request(shared.target);
-        shared.done.lock().unwrap().push(Answer { at, backend });
-    }
-}
-
-/// Connect, send a line, read the backend's one-line answer (its name), close.
-fn one_request(target: SocketAddr) -> Result<String, String> {
-    let mut stream = TcpStream::connect_timeout(&target, CONN_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(CONN_TIMEOUT)).map_err(|e| format!("socket: {e}"))?;
-    stream.set_write_timeout(Some(CONN_TIMEOUT)).map_err(|e| format!("socket: {e}"))?;
-    stream.write_all(b"hello\n").map_err(|e| format!("write: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).map_err(|e| format!("read: {e}"))?;
-    if !line.ends_with('\n') {
-        return Err("read: connection closed before the answer".into());
-    }
-    Ok(line.trim_end().to_string())
 }
 
 /// `(a1 13, a2 12)` for the backends of `pool` that answered.
@@ -268,13 +153,13 @@ fn bar(pct: usize) -> String {
 }
 
 /// One live line for the answers of one tick.
-fn live_line(ui: &Ui, t: Duration, answers: &[Answer]) -> String {
+fn live_line(ui: &Ui, t: Duration, answers: &[ConnResult]) -> String {
     let mut by = BTreeMap::new();
     let mut failed = 0;
     for a in answers {
         match &a.backend {
-            Ok(name) => *by.entry(name.clone()).or_insert(0usize) += 1,
-            Err(_) => failed += 1,
+            Some(name) => *by.entry(name.clone()).or_insert(0usize) += 1,
+            None => failed += 1,
         }
     }
     let total = answers.len();
@@ -311,10 +196,10 @@ fn live(ui: &Ui, load: &mut LiveLoad, ticks: u32) -> bool {
     // traffic moving.
     println!();
     for _ in 0..ticks {
-        let e = load.elapsed();
+        let e = load.load.elapsed();
         let next_tick = (e.as_nanos() / TICK.as_nanos() + 1) as u32;
         let at = TICK * next_tick;
-        if !sleep_until(load.shared.start + at) {
+        if !sleep_until(load.load.started_at() + at) {
             return false;
         }
         let answers = load.take_new();
@@ -327,7 +212,7 @@ fn live(ui: &Ui, load: &mut LiveLoad, ticks: u32) -> bool {
 /// load-clock times when it started and returned, and whether it succeeded.
 fn lbctl_shown(ui: &Ui, setup: &e2e::Setup, load: Option<&LiveLoad>, args: &[&str]) -> (Duration, Duration, bool) {
     println!("\n  {} {}", ui.dim("$"), ui.cmd(&format!("lbctl {}", args.join(" "))));
-    let clock = |l: Option<&LiveLoad>| l.map(|l| l.elapsed()).unwrap_or_default();
+    let clock = |l: Option<&LiveLoad>| l.map(|l| l.load.elapsed()).unwrap_or_default();
     let began = Instant::now();
     let started = clock(load);
     let out = setup.daemon.lbctl(args);
@@ -409,7 +294,7 @@ fn tour(ui: &Ui, setup: &e2e::Setup) -> Result<bool> {
     check_interrupted()?;
 
     ui.heading(&format!("Traffic: {RATE_PER_S} new connections/s from the client to {vip}, one line per 500 ms"));
-    let mut load = LiveLoad::start(topo.client(), vip, 4)?;
+    let mut load = LiveLoad::start(topo.client(), vip)?;
     let mut checks = Checks { long_lived_kept: true, ..Checks::default() };
     if !live(ui, &mut load, 8) {
         bail!("interrupted");
@@ -455,7 +340,7 @@ fn tour(ui: &Ui, setup: &e2e::Setup) -> Result<bool> {
         ui.bold(&now.join(", ")),
         if same { ui.good("(never moved)") } else { ui.bad("(moved or broken!)") }
     );
-    let all = load.stop();
+    let all = load.load.stop();
     drop(ll);
     check_interrupted()?;
 
@@ -466,17 +351,11 @@ fn tour(ui: &Ui, setup: &e2e::Setup) -> Result<bool> {
 }
 
 /// Prints the summary; true if every check held.
-fn summary(ui: &Ui, all: &[Answer], checks: &Checks, times: [Duration; 4]) -> Result<bool> {
+fn summary(ui: &Ui, all: &LoadReport, checks: &Checks, times: [Duration; 4]) -> Result<bool> {
     let [switch_started, switch_returned, rollback_started, rollback_returned] = times;
     ui.heading("Summary");
-    let failed: Vec<&Answer> = all.iter().filter(|a| a.backend.is_err()).collect();
-    let mut by: BTreeMap<&str, usize> = BTreeMap::new();
-    for a in all {
-        if let Ok(name) = &a.backend {
-            *by.entry(name.as_str()).or_insert(0) += 1;
-        }
-    }
-    let per: Vec<String> = by.iter().map(|(b, n)| format!("{b} {n}")).collect();
+    let failed: Vec<&ConnResult> = all.failures().collect();
+    let per: Vec<String> = all.by_backend().iter().map(|(b, n)| format!("{b} {n}")).collect();
     println!("  connections: {}   failed: {}", all.len(), if failed.is_empty() {
         ui.good("0")
     } else {
@@ -484,13 +363,14 @@ fn summary(ui: &Ui, all: &[Answer], checks: &Checks, times: [Duration; 4]) -> Re
     });
     println!("  answered by: {}", per.join(", "));
     for f in failed.iter().take(3) {
-        println!("    {}", ui.bad(&format!("at {:.3}s: {}", f.at.as_secs_f64(), f.backend.as_ref().unwrap_err())));
+        let why = f.error.as_deref().unwrap_or_default();
+        println!("    {}", ui.bad(&format!("at {:.3}s: {why}", f.at.as_secs_f64())));
     }
 
     // Connections that started after a command returned must all follow it.
     let phase = |from: Duration, to: Duration, wanted: fn(&str) -> bool, pool: &str| -> bool {
-        let inside: Vec<&Answer> = all.iter().filter(|a| a.at >= from && a.at < to).collect();
-        let right = inside.iter().filter(|a| a.backend.as_deref().is_ok_and(wanted)).count();
+        let inside: Vec<&ConnResult> = all.results.iter().filter(|a| a.at >= from && a.at < to).collect();
+        let right = inside.iter().filter(|a| a.backend.as_deref().is_some_and(wanted)).count();
         let ok = right == inside.len() && !inside.is_empty();
         let mark = if ok { ui.good("✓") } else { ui.bad("✗") };
         println!("  {right:>4} of {:>4} new connections went to {pool}  {mark}", inside.len());
