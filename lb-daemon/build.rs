@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 fn main() {
-    let dir = std::env::var_os("LB_BPF_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../target/bpf")
-    });
+    let dir = std::env::var_os("LB_BPF_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../target/bpf"));
     println!("cargo:rerun-if-env-changed=LB_BPF_DIR");
     for (var, name) in [("LB_XDP_OBJ", "lb-xdp"), ("LB_BENCH_XDP_OBJ", "lb-bench-xdp")] {
         let path = dir.join(name);

@@ -451,10 +451,7 @@ mod tests {
         assert_eq!(build_table(&b, 65536), Err(MaglevError::SizeNotPrime { size: 65536 }));
         assert_eq!(build_table(&b, 0), Err(MaglevError::SizeNotPrime { size: 0 }));
         assert_eq!(build_table(&b, 1), Err(MaglevError::SizeNotPrime { size: 1 }));
-        assert_eq!(
-            build_table(&b, 251),
-            Err(MaglevError::SizeTooSmall { size: 251, backends: 3, min: 300 })
-        );
+        assert_eq!(build_table(&b, 251), Err(MaglevError::SizeTooSmall { size: 251, backends: 3, min: 300 }));
         assert!(build_table(&b, 307).is_ok());
         // Only backends of non-zero weight count towards the minimum size.
         let b2 = backends(&k, &[1, 0, 1]);
@@ -480,21 +477,7 @@ mod tests {
 
     #[test]
     fn primes() {
-        let primes = [
-            2u32,
-            3,
-            5,
-            7,
-            11,
-            13,
-            251,
-            307,
-            65_521,
-            65_537,
-            65_539,
-            4_294_967_279,
-            4_294_967_291,
-        ];
+        let primes = [2u32, 3, 5, 7, 11, 13, 251, 307, 65_521, 65_537, 65_539, 4_294_967_279, 4_294_967_291];
         for p in primes {
             assert!(is_prime(p), "{p}");
         }

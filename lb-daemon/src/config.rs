@@ -59,8 +59,8 @@ use std::time::Duration;
 
 use lb_common::maglev::is_prime;
 use lb_common::maps::{
-    DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, MAX_BACKENDS, MAX_SERVICES,
-    MAX_VIPS, MAX_VIPS_PER_BACKEND,
+    DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS,
+    MAX_VIPS_PER_BACKEND,
 };
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -156,12 +156,7 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self {
-            unix_socket: default_unix_socket(),
-            tcp: None,
-            token: None,
-            token_file: None,
-        }
+        Self { unix_socket: default_unix_socket(), tcp: None, token: None, token_file: None }
     }
 }
 
@@ -305,11 +300,7 @@ impl fmt::Display for Problem {
 }
 
 fn format_problems(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(Problem::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(Problem::to_string).collect::<Vec<_>>().join("\n")
 }
 
 impl fmt::Display for XdpMode {
@@ -334,18 +325,16 @@ impl fmt::Display for ForwardMode {
 impl Config {
     /// Parses and validates a configuration.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse(e.to_string().trim_end().to_owned()))?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim_end().to_owned()))?;
         config.validate()?;
         Ok(config)
     }
 
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
         Self::from_toml_str(&text).map_err(|e| match e {
             ConfigError::Parse(msg) => ConfigError::Parse(format!("{}: {msg}", path.display())),
             other => other,
@@ -355,11 +344,7 @@ impl Config {
     /// Checks every rule; `Err(ConfigError::Invalid)` lists all problems found.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let problems = self.problems();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
     /// The service named `name`.
@@ -387,10 +372,7 @@ impl Config {
 
     fn check_globals(&self, p: &mut Problems) {
         let instance_ok = (1..=32).contains(&self.instance.len())
-            && self
-                .instance
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && self.instance.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !instance_ok {
             p.push(
                 "instance",
@@ -417,28 +399,18 @@ impl Config {
             if name.is_empty() {
                 p.push(&key, "empty interface name");
             } else if name.len() > 15 {
-                p.push(
-                    &key,
-                    format!("{name:?} is longer than 15 bytes (Linux IFNAMSIZ)"),
-                );
+                p.push(&key, format!("{name:?} is longer than 15 bytes (Linux IFNAMSIZ)"));
             }
-            if name
-                .chars()
-                .any(|c| c == '/' || c == ':' || c.is_whitespace())
-            {
+            if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
                 p.push(&key, format!("{name:?} contains '/', ':' or whitespace"));
             }
             if name == "." || name == ".." {
                 p.push(&key, format!("{name:?} is not a valid interface name"));
             }
             match seen.entry(name.as_str()) {
-                Entry::Occupied(o) => p.push(
-                    &key,
-                    format!(
-                        "duplicate interface {name:?} (also interfaces[{}])",
-                        o.get()
-                    ),
-                ),
+                Entry::Occupied(o) => {
+                    p.push(&key, format!("duplicate interface {name:?} (also interfaces[{}])", o.get()))
+                }
                 Entry::Vacant(v) => {
                     v.insert(i);
                 }
@@ -457,10 +429,7 @@ impl Config {
 
         let ring = self.ring_size;
         if !is_prime(ring) {
-            p.push(
-                "ring_size",
-                format!("{ring} is not a prime number (Maglev needs a prime)"),
-            );
+            p.push("ring_size", format!("{ring} is not a prime number (Maglev needs a prime)"));
         }
         if ring > MAX_RING_SIZE {
             p.push(
@@ -472,21 +441,15 @@ impl Config {
             );
         }
         let pools = || {
-            self.services
-                .iter()
-                .enumerate()
-                .flat_map(|(i, s)| s.pools.iter().map(move |pool| (i, s, pool)))
+            self.services.iter().enumerate().flat_map(|(i, s)| s.pools.iter().map(move |pool| (i, s, pool)))
         };
         // The first pool of the largest size, so the message names the one a reader meets first.
         let largest = pools().map(|(_, _, pool)| pool.backends.len()).max();
-        if let Some((i, s, pool)) = largest.and_then(|n| pools().find(|t| t.2.backends.len() == n))
-        {
+        if let Some((i, s, pool)) = largest.and_then(|n| pools().find(|t| t.2.backends.len() == n)) {
             let n = pool.backends.len();
             let min = RING_SLOTS_PER_BACKEND * n as u64;
             if u64::from(ring) < min {
-                let hint = next_prime(min)
-                    .map(|q| format!("; the next prime is {q}"))
-                    .unwrap_or_default();
+                let hint = next_prime(min).map(|q| format!("; the next prime is {q}")).unwrap_or_default();
                 p.push(
                     "ring_size",
                     format!(
@@ -503,10 +466,7 @@ impl Config {
 
     fn check_services(&self, p: &mut Problems) {
         if self.services.is_empty() {
-            p.push(
-                "services",
-                "at least one service ([[services]]) is required",
-            );
+            p.push("services", "at least one service ([[services]]) is required");
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut all_vips: HashMap<SocketAddr, String> = HashMap::new();
@@ -523,19 +483,12 @@ impl Config {
             if s.name.is_empty() {
                 p.push(&name_key, "missing: every service needs a name");
             } else if !valid_name(&s.name) {
-                p.push(
-                    &name_key,
-                    format!("invalid service name {:?}: {NAME_RULE}", s.name),
-                );
+                p.push(&name_key, format!("invalid service name {:?}: {NAME_RULE}", s.name));
             } else {
                 match names.entry(s.name.as_str()) {
                     Entry::Occupied(o) => p.push(
                         &name_key,
-                        format!(
-                            "duplicate service name {:?} (also services[{}])",
-                            s.name,
-                            o.get()
-                        ),
+                        format!("duplicate service name {:?} (also services[{}])", s.name, o.get()),
                     ),
                     Entry::Vacant(v) => {
                         v.insert(i);
@@ -548,13 +501,7 @@ impl Config {
             let reference = s
                 .vips
                 .first()
-                .or_else(|| {
-                    s.pools
-                        .iter()
-                        .flat_map(|pool| &pool.backends)
-                        .map(|b| &b.addr)
-                        .next()
-                })
+                .or_else(|| s.pools.iter().flat_map(|pool| &pool.backends).map(|b| &b.addr).next())
                 .copied();
             let family_problem = |addr: &SocketAddr, what: &str| -> Option<String> {
                 let reference = reference?;
@@ -603,27 +550,14 @@ impl Config {
             // Active pool.
             let active_key = format!("{svc}.active");
             if s.active.is_empty() {
-                p.push(
-                    &active_key,
-                    "missing: name the pool that serves new flows at start",
-                );
+                p.push(&active_key, "missing: name the pool that serves new flows at start");
             } else if s.pool(&s.active).is_none() {
                 let known = if s.pools.is_empty() {
                     "none".to_owned()
                 } else {
-                    s.pools
-                        .iter()
-                        .map(|pool| pool.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    s.pools.iter().map(|pool| pool.name.as_str()).collect::<Vec<_>>().join(", ")
                 };
-                p.push(
-                    &active_key,
-                    format!(
-                        "unknown pool {:?} (this service's pools: {known})",
-                        s.active
-                    ),
-                );
+                p.push(&active_key, format!("unknown pool {:?} (this service's pools: {known})", s.active));
             }
 
             // Pools.
@@ -637,18 +571,12 @@ impl Config {
             for pool in &s.pools {
                 let pk = format!("{svc}.pools.{}", pool.name);
                 if !valid_name(&pool.name) {
-                    p.push(
-                        &pk,
-                        format!("invalid pool name {:?}: {NAME_RULE}", pool.name),
-                    );
+                    p.push(&pk, format!("invalid pool name {:?}: {NAME_RULE}", pool.name));
                 } else if !pool_names.insert(pool.name.as_str()) {
                     p.push(&pk, format!("duplicate pool name {:?}", pool.name));
                 }
                 if pool.backends.is_empty() {
-                    p.push(
-                        format!("{pk}.backends"),
-                        "empty pool: at least one backend is required",
-                    );
+                    p.push(format!("{pk}.backends"), "empty pool: at least one backend is required");
                 }
                 // (An empty pool is reported above; min_healthy would only repeat it.)
                 if !pool.backends.is_empty() && pool.min_healthy as usize > pool.backends.len() {
@@ -694,11 +622,7 @@ impl Config {
                     match seen.entry(b.addr) {
                         Entry::Occupied(o) => p.push(
                             &bk,
-                            format!(
-                                "duplicate backend {} in this pool (also backends[{}])",
-                                b.addr,
-                                o.get()
-                            ),
+                            format!("duplicate backend {} in this pool (also backends[{}])", b.addr, o.get()),
                         ),
                         Entry::Vacant(v) => {
                             v.insert(k);
@@ -730,16 +654,10 @@ impl Config {
 
         // Totals.
         if self.services.len() > MAX_SERVICES as usize {
-            p.push(
-                "services",
-                format!("{} services; at most {MAX_SERVICES}", self.services.len()),
-            );
+            p.push("services", format!("{} services; at most {MAX_SERVICES}", self.services.len()));
         }
         if total_vips > MAX_VIPS as usize {
-            p.push(
-                "services",
-                format!("{total_vips} VIPs over all services; at most {MAX_VIPS}"),
-            );
+            p.push("services", format!("{total_vips} VIPs over all services; at most {MAX_VIPS}"));
         }
         if total_backends > MAX_BACKENDS as usize {
             p.push(
@@ -773,10 +691,7 @@ impl ApiConfig {
             p.push("api.unix_socket", "must not be empty");
         }
         if self.tcp.is_some() && self.token.is_none() && self.token_file.is_none() {
-            p.push(
-                "api.tcp",
-                "a TCP listener needs a bearer token: set api.token or api.token_file",
-            );
+            p.push("api.tcp", "a TCP listener needs a bearer token: set api.token or api.token_file");
         }
         if self.token.is_some() && self.token_file.is_some() {
             p.push("api.token", "set only one of api.token and api.token_file");
@@ -784,23 +699,13 @@ impl ApiConfig {
         if let Some(token) = &self.token {
             let n = token.chars().count();
             if n < MIN_TOKEN_LEN {
-                p.push(
-                    "api.token",
-                    format!("too short ({n} characters); use at least {MIN_TOKEN_LEN}"),
-                );
+                p.push("api.token", format!("too short ({n} characters); use at least {MIN_TOKEN_LEN}"));
             }
             if !token.bytes().all(|b| b.is_ascii_graphic()) {
-                p.push(
-                    "api.token",
-                    "must be printable ASCII without spaces (it travels in an HTTP header)",
-                );
+                p.push("api.token", "must be printable ASCII without spaces (it travels in an HTTP header)");
             }
         }
-        if self
-            .token_file
-            .as_ref()
-            .is_some_and(|f| f.as_os_str().is_empty())
-        {
+        if self.token_file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
             p.push("api.token_file", "must not be empty");
         }
     }
@@ -837,10 +742,7 @@ impl HealthConfig {
         }
         for (name, value) in [("rise", self.rise), ("fall", self.fall)] {
             if !(1..=MAX_RISE_FALL).contains(&value) {
-                p.push(
-                    format!("{key}.{name}"),
-                    format!("{value} is out of range (1..={MAX_RISE_FALL})"),
-                );
+                p.push(format!("{key}.{name}"), format!("{value} is out of range (1..={MAX_RISE_FALL})"));
             }
         }
         if let Some(path) = &self.http_path {
@@ -859,25 +761,16 @@ impl HealthConfig {
             }
             let n = path.chars().count();
             if n > MAX_HTTP_PATH_LEN {
-                p.push(
-                    &path_key,
-                    format!("too long ({n} characters); at most {MAX_HTTP_PATH_LEN}"),
-                );
+                p.push(&path_key, format!("too long ({n} characters); at most {MAX_HTTP_PATH_LEN}"));
             }
         }
         let (lo, hi) = self.http_status;
         let status_key = format!("{key}.http_status");
         if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) {
-            p.push(
-                &status_key,
-                format!("[{lo}, {hi}]: HTTP status codes are in 100..=599"),
-            );
+            p.push(&status_key, format!("[{lo}, {hi}]: HTTP status codes are in 100..=599"));
         }
         if lo > hi {
-            p.push(
-                &status_key,
-                format!("[{lo}, {hi}]: the first code must not be above the second"),
-            );
+            p.push(&status_key, format!("[{lo}, {hi}]: the first code must not be above the second"));
         }
     }
 }
@@ -903,10 +796,7 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn push(&mut self, key: impl AsRef<str>, reason: impl Into<String>) {
-        self.0.push(Problem {
-            key: key.as_ref().to_owned(),
-            reason: reason.into(),
-        });
+        self.0.push(Problem { key: key.as_ref().to_owned(), reason: reason.into() });
     }
 }
 
@@ -917,17 +807,12 @@ fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     (1..=63).contains(&b.len())
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|&c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'_' || c == b'-'
-        })
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'_' || c == b'-')
 }
 
 fn service_label(index: usize, name: &str) -> String {
-    if name.is_empty() {
-        format!("services[{index}]")
-    } else {
-        format!("services[{index}] ({name})")
-    }
+    if name.is_empty() { format!("services[{index}]") } else { format!("services[{index}] ({name})") }
 }
 
 fn family(addr: &SocketAddr) -> &'static str {
@@ -993,17 +878,14 @@ fn default_min_healthy() -> u32 {
 const BAD_ADDR_HINT: &str = "expected IPv4:port or [IPv6]:port with a port 1-65535";
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse()
-        .map_err(|_| format!("invalid socket address {text:?} ({BAD_ADDR_HINT})"))
+    text.parse().map_err(|_| format!("invalid socket address {text:?} ({BAD_ADDR_HINT})"))
 }
 
 /// Reads a duration written as a string such as `"500ms"` or `"2s"`.
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
-        de::Error::custom(format!(
-            "invalid duration {text:?} ({e}; expected e.g. \"500ms\" or \"2s\")"
-        ))
+        de::Error::custom(format!("invalid duration {text:?} ({e}; expected e.g. \"500ms\" or \"2s\")"))
     })
 }
 
@@ -1054,10 +936,7 @@ where
 fn de_vips<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
     d.deserialize_seq(IndexedList {
         expecting: "an array of \"ip:port\" strings",
-        seed: |index| AddrSeed {
-            what: "vips",
-            index: Some(index),
-        },
+        seed: |index| AddrSeed { what: "vips", index: Some(index) },
     })
 }
 
@@ -1118,15 +997,10 @@ impl TryFrom<BackendEntry> for BackendConfig {
 
     fn try_from(entry: BackendEntry) -> Result<Self, String> {
         match entry {
-            BackendEntry::Addr(text) => Ok(BackendConfig {
-                addr: parse_addr(&text)?,
-                weight: 1,
-            }),
+            BackendEntry::Addr(text) => Ok(BackendConfig { addr: parse_addr(&text)?, weight: 1 }),
             BackendEntry::Table(table) => {
                 if let Some(key) = table.keys().find(|k| *k != "addr" && *k != "weight") {
-                    return Err(format!(
-                        "unknown field `{key}`, expected `addr` or `weight`"
-                    ));
+                    return Err(format!("unknown field `{key}`, expected `addr` or `weight`"));
                 }
                 let addr = match table.get("addr") {
                     Some(toml::Value::String(text)) => parse_addr(text)?,
@@ -1143,10 +1017,7 @@ impl TryFrom<BackendEntry> for BackendConfig {
                     Some(toml::Value::Integer(w)) => u32::try_from(*w)
                         .map_err(|_| format!("weight {w} is out of range (0..={MAX_WEIGHT})"))?,
                     Some(other) => {
-                        return Err(format!(
-                            "`weight` must be an integer, found {}",
-                            other.type_str()
-                        ));
+                        return Err(format!("`weight` must be an integer, found {}", other.type_str()));
                     }
                 };
                 Ok(BackendConfig { addr, weight })
@@ -1163,9 +1034,8 @@ struct BackendSeed {
 
 impl BackendSeed {
     fn convert<E: de::Error>(self, entry: BackendEntry) -> Result<BackendConfig, E> {
-        BackendConfig::try_from(entry).map_err(|reason| {
-            E::custom(format!("{}{reason}", index_prefix("backends", self.index)))
-        })
+        BackendConfig::try_from(entry)
+            .map_err(|reason| E::custom(format!("{}{reason}", index_prefix("backends", self.index))))
     }
 }
 
@@ -1186,10 +1056,7 @@ impl<'de> Visitor<'de> for BackendSeed {
 
     fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<BackendConfig, D::Error> {
         let entry = BackendEntry::deserialize(d).map_err(|_| {
-            de::Error::custom(format!(
-                "{}{BACKEND_SHAPE}",
-                index_prefix("backends", self.index)
-            ))
+            de::Error::custom(format!("{}{BACKEND_SHAPE}", index_prefix("backends", self.index)))
         })?;
         self.convert(entry)
     }
@@ -1380,10 +1247,7 @@ min_healthy = 2
     }
 
     fn backend(addr: &str, weight: u32) -> BackendConfig {
-        BackendConfig {
-            addr: sa(addr),
-            weight,
-        }
+        BackendConfig { addr: sa(addr), weight }
     }
 
     fn problems(text: &str) -> Vec<Problem> {
@@ -1401,11 +1265,7 @@ min_healthy = 2
     fn reason(text: &str, key: &str) -> String {
         let all = problems(text);
         let found: Vec<_> = all.iter().filter(|p| p.key == key).collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "one problem under {key:?} expected, got {all:?}"
-        );
+        assert_eq!(found.len(), 1, "one problem under {key:?} expected, got {all:?}");
         found[0].reason.clone()
     }
 
@@ -1436,23 +1296,14 @@ min_healthy = 2
         let names: Vec<_> = web.pools.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["pool-a", "pool-b"]);
         let a = web.pool("pool-a").unwrap();
-        assert_eq!(
-            a.backends,
-            vec![backend("10.0.1.1:8080", 1), backend("10.0.1.2:8080", 2)]
-        );
+        assert_eq!(a.backends, vec![backend("10.0.1.1:8080", 1), backend("10.0.1.2:8080", 2)]);
         assert_eq!(a.min_healthy, 1);
         let b = web.pool("pool-b").unwrap();
-        assert_eq!(
-            b.backends,
-            vec![backend("10.0.2.1:8080", 1), backend("10.0.2.2:8080", 1)]
-        );
+        assert_eq!(b.backends, vec![backend("10.0.2.1:8080", 1), backend("10.0.2.2:8080", 1)]);
         assert_eq!(b.min_healthy, 2);
         assert!(web.pool("pool-c").is_none());
         assert!(c.service("api").is_none());
-        assert_eq!(
-            c.state_file(),
-            PathBuf::from("/var/lib/lb/edge1.state.json")
-        );
+        assert_eq!(c.state_file(), PathBuf::from("/var/lib/lb/edge1.state.json"));
         assert_eq!(c.pin_dir(), PathBuf::from("/sys/fs/bpf/edge1"));
     }
 
@@ -1501,10 +1352,7 @@ min_healthy = 2
         assert_eq!(names, ["blue", "green"]);
         assert_eq!(
             web6.pool("green").unwrap().backends,
-            vec![
-                backend("[2001:db8:2::1]:443", 1),
-                backend("[2001:db8:2::2]:443", 0)
-            ]
+            vec![backend("[2001:db8:2::1]:443", 1), backend("[2001:db8:2::2]:443", 0)]
         );
         assert_eq!(web6.pool("green").unwrap().min_healthy, 1);
     }
@@ -1542,24 +1390,16 @@ min_healthy = 2
             "http_path",
             "http_status",
         ] {
-            assert!(
-                EXAMPLE_CONFIG.contains(key),
-                "{key} missing from EXAMPLE_CONFIG"
-            );
+            assert!(EXAMPLE_CONFIG.contains(key), "{key} missing from EXAMPLE_CONFIG");
         }
         // The commented-out TCP listener is itself valid when uncommented.
-        let uncommented = EXAMPLE_CONFIG
-            .replace("# tcp = ", "tcp = ")
-            .replace("# token = ", "token = ");
+        let uncommented = EXAMPLE_CONFIG.replace("# tcp = ", "tcp = ").replace("# token = ", "token = ");
         let c = Config::from_toml_str(&uncommented).unwrap();
         assert_eq!(c.api.tcp, Some(sa("127.0.0.1:9180")));
         // So is the commented-out HTTP check.
         let http = EXAMPLE_CONFIG.replace("# http_path = ", "http_path = ");
         let c = Config::from_toml_str(&http).unwrap();
-        assert_eq!(
-            c.services[0].pools[0].health.http_path.as_deref(),
-            Some("/healthz")
-        );
+        assert_eq!(c.services[0].pools[0].health.http_path.as_deref(), Some("/healthz"));
     }
 
     #[test]
@@ -1572,11 +1412,7 @@ min_healthy = 2
              [services.pools.mid]\nbackends = [\"10.0.0.4:80\"]\n",
         );
         let c = Config::from_toml_str(&text).unwrap();
-        let names: Vec<_> = c.services[0]
-            .pools
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect();
+        let names: Vec<_> = c.services[0].pools.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["zeta", "pool-a", "alpha", "mid"]);
     }
 
@@ -1607,10 +1443,7 @@ min_healthy = 2
         let text = BRIEF_EXAMPLE.replace("active = \"pool-a\"", "active = \"pool-c\"");
         assert_eq!(keys(&text), ["services[0] (web).active"]);
         let r = reason(&text, "services[0] (web).active");
-        assert!(
-            r.contains("unknown pool \"pool-c\"") && r.contains("pool-a, pool-b"),
-            "{r}"
-        );
+        assert!(r.contains("unknown pool \"pool-c\"") && r.contains("pool-a, pool-b"), "{r}");
     }
 
     #[test]
@@ -1629,54 +1462,34 @@ min_healthy = 2
         );
         assert_eq!(keys(&text), ["services[0] (web).pools.pool-a.backends[2]"]);
         let r = reason(&text, "services[0] (web).pools.pool-a.backends[2]");
-        assert!(
-            r.contains("duplicate backend 10.0.0.1:80") && r.contains("backends[0]"),
-            "{r}"
-        );
+        assert!(r.contains("duplicate backend 10.0.0.1:80") && r.contains("backends[0]"), "{r}");
     }
 
     #[test]
     fn bad_backend_address_names_index_line_and_reason() {
         let text = BRIEF_EXAMPLE.replace("\"10.0.2.2:8080\"", "\"10.0.2.2\"");
         let msg = parse_error(&text);
-        assert!(
-            msg.contains("backends[1]: invalid socket address \"10.0.2.2\""),
-            "{msg}"
-        );
+        assert!(msg.contains("backends[1]: invalid socket address \"10.0.2.2\""), "{msg}");
         assert!(msg.contains("line 18, column 30"), "{msg}");
 
-        let text =
-            BRIEF_EXAMPLE.replace("{ addr = \"10.0.1.2:8080\"", "{ addr = \"10.0.1.x:8080\"");
+        let text = BRIEF_EXAMPLE.replace("{ addr = \"10.0.1.2:8080\"", "{ addr = \"10.0.1.x:8080\"");
         let msg = parse_error(&text);
-        assert!(
-            msg.contains("backends[1]: invalid socket address \"10.0.1.x:8080\""),
-            "{msg}"
-        );
+        assert!(msg.contains("backends[1]: invalid socket address \"10.0.1.x:8080\""), "{msg}");
         assert!(msg.contains("line 15, column"), "{msg}");
 
         let text = BRIEF_EXAMPLE.replace("\"10.0.2.1:8080\"", "8080");
         let msg = parse_error(&text);
-        assert!(
-            msg.contains("backends[0]: expected a string \"ip:port\" or an inline table"),
-            "{msg}"
-        );
+        assert!(msg.contains("backends[0]: expected a string \"ip:port\" or an inline table"), "{msg}");
 
         let text = BRIEF_EXAMPLE.replace("weight = 2", "weight = -2");
         let msg = parse_error(&text);
-        assert!(
-            msg.contains("backends[1]: weight -2 is out of range"),
-            "{msg}"
-        );
+        assert!(msg.contains("backends[1]: weight -2 is out of range"), "{msg}");
 
         let text = BRIEF_EXAMPLE.replace("weight = 2", "weight = \"2\"");
         let msg = parse_error(&text);
-        assert!(
-            msg.contains("backends[1]: `weight` must be an integer"),
-            "{msg}"
-        );
+        assert!(msg.contains("backends[1]: `weight` must be an integer"), "{msg}");
 
-        let text =
-            BRIEF_EXAMPLE.replace("{ addr = \"10.0.1.2:8080\", weight = 2 }", "{ weight = 2 }");
+        let text = BRIEF_EXAMPLE.replace("{ addr = \"10.0.1.2:8080\", weight = 2 }", "{ weight = 2 }");
         let msg = parse_error(&text);
         assert!(msg.contains("backends[1]: missing field `addr`"), "{msg}");
     }
@@ -1685,10 +1498,7 @@ min_healthy = 2
     fn bad_vip_address() {
         let text = BRIEF_EXAMPLE.replace("[\"192.0.2.10:80\"]", "[\"192.0.2.10:80\", \"web:80\"]");
         let msg = parse_error(&text);
-        assert!(
-            msg.contains("vips[1]: invalid socket address \"web:80\""),
-            "{msg}"
-        );
+        assert!(msg.contains("vips[1]: invalid socket address \"web:80\""), "{msg}");
         assert!(msg.contains("line 10, column"), "{msg}");
         let text = BRIEF_EXAMPLE.replace("[\"192.0.2.10:80\"]", "[80]");
         let msg = parse_error(&text);
@@ -1697,10 +1507,8 @@ min_healthy = 2
 
     #[test]
     fn empty_pool() {
-        let text = BRIEF_EXAMPLE.replace(
-            "backends = [\"10.0.2.1:8080\", \"10.0.2.2:8080\"]\nmin_healthy = 2",
-            "backends = []",
-        );
+        let text = BRIEF_EXAMPLE
+            .replace("backends = [\"10.0.2.1:8080\", \"10.0.2.2:8080\"]\nmin_healthy = 2", "backends = []");
         assert_eq!(keys(&text), ["services[0] (web).pools.pool-b.backends"]);
         assert!(reason(&text, "services[0] (web).pools.pool-b.backends").contains("empty pool"));
         // Leaving `backends` out is the same problem (min_healthy is not reported on top).
@@ -1711,10 +1519,7 @@ min_healthy = 2
     #[test]
     fn no_pools() {
         let text = with_pools("", "");
-        assert_eq!(
-            keys(&text),
-            ["services[0] (web).active", "services[0] (web).pools"]
-        );
+        assert_eq!(keys(&text), ["services[0] (web).active", "services[0] (web).pools"]);
     }
 
     #[test]
@@ -1730,10 +1535,7 @@ min_healthy = 2
     fn out_of_range_port_fails() {
         let text = BRIEF_EXAMPLE.replace("\"10.0.2.1:8080\"", "\"10.0.0.1:70000\"");
         let msg = parse_error(&text);
-        assert!(
-            msg.contains("backends[0]: invalid socket address \"10.0.0.1:70000\""),
-            "{msg}"
-        );
+        assert!(msg.contains("backends[0]: invalid socket address \"10.0.0.1:70000\""), "{msg}");
     }
 
     #[test]
@@ -1747,23 +1549,11 @@ min_healthy = 2
     #[test]
     fn unknown_fields_everywhere() {
         let cases = [
-            (
-                BRIEF_EXAMPLE.replace("instance = \"edge1\"", "instance = \"edge1\"\ncolour = 1"),
-                "colour",
-            ),
+            (BRIEF_EXAMPLE.replace("instance = \"edge1\"", "instance = \"edge1\"\ncolour = 1"), "colour"),
             (BRIEF_EXAMPLE.replace("[api]", "[api]\nport = 1"), "port"),
-            (
-                BRIEF_EXAMPLE.replace("mode = \"nat\"", "mode = \"nat\"\nvip = 1"),
-                "vip",
-            ),
-            (
-                BRIEF_EXAMPLE.replace("min_healthy = 2", "min_healthy = 2\nmin_heathy = 2"),
-                "min_heathy",
-            ),
-            (
-                BRIEF_EXAMPLE.replace("min_healthy = 2", "min_healthy = 2\nname = \"x\""),
-                "name",
-            ),
+            (BRIEF_EXAMPLE.replace("mode = \"nat\"", "mode = \"nat\"\nvip = 1"), "vip"),
+            (BRIEF_EXAMPLE.replace("min_healthy = 2", "min_healthy = 2\nmin_heathy = 2"), "min_heathy"),
+            (BRIEF_EXAMPLE.replace("min_healthy = 2", "min_healthy = 2\nname = \"x\""), "name"),
             (BRIEF_EXAMPLE.replace("weight = 2", "wieght = 2"), "wieght"),
         ];
         for (text, field) in cases {
@@ -1786,10 +1576,7 @@ min_healthy = 2
 
     #[test]
     fn mixed_family() {
-        let text = BRIEF_EXAMPLE.replace(
-            "[\"192.0.2.10:80\"]",
-            "[\"192.0.2.10:80\", \"[2001:db8::1]:80\"]",
-        );
+        let text = BRIEF_EXAMPLE.replace("[\"192.0.2.10:80\"]", "[\"192.0.2.10:80\", \"[2001:db8::1]:80\"]");
         assert_eq!(keys(&text), ["services[0] (web).vips[1]"]);
         assert_eq!(
             reason(&text, "services[0] (web).vips[1]"),
@@ -1823,10 +1610,7 @@ min_healthy = 2
         );
         let ok = dsr.replace(":8080", ":80");
         Config::from_toml_str(&ok).unwrap();
-        let vips = ok.replace(
-            "[\"192.0.2.10:80\"]",
-            "[\"192.0.2.10:80\", \"192.0.2.11:443\"]",
-        );
+        let vips = ok.replace("[\"192.0.2.10:80\"]", "[\"192.0.2.10:80\", \"192.0.2.11:443\"]");
         assert_eq!(keys(&vips), ["services[0] (web).vips[1]"]);
         // NAT may rewrite ports.
         let nat = vips.replace("mode = \"dsr\"", "mode = \"nat\"");
@@ -1849,23 +1633,14 @@ min_healthy = 2
         let text = format!("ring_size = 199\n{BRIEF_EXAMPLE}");
         assert_eq!(keys(&text), ["ring_size"]);
         let r = reason(&text, "ring_size");
-        assert!(
-            r.contains("services[0] (web).pools.pool-a with 2 backends"),
-            "{r}"
-        );
-        assert!(
-            r.contains("need at least 200") && r.contains("next prime is 211"),
-            "{r}"
-        );
+        assert!(r.contains("services[0] (web).pools.pool-a with 2 backends"), "{r}");
+        assert!(r.contains("need at least 200") && r.contains("next prime is 211"), "{r}");
         // A larger pool in another service raises the bar.
         let three = text.replace("ring_size = 199", "ring_size = 211")
             + "\n[[services]]\nname = \"api\"\nvips = [\"192.0.2.20:80\"]\nactive = \"p\"\n\
                [services.pools.p]\nbackends = [\"10.0.9.1:80\", \"10.0.9.2:80\", \"10.0.9.3:80\"]\n";
         let r = reason(&three, "ring_size");
-        assert!(
-            r.contains("services[1] (api).pools.p with 3 backends"),
-            "{r}"
-        );
+        assert!(r.contains("services[1] (api).pools.p with 3 backends"), "{r}");
     }
 
     #[test]
@@ -1893,25 +1668,18 @@ min_healthy = 2
     fn tcp_without_token() {
         let text = BRIEF_EXAMPLE.replace("[api]", "[api]\ntcp = \"127.0.0.1:9180\"");
         assert_eq!(keys(&text), ["api.tcp"]);
-        let with_token = BRIEF_EXAMPLE.replace(
-            "[api]",
-            "[api]\ntcp = \"127.0.0.1:9180\"\ntoken = \"0123456789abcdef\"",
-        );
+        let with_token =
+            BRIEF_EXAMPLE.replace("[api]", "[api]\ntcp = \"127.0.0.1:9180\"\ntoken = \"0123456789abcdef\"");
         let c = Config::from_toml_str(&with_token).unwrap();
         assert_eq!(c.api.token.as_deref(), Some("0123456789abcdef"));
-        let with_file = BRIEF_EXAMPLE.replace(
-            "[api]",
-            "[api]\ntcp = \"127.0.0.1:9180\"\ntoken_file = \"/t\"",
-        );
+        let with_file =
+            BRIEF_EXAMPLE.replace("[api]", "[api]\ntcp = \"127.0.0.1:9180\"\ntoken_file = \"/t\"");
         Config::from_toml_str(&with_file).unwrap();
     }
 
     #[test]
     fn token_rules() {
-        let both = BRIEF_EXAMPLE.replace(
-            "[api]",
-            "[api]\ntoken = \"0123456789abcdef\"\ntoken_file = \"/t\"",
-        );
+        let both = BRIEF_EXAMPLE.replace("[api]", "[api]\ntoken = \"0123456789abcdef\"\ntoken_file = \"/t\"");
         assert_eq!(keys(&both), ["api.token"]);
         let short = BRIEF_EXAMPLE.replace("[api]", "[api]\ntoken = \"0123456789abcde\"");
         assert_eq!(keys(&short), ["api.token"]);
@@ -1936,10 +1704,7 @@ min_healthy = 2
         assert_ne!(other_port, text);
         Config::from_toml_str(&other_port).unwrap();
         // A repeated VIP inside one service is caught too.
-        let twice = BRIEF_EXAMPLE.replace(
-            "[\"192.0.2.10:80\"]",
-            "[\"192.0.2.10:80\", \"192.0.2.10:80\"]",
-        );
+        let twice = BRIEF_EXAMPLE.replace("[\"192.0.2.10:80\"]", "[\"192.0.2.10:80\", \"192.0.2.10:80\"]");
         assert_eq!(keys(&twice), ["services[0] (web).vips[1]"]);
     }
 
@@ -1971,10 +1736,8 @@ min_healthy = 2
     fn instance_and_interfaces() {
         let text = BRIEF_EXAMPLE.replace("instance = \"edge1\"", "instance = \"edge/1\"");
         assert_eq!(keys(&text), ["instance"]);
-        let text = BRIEF_EXAMPLE.replace(
-            "instance = \"edge1\"",
-            &format!("instance = \"{}\"", "x".repeat(33)),
-        );
+        let text =
+            BRIEF_EXAMPLE.replace("instance = \"edge1\"", &format!("instance = \"{}\"", "x".repeat(33)));
         assert_eq!(keys(&text), ["instance"]);
         let text = BRIEF_EXAMPLE.replace(
             "interfaces = [\"eth0\"]",
@@ -1982,18 +1745,9 @@ min_healthy = 2
         );
         assert_eq!(
             keys(&text),
-            [
-                "interfaces[2]",
-                "interfaces[3]",
-                "interfaces[4]",
-                "interfaces[5]",
-                "interfaces[6]"
-            ]
+            ["interfaces[2]", "interfaces[3]", "interfaces[4]", "interfaces[5]", "interfaces[6]"]
         );
-        assert!(
-            reason(&text, "interfaces[5]")
-                .contains("duplicate interface \"eth0\" (also interfaces[0])")
-        );
+        assert!(reason(&text, "interfaces[5]").contains("duplicate interface \"eth0\" (also interfaces[0])"));
         let text = BRIEF_EXAMPLE.replace("interfaces = [\"eth0\"]", "");
         assert_eq!(keys(&text), ["interfaces"]);
     }
@@ -2009,17 +1763,11 @@ min_healthy = 2
     #[test]
     fn weight_range() {
         let ok = BRIEF_EXAMPLE.replace("weight = 2", "weight = 10000");
-        assert_eq!(
-            Config::from_toml_str(&ok).unwrap().services[0].pools[0].backends[1].weight,
-            10_000
-        );
+        assert_eq!(Config::from_toml_str(&ok).unwrap().services[0].pools[0].backends[1].weight, 10_000);
         let zero = BRIEF_EXAMPLE.replace("weight = 2", "weight = 0");
         Config::from_toml_str(&zero).unwrap();
         let text = BRIEF_EXAMPLE.replace("weight = 2", "weight = 10001");
-        assert_eq!(
-            keys(&text),
-            ["services[0] (web).pools.pool-a.backends[1].weight"]
-        );
+        assert_eq!(keys(&text), ["services[0] (web).pools.pool-a.backends[1].weight"]);
     }
 
     #[test]
@@ -2051,17 +1799,10 @@ min_healthy = 2
         let text = many_services(n, |i| vec![format!("10.1.{}.{}:80", i / 200, i % 200 + 1)]);
         let all = problems(&text);
         assert!(all.iter().all(|p| p.key == "services"), "{all:?}");
-        assert!(
-            all.iter()
-                .any(|p| p.reason == format!("{n} services; at most {MAX_SERVICES}"))
-        );
-        assert!(
-            all.iter()
-                .any(|p| p.reason.starts_with(&format!("{n} VIPs over all services")))
-        );
-        let ok = many_services(MAX_SERVICES as usize, |i| {
-            vec![format!("10.1.{}.{}:80", i / 200, i % 200 + 1)]
-        });
+        assert!(all.iter().any(|p| p.reason == format!("{n} services; at most {MAX_SERVICES}")));
+        assert!(all.iter().any(|p| p.reason.starts_with(&format!("{n} VIPs over all services"))));
+        let ok =
+            many_services(MAX_SERVICES as usize, |i| vec![format!("10.1.{}.{}:80", i / 200, i % 200 + 1)]);
         Config::from_toml_str(&ok).unwrap();
     }
 
@@ -2089,10 +1830,7 @@ min_healthy = 2
         let r = reason(&text, "services[0] (s0).pools.p.backends[0]");
         assert!(r.contains(&format!("serves {n} distinct VIPs")), "{r}");
         // At the limit it is fine; DSR services do not count.
-        Config::from_toml_str(&many_services(MAX_VIPS_PER_BACKEND, |_| {
-            vec![shared.clone()]
-        }))
-        .unwrap();
+        Config::from_toml_str(&many_services(MAX_VIPS_PER_BACKEND, |_| vec![shared.clone()])).unwrap();
         let dsr = text.replacen("active = \"p\"", "mode = \"dsr\"\nactive = \"p\"", 1);
         Config::from_toml_str(&dsr).unwrap();
         // The same backend in two pools of one service counts the service's VIPs once.
@@ -2110,28 +1848,16 @@ min_healthy = 2
             .replace("active = \"pool-a\"", "active = \"nope\"")
             .replace("min_healthy = 2", "min_healthy = 5");
         let err = Config::from_toml_str(&text).unwrap_err();
-        let ConfigError::Invalid(all) = &err else {
-            panic!("{err:?}")
-        };
+        let ConfigError::Invalid(all) = &err else { panic!("{err:?}") };
         let keys: Vec<_> = all.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
-            [
-                "ring_size",
-                "services[0] (web).active",
-                "services[0] (web).pools.pool-b.min_healthy"
-            ]
+            ["ring_size", "services[0] (web).active", "services[0] (web).pools.pool-b.min_healthy"]
         );
         let shown = err.to_string();
-        assert!(
-            shown.starts_with("invalid config:\n  ring_size: 1000 is not a prime"),
-            "{shown}"
-        );
+        assert!(shown.starts_with("invalid config:\n  ring_size: 1000 is not a prime"), "{shown}");
         assert_eq!(shown.lines().count(), 4, "{shown}");
-        assert!(
-            shown.contains("\n  services[0] (web).active: unknown pool \"nope\""),
-            "{shown}"
-        );
+        assert!(shown.contains("\n  services[0] (web).active: unknown pool \"nope\""), "{shown}");
     }
 
     #[test]
@@ -2139,26 +1865,17 @@ min_healthy = 2
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lb.toml");
         std::fs::write(&path, BRIEF_EXAMPLE).unwrap();
-        assert_eq!(
-            Config::load(&path).unwrap(),
-            Config::from_toml_str(BRIEF_EXAMPLE).unwrap()
-        );
+        assert_eq!(Config::load(&path).unwrap(), Config::from_toml_str(BRIEF_EXAMPLE).unwrap());
 
         std::fs::write(&path, "interfaces = [").unwrap();
         let err = Config::load(&path).unwrap_err();
         assert!(matches!(err, ConfigError::Parse(_)));
-        assert!(
-            err.to_string()
-                .starts_with(&format!("{}: TOML parse error at line 1", path.display()))
-        );
+        assert!(err.to_string().starts_with(&format!("{}: TOML parse error at line 1", path.display())));
 
         let missing = dir.path().join("missing.toml");
         let err = Config::load(&missing).unwrap_err();
         assert!(matches!(err, ConfigError::Io { .. }));
-        assert!(
-            err.to_string()
-                .starts_with(&format!("reading {}: ", missing.display()))
-        );
+        assert!(err.to_string().starts_with(&format!("reading {}: ", missing.display())));
     }
 
     #[test]
@@ -2168,14 +1885,10 @@ min_healthy = 2
         assert_eq!(XdpMode::Auto.to_string(), "auto");
         assert_eq!(XdpMode::Native.to_string(), "native");
         assert_eq!(XdpMode::Generic.to_string(), "generic");
-        let p = Problem {
-            key: "api.tcp".into(),
-            reason: "why".into(),
-        };
+        let p = Problem { key: "api.tcp".into(), reason: "why".into() };
         assert_eq!(p.to_string(), "  api.tcp: why");
         for mode in ["auto", "native", "generic"] {
-            let c =
-                Config::from_toml_str(&format!("xdp_mode = \"{mode}\"\n{BRIEF_EXAMPLE}")).unwrap();
+            let c = Config::from_toml_str(&format!("xdp_mode = \"{mode}\"\n{BRIEF_EXAMPLE}")).unwrap();
             assert_eq!(c.xdp_mode.to_string(), mode);
         }
     }
@@ -2190,10 +1903,7 @@ min_healthy = 2
         assert_eq!(one.b, backend("10.0.0.1:80", 1));
         let one: One = toml::from_str("b = { addr = \"[::1]:80\", weight = 7 }").unwrap();
         assert_eq!(one.b, backend("[::1]:80", 7));
-        let err = toml::from_str::<One>("b = \"nope\"")
-            .err()
-            .unwrap()
-            .to_string();
+        let err = toml::from_str::<One>("b = \"nope\"").err().unwrap().to_string();
         assert!(err.contains("invalid socket address \"nope\""), "{err}");
     }
 
@@ -2221,21 +1931,10 @@ min_healthy = 2
         let c = Config::from_toml_str(&with_health("")).unwrap();
         assert_eq!(c.services[0].pools[1].health, h);
         let c = Config::from_toml_str(EXAMPLE_CONFIG).unwrap();
-        assert!(
-            c.services
-                .iter()
-                .flat_map(|s| &s.pools)
-                .all(|p| p.health == h)
-        );
+        assert!(c.services.iter().flat_map(|s| &s.pools).all(|p| p.health == h));
         // Keys left out keep their defaults.
         let c = Config::from_toml_str(&with_health("fall = 5")).unwrap();
-        assert_eq!(
-            c.services[0].pools[1].health,
-            HealthConfig {
-                fall: 5,
-                ..HealthConfig::default()
-            }
-        );
+        assert_eq!(c.services[0].pools[1].health, HealthConfig { fall: 5, ..HealthConfig::default() });
     }
 
     #[test]
@@ -2308,10 +2007,7 @@ min_healthy = 2
             for bad in [0, 101] {
                 let text = with_health(&format!("{field} = {bad}"));
                 assert_eq!(keys(&text), [key.as_str()], "{field} = {bad}");
-                assert_eq!(
-                    reason(&text, &key),
-                    format!("{bad} is out of range (1..=100)")
-                );
+                assert_eq!(reason(&text, &key), format!("{bad} is out of range (1..=100)"));
             }
             let msg = parse_error(&with_health(&format!("{field} = -1")));
             assert!(msg.contains("line 22"), "{msg}");
@@ -2321,31 +2017,19 @@ min_healthy = 2
     #[test]
     fn health_http_path_rules() {
         let key = format!("{HEALTH_KEY}.http_path");
-        for bad in [
-            r#""""#,
-            r#""healthz""#,
-            r#""/a b""#,
-            r#""/a\tb""#,
-            r#""/a\u007f""#,
-            r#""/\u00a0""#,
-        ] {
+        for bad in [r#""""#, r#""healthz""#, r#""/a b""#, r#""/a\tb""#, r#""/a\u007f""#, r#""/\u00a0""#] {
             let text = with_health(&format!("http_path = {bad}"));
             assert_eq!(keys(&text), [key.as_str()], "{bad:?}");
         }
         assert!(reason(&with_health("http_path = \"x\""), &key).contains("must start with '/'"));
-        assert!(
-            reason(&with_health("http_path = \"/a b\""), &key).contains("whitespace or control")
-        );
+        assert!(reason(&with_health("http_path = \"/a b\""), &key).contains("whitespace or control"));
         // Both rules broken: both reported.
         let both = with_health("http_path = \"a b\"");
         assert_eq!(keys(&both), [key.as_str(), key.as_str()]);
         let long = format!("http_path = \"/{}\"", "a".repeat(MAX_HTTP_PATH_LEN));
         let text = with_health(&long);
         assert_eq!(keys(&text), [key.as_str()]);
-        assert_eq!(
-            reason(&text, &key),
-            "too long (1025 characters); at most 1024"
-        );
+        assert_eq!(reason(&text, &key), "too long (1025 characters); at most 1024");
     }
 
     #[test]
@@ -2358,26 +2042,14 @@ min_healthy = 2
         }
         let text = with_health("http_status = [300, 200]");
         assert_eq!(keys(&text), [key.as_str()]);
-        assert_eq!(
-            reason(&text, &key),
-            "[300, 200]: the first code must not be above the second"
-        );
+        assert_eq!(reason(&text, &key), "[300, 200]: the first code must not be above the second");
         // Not a pair of small integers: a parse error with the line.
-        for bad in [
-            "[200]",
-            "[200, 299, 300]",
-            "[200, 70000]",
-            "[200, -1]",
-            "200",
-        ] {
+        for bad in ["[200]", "[200, 299, 300]", "[200, 70000]", "[200, -1]", "200"] {
             let msg = parse_error(&with_health(&format!("http_status = {bad}")));
             assert!(msg.contains("line 22"), "{bad}: {msg}");
         }
         let msg = parse_error(&with_health("http_status = [200, 299, 300]"));
-        assert!(
-            msg.contains("expected two status codes [lo, hi], found 3"),
-            "{msg}"
-        );
+        assert!(msg.contains("expected two status codes [lo, hi], found 3"), "{msg}");
     }
 
     #[test]

@@ -62,13 +62,7 @@ pub struct BackendHealth {
 impl BackendHealth {
     /// Up, nothing checked yet.
     fn new() -> Self {
-        Self {
-            up: true,
-            consecutive_ok: 0,
-            consecutive_fail: 0,
-            last_error: None,
-            checks: 0,
-        }
+        Self { up: true, consecutive_ok: 0, consecutive_fail: 0, last_error: None, checks: 0 }
     }
 
     /// Records one probe result; returns the new state when it changes.
@@ -168,13 +162,7 @@ impl HealthMonitor {
     /// Starts the monitor on the given tokio runtime handle; `sink` is called (from a
     /// blocking-safe context: use spawn_blocking) on every up/down transition.
     pub fn start(handle: tokio::runtime::Handle, sink: HealthSink) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                state: Mutex::new(State::default()),
-                sink,
-            }),
-            handle,
-        }
+        Self { shared: Arc::new(Shared { state: Mutex::new(State::default()), sink }), handle }
     }
 
     /// Replaces the set of targets. Targets whose (index, addr, check) are unchanged keep their
@@ -182,13 +170,10 @@ impl HealthMonitor {
     /// drops traffic before the first failures) and are probed at once. Of several targets with
     /// one index, the last counts.
     pub fn set_targets(&self, targets: Vec<HealthTarget>) {
-        let mut wanted: BTreeMap<u32, HealthTarget> =
-            targets.into_iter().map(|t| (t.index, t)).collect();
+        let mut wanted: BTreeMap<u32, HealthTarget> = targets.into_iter().map(|t| (t.index, t)).collect();
         let mut state = self.shared.lock();
         state.slots.retain(|index, slot| {
-            let unchanged = wanted
-                .get(index)
-                .is_some_and(|t| t.addr == slot.addr && t.check == slot.check);
+            let unchanged = wanted.get(index).is_some_and(|t| t.addr == slot.addr && t.check == slot.check);
             if unchanged {
                 wanted.remove(index);
             } else {
@@ -204,11 +189,7 @@ impl HealthMonitor {
             state.next_generation += 1;
             let task = target.check.enabled.then(|| {
                 self.handle
-                    .spawn(run_checks(
-                        Arc::downgrade(&self.shared),
-                        generation,
-                        target.clone(),
-                    ))
+                    .spawn(run_checks(Arc::downgrade(&self.shared), generation, target.clone()))
                     .abort_handle()
             });
             tracing::debug!(
@@ -232,29 +213,18 @@ impl HealthMonitor {
 
     /// Current health by backend index.
     pub fn snapshot(&self) -> BTreeMap<u32, BackendHealth> {
-        self.shared
-            .lock()
-            .slots
-            .iter()
-            .map(|(index, slot)| (*index, slot.health.clone()))
-            .collect()
+        self.shared.lock().slots.iter().map(|(index, slot)| (*index, slot.health.clone())).collect()
     }
 
     /// Whether a backend is currently up (true for unknown indexes).
     pub fn is_up(&self, index: u32) -> bool {
-        self.shared
-            .lock()
-            .slots
-            .get(&index)
-            .is_none_or(|slot| slot.health.up)
+        self.shared.lock().slots.get(&index).is_none_or(|slot| slot.health.up)
     }
 }
 
 impl fmt::Debug for HealthMonitor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HealthMonitor")
-            .field("health", &self.snapshot())
-            .finish_non_exhaustive()
+        f.debug_struct("HealthMonitor").field("health", &self.snapshot()).finish_non_exhaustive()
     }
 }
 
@@ -317,22 +287,13 @@ async fn probe(addr: SocketAddr, check: &HealthConfig) -> Result<(), String> {
     let mut phase = "connecting";
     match tokio::time::timeout(check.timeout, attempt(addr, check, &mut phase)).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "timed out after {} {phase}",
-            humantime::format_duration(check.timeout)
-        )),
+        Err(_) => Err(format!("timed out after {} {phase}", humantime::format_duration(check.timeout))),
     }
 }
 
 /// One probe without its bound; `phase` says what it was doing when it is cut short.
-async fn attempt(
-    addr: SocketAddr,
-    check: &HealthConfig,
-    phase: &mut &'static str,
-) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+async fn attempt(addr: SocketAddr, check: &HealthConfig, phase: &mut &'static str) -> Result<(), String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let Some(path) = &check.http_path else {
         return Ok(());
     };
@@ -341,19 +302,12 @@ async fn attempt(
         "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: lb-daemon-health\r\n\
          Connection: close\r\n\r\n"
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("sending the HTTP request: {e}"))?;
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("sending the HTTP request: {e}"))?;
     *phase = "waiting for the HTTP status line";
     let line = read_status_line(&mut stream).await?;
     let code = parse_status_code(&line)?;
     let (lo, hi) = check.http_status;
-    if (lo..=hi).contains(&code) {
-        Ok(())
-    } else {
-        Err(format!("HTTP status {code} (expected {lo}..={hi})"))
-    }
+    if (lo..=hi).contains(&code) { Ok(()) } else { Err(format!("HTTP status {code} (expected {lo}..={hi})")) }
 }
 
 /// Reads up to the first line feed (the status line, without its line end).
@@ -361,18 +315,12 @@ async fn read_status_line(stream: &mut TcpStream) -> Result<String, String> {
     let mut buf = Vec::with_capacity(128);
     let mut chunk = [0u8; 256];
     loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("reading the HTTP response: {e}"))?;
+        let n = stream.read(&mut chunk).await.map_err(|e| format!("reading the HTTP response: {e}"))?;
         if n == 0 {
             return Err(if buf.is_empty() {
                 "connection closed without an HTTP response".to_owned()
             } else {
-                format!(
-                    "connection closed inside the HTTP status line {:?}",
-                    String::from_utf8_lossy(&buf)
-                )
+                format!("connection closed inside the HTTP status line {:?}", String::from_utf8_lossy(&buf))
             });
         }
         buf.extend_from_slice(&chunk[..n]);
@@ -384,9 +332,7 @@ async fn read_status_line(stream: &mut TcpStream) -> Result<String, String> {
             return Ok(String::from_utf8_lossy(&buf).into_owned());
         }
         if buf.len() > MAX_STATUS_LINE {
-            return Err(format!(
-                "HTTP status line longer than {MAX_STATUS_LINE} bytes"
-            ));
+            return Err(format!("HTTP status line longer than {MAX_STATUS_LINE} bytes"));
         }
     }
 }
@@ -397,8 +343,7 @@ fn parse_status_code(line: &str) -> Result<u16, String> {
     let version = parts.next().unwrap_or_default();
     let code = parts.next().unwrap_or_default();
     if version.starts_with("HTTP/") && code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) {
-        code.parse()
-            .map_err(|_| format!("malformed HTTP status line {line:?}"))
+        code.parse().map_err(|_| format!("malformed HTTP status line {line:?}"))
     } else {
         let shown: String = line.chars().take(100).collect();
         Err(format!("malformed HTTP status line {shown:?}"))
@@ -431,10 +376,7 @@ mod tests {
     }
 
     fn http_check(interval_ms: u64, timeout_ms: u64, rise: u32, fall: u32) -> HealthConfig {
-        HealthConfig {
-            http_path: Some("/healthz".into()),
-            ..tcp_check(interval_ms, timeout_ms, rise, fall)
-        }
+        HealthConfig { http_path: Some("/healthz".into()), ..tcp_check(interval_ms, timeout_ms, rise, fall) }
     }
 
     fn target(index: u32, addr: SocketAddr, check: HealthConfig) -> HealthTarget {
@@ -448,10 +390,7 @@ mod tests {
         let cell: Arc<OnceLock<Weak<HealthMonitor>>> = Arc::new(OnceLock::new());
         let seen = cell.clone();
         let sink: HealthSink = Arc::new(move |index, up, reason| {
-            let health = seen
-                .get()
-                .and_then(Weak::upgrade)
-                .and_then(|m| m.snapshot().get(&index).cloned());
+            let health = seen.get().and_then(Weak::upgrade).and_then(|m| m.snapshot().get(&index).cloned());
             let _ = tx.send((index, up, reason, health));
         });
         let monitor = Arc::new(HealthMonitor::start(Handle::current(), sink));
@@ -460,10 +399,7 @@ mod tests {
     }
 
     async fn next_event(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
-        tokio::time::timeout(LIMIT, rx.recv())
-            .await
-            .expect("no transition in time")
-            .expect("sink dropped")
+        tokio::time::timeout(LIMIT, rx.recv()).await.expect("no transition in time").expect("sink dropped")
     }
 
     /// Polls `cond` every 5 ms; panics after [`LIMIT`].
@@ -524,9 +460,7 @@ mod tests {
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    seen.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&buf).into_owned());
+                    seen.lock().unwrap().push(String::from_utf8_lossy(&buf).into_owned());
                     let answer = format!("HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n");
                     let _ = stream.write_all(answer.as_bytes()).await;
                 });
@@ -588,24 +522,11 @@ mod tests {
     #[test]
     fn status_lines() {
         assert_eq!(parse_status_code("HTTP/1.1 200 OK"), Ok(200));
-        assert_eq!(
-            parse_status_code("HTTP/1.0 503 Service Unavailable"),
-            Ok(503)
-        );
+        assert_eq!(parse_status_code("HTTP/1.0 503 Service Unavailable"), Ok(503));
         assert_eq!(parse_status_code("HTTP/1.1 204"), Ok(204));
-        for bad in [
-            "",
-            "HTTP/1.1",
-            "HTTP/1.1 20 OK",
-            "HTTP/1.1 2000",
-            "SSH-2.0-OpenSSH",
-            "ICY 200 OK",
-        ] {
+        for bad in ["", "HTTP/1.1", "HTTP/1.1 20 OK", "HTTP/1.1 2000", "SSH-2.0-OpenSSH", "ICY 200 OK"] {
             let err = parse_status_code(bad).unwrap_err();
-            assert!(
-                err.starts_with("malformed HTTP status line"),
-                "{bad}: {err}"
-            );
+            assert!(err.starts_with("malformed HTTP status line"), "{bad}: {err}");
         }
     }
 
@@ -648,10 +569,7 @@ mod tests {
         let (index, up, reason, h) = next_event(&mut rx).await;
         assert_eq!((index, up, reason), (7, true, None));
         let h = h.unwrap();
-        assert!(
-            h.up && h.consecutive_ok == 3 && h.consecutive_fail == 0,
-            "{h:?}"
-        );
+        assert!(h.up && h.consecutive_ok == 3 && h.consecutive_fail == 0, "{h:?}");
         assert!(m.is_up(7));
         wait_until("3 connections", || accepted.load(Ordering::SeqCst) >= 3).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -664,10 +582,7 @@ mod tests {
         let (bad, _) = http_server("503 Service Unavailable").await;
         let (good, requests) = http_server("200 OK").await;
         let (m, mut rx) = monitor();
-        let accept_503 = HealthConfig {
-            http_status: (500, 503),
-            ..http_check(50, 50, 1, 2)
-        };
+        let accept_503 = HealthConfig { http_status: (500, 503), ..http_check(50, 50, 1, 2) };
         m.set_targets(vec![
             target(1, bad, http_check(50, 50, 1, 2)),
             target(2, good, http_check(50, 50, 1, 2)),
@@ -675,10 +590,7 @@ mod tests {
         ]);
         let (index, up, reason, h) = next_event(&mut rx).await;
         assert_eq!((index, up), (1, false));
-        assert_eq!(
-            reason.as_deref(),
-            Some("HTTP status 503 (expected 200..=299)")
-        );
+        assert_eq!(reason.as_deref(), Some("HTTP status 503 (expected 200..=299)"));
         assert_eq!(h.unwrap().checks, 2);
         wait_until("checks of 2 and 3", || {
             let s = m.snapshot();
@@ -714,25 +626,15 @@ mod tests {
         // Target 2 is checked again and again while target 1's first probe hangs.
         wait_until("3 checks of target 2", || health(&m, 2).checks >= 3).await;
         if start.elapsed() < Duration::from_millis(350) {
-            assert_eq!(
-                health(&m, 1).checks,
-                0,
-                "target 1's probe should still hang"
-            );
+            assert_eq!(health(&m, 1).checks, 0, "target 1's probe should still hang");
         }
         let (index, up, reason, _) = next_event(&mut rx).await;
         let elapsed = start.elapsed();
         assert_eq!((index, up), (1, false));
-        assert_eq!(
-            reason.as_deref(),
-            Some("timed out after 400ms waiting for the HTTP status line")
-        );
+        assert_eq!(reason.as_deref(), Some("timed out after 400ms waiting for the HTTP status line"));
         assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
         let fine_checks = health(&m, 2).checks;
-        assert!(
-            fine_checks >= 5,
-            "target 2 was held up: {fine_checks} checks in {elapsed:?}"
-        );
+        assert!(fine_checks >= 5, "target 2 was held up: {fine_checks} checks in {elapsed:?}");
         assert!(health(&m, 2).up);
         assert!(rx.try_recv().is_err());
     }
@@ -751,25 +653,16 @@ mod tests {
         let before = health(&m, 1);
 
         // Keep 1, drop 2, add 3 (with a long interval: its first probe comes at once).
-        m.set_targets(vec![
-            a.clone(),
-            target(3, added, tcp_check(60_000, 500, 1, 1)),
-        ]);
+        m.set_targets(vec![a.clone(), target(3, added, tcp_check(60_000, 500, 1, 1))]);
         let kept = health(&m, 1);
         assert!(!kept.up && kept.checks >= before.checks, "{kept:?}");
         assert!(!m.is_up(1));
         assert!(!m.snapshot().contains_key(&2));
         assert!(m.is_up(2));
-        wait_until("the first probe of target 3", || {
-            added_count.load(Ordering::SeqCst) == 1
-        })
-        .await;
+        wait_until("the first probe of target 3", || added_count.load(Ordering::SeqCst) == 1).await;
         wait_until("target 3 checked", || health(&m, 3).checks == 1).await;
         assert!(health(&m, 3).up);
-        wait_until("target 1 still checked", || {
-            health(&m, 1).checks >= kept.checks + 2
-        })
-        .await;
+        wait_until("target 1 still checked", || health(&m, 1).checks >= kept.checks + 2).await;
         // Target 2's task is gone: no more connections.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let n = removed_count.load(Ordering::SeqCst);
@@ -779,19 +672,12 @@ mod tests {
 
         // Changing target 1's check restarts it fresh: up, then down again.
         let changed = target(1, closed, tcp_check(50, 50, 1, 2));
-        m.set_targets(vec![
-            changed,
-            target(3, added, tcp_check(60_000, 500, 1, 1)),
-        ]);
+        m.set_targets(vec![changed, target(3, added, tcp_check(60_000, 500, 1, 1))]);
         assert!(m.is_up(1));
         let (index, up, _, h) = next_event(&mut rx).await;
         assert_eq!((index, up), (1, false));
         assert_eq!(h.unwrap().checks, 2);
-        assert_eq!(
-            added_count.load(Ordering::SeqCst),
-            1,
-            "target 3 kept its task"
-        );
+        assert_eq!(added_count.load(Ordering::SeqCst), 1, "target 3 kept its task");
         assert_eq!(health(&m, 3).checks, 1);
 
         m.set_targets(Vec::new());
@@ -803,14 +689,8 @@ mod tests {
         let (closed, _socket) = closed_addr();
         let (listening, accepted) = counting_listener().await;
         let (m, mut rx) = monitor();
-        let off = HealthConfig {
-            enabled: false,
-            ..tcp_check(50, 50, 1, 1)
-        };
-        m.set_targets(vec![
-            target(1, closed, off.clone()),
-            target(2, listening, off),
-        ]);
+        let off = HealthConfig { enabled: false, ..tcp_check(50, 50, 1, 1) };
+        m.set_targets(vec![target(1, closed, off.clone()), target(2, listening, off)]);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(m.snapshot().len(), 2);
         for i in [1, 2] {

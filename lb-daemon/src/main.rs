@@ -8,7 +8,10 @@
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use lb_daemon::{
-    api::{Control, server::{ServeOptions, serve}},
+    api::{
+        Control,
+        server::{ServeOptions, serve},
+    },
     config::Config,
     dataplane::{Dataplane, DataplaneOptions, PinDir},
     engine::{Engine, ShutdownKind},
@@ -100,16 +103,24 @@ fn run(args: Args) -> Result<()> {
         flow_entries: config.flow_table_size,
     };
     let pins = PinDir(config.pin_dir());
-    let (dp, adopted) = Dataplane::open_pinned(options, pins.clone(), &config.state_dir.join(format!("{}.dataplane.json", config.instance)))?;
+    let (dp, adopted) = Dataplane::open_pinned(
+        options,
+        pins.clone(),
+        &config.state_dir.join(format!("{}.dataplane.json", config.instance)),
+    )?;
     tracing::info!(instance = %config.instance, adopted, pins = %pins.0.display(), "data plane loaded");
     let token = match (&config.api.token, &config.api.token_file) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(f)) => Some(
-            std::fs::read_to_string(f).with_context(|| format!("reading api.token_file {}", f.display()))?.trim().to_string(),
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading api.token_file {}", f.display()))?
+                .trim()
+                .to_string(),
         ),
         _ => None,
     };
-    let serve_opts = ServeOptions { unix_socket: config.api.unix_socket.clone(), tcp: config.api.tcp.zip(token) };
+    let serve_opts =
+        ServeOptions { unix_socket: config.api.unix_socket.clone(), tcp: config.api.tcp.zip(token) };
     let engine = Arc::new(Engine::start(args.config.clone(), config, dp, adopted)?);
     // A fresh data plane waits (bounded) for the backends' next hops, so the first packets
     // after attaching find a MAC address; an adopted one is forwarding already.

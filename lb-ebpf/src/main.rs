@@ -19,17 +19,13 @@ mod nexthop;
 mod parse;
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::generated::bpf_ktime_get_coarse_ns,
-    macros::xdp,
-    programs::XdpContext,
+    bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
 };
 use lb_common::{
     hash::flow_hash,
     maps::{
-        BACKEND_UP, EndpointKey, FLOW_FIN, FLOW_RST, FLOW_TOUCH_NS, FlowKey, FlowValue,
-        MAX_VIPS_PER_BACKEND, NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED,
-        Service, VipValue,
+        BACKEND_UP, EndpointKey, FLOW_FIN, FLOW_RST, FLOW_TOUCH_NS, FlowKey, FlowValue, MAX_VIPS_PER_BACKEND,
+        NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED, Service, VipValue,
     },
     packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::{Reason, backend_counter, backend_new_flow_counter, reason_counter, vip_counter},
@@ -38,8 +34,7 @@ use lb_common::{
 use crate::{
     forward::{End, egress_action, rewrite, set_macs},
     maps::{
-        BACKEND_FILTER, BACKENDS, FLOWS, NAT_BACKENDS, NEXTHOPS, SERVICES, STATS, TABLES,
-        VIP_FILTER, VIPS,
+        BACKEND_FILTER, BACKENDS, FLOWS, NAT_BACKENDS, NEXTHOPS, SERVICES, STATS, TABLES, VIP_FILTER, VIPS,
     },
     parse::{Packet, parse},
 };
@@ -138,7 +133,8 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
         }
     }
     if filter_hit(&BACKEND_FILTER, &key.src, key.sport) {
-        let backend_key = EndpointKey { addr: key.src, port: key.sport, proto: PROTO_TCP, family: key.family };
+        let backend_key =
+            EndpointKey { addr: key.src, port: key.sport, proto: PROTO_TCP, family: key.family };
         if let Some(nat) = unsafe { NAT_BACKENDS.get(&backend_key) } {
             if let Some(action) = reply(ctx, pkt, nat, bytes) {
                 return action;
@@ -230,7 +226,14 @@ const BPF_NOEXIST: u64 = 1;
 /// The first packet of a flow to a VIP: records the flow (with `update_flags`) and forwards.
 /// `None` when `BPF_NOEXIST` finds the flow already recorded.
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64, update_flags: u64) -> Option<u32> {
+fn new_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    vip: &VipValue,
+    now: u64,
+    bytes: u64,
+    update_flags: u64,
+) -> Option<u32> {
     let Some(svc) = SERVICES.get(vip.service) else {
         return Some(drop(Reason::DropBadState, bytes));
     };
@@ -265,7 +268,15 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64
 
 /// Sends a client packet to its backend.
 #[inline(always)]
-fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, backend: u32, vip_index: u32, now: u64, bytes: u64) -> u32 {
+fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc: &Service,
+    backend: u32,
+    vip_index: u32,
+    now: u64,
+    bytes: u64,
+) -> u32 {
     let (Some(b), Some(nh)) = (BACKENDS.get(backend), NEXTHOPS.get_ptr_mut(backend)) else {
         return drop(Reason::DropBadState, bytes);
     };
@@ -299,7 +310,10 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, backend: u32, vip_i
     set_macs(pkt, nh.dmac, nh.smac);
     count(vip_counter(vip_index), bytes);
     count(backend_counter(backend), bytes);
-    count(reason_counter(if action == xdp_action::XDP_TX { Reason::FwdTx } else { Reason::FwdRedirect }), bytes);
+    count(
+        reason_counter(if action == xdp_action::XDP_TX { Reason::FwdTx } else { Reason::FwdRedirect }),
+        bytes,
+    );
     action
 }
 

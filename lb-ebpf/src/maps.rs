@@ -8,9 +8,8 @@ use aya_ebpf::{
 use lb_common::{
     filter::FILTER_WORDS,
     maps::{
-        Backend, Counter, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, FlowKey,
-        FlowValue, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, NatBackend, NextHop, Service,
-        EndpointKey, VipValue,
+        Backend, Counter, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, EndpointKey, FlowKey,
+        FlowValue, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, NatBackend, NextHop, Service, VipValue,
     },
     stats::STATS_ENTRIES,
 };
@@ -34,13 +33,11 @@ pub static TABLES: Array<u32> = Array::with_max_entries(DEFAULT_TABLE_SLOTS * DE
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-
 /// Client-side 5-tuple → backend, service epoch, last seen. Written by the XDP program; shared by
 /// all CPUs so a flow keeps its backend whichever CPU sees its next packet (drain relies on it).
 /// Resized at load.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
 /// NAT backend (address, port) → the VIPs it serves, to rewrite its replies. Written by the
 /// daemon.

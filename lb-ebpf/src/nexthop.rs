@@ -2,10 +2,10 @@
 //! cached, never on every packet: in this VM one lookup costs ~250 ns.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
-    EbpfContext,
 };
 use core::mem::{size_of, zeroed};
 use lb_common::maps::{FAMILY_V4, NEXTHOP_TTL_NS, NextHop};
@@ -23,7 +23,14 @@ pub fn is_fresh(nh: &NextHop, now: u64) -> bool {
 /// context's interface, and stores the result in `out`. False when the kernel does not know the
 /// next hop (no route, neighbour not resolved, forwarding off...).
 #[inline(always)]
-pub fn resolve(ctx: &XdpContext, family: u8, src: &[u32; 4], dst: &[u32; 4], now: u64, out: &mut NextHop) -> bool {
+pub fn resolve(
+    ctx: &XdpContext,
+    family: u8,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    now: u64,
+    out: &mut NextHop,
+) -> bool {
     let mut p: FibParams = unsafe { zeroed() };
     p.ifindex = ctx.ingress_ifindex() as u32;
     p.l4_protocol = lb_common::maps::PROTO_TCP;
@@ -36,9 +43,7 @@ pub fn resolve(ctx: &XdpContext, family: u8, src: &[u32; 4], dst: &[u32; 4], now
         p.__bindgen_anon_3.ipv6_src = *src;
         p.__bindgen_anon_4.ipv6_dst = *dst;
     }
-    let ret = unsafe {
-        bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0)
-    };
+    let ret = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
     if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return false;
     }

@@ -6,8 +6,8 @@ use core::mem::size_of;
 use lb_common::{
     maps::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP},
     packet::{
-        ETH_P_8021Q_BE, ETH_P_IP_BE, ETH_P_IPV6_BE, EthHdr, IPV4_FRAG_MASK_BE,
-        IPV6_NEXTHDR_FRAGMENT, Ipv4Hdr, Ipv6Hdr, TcpHdr, VlanHdr,
+        ETH_P_8021Q_BE, ETH_P_IP_BE, ETH_P_IPV6_BE, EthHdr, IPV4_FRAG_MASK_BE, IPV6_NEXTHDR_FRAGMENT,
+        Ipv4Hdr, Ipv6Hdr, TcpHdr, VlanHdr,
     },
     stats::Reason,
 };

@@ -41,12 +41,17 @@ pub fn config_toml(instance: &str, dir: &Path, iface: &str, services: &[ServiceS
         dir.join("lb.sock").display()
     );
     for s in services {
-        t += &format!("\n[[services]]\nname = \"{}\"\nvips = [\"{}\"]\nmode = \"{}\"\nactive = \"{}\"\n", s.name, s.vip, s.mode, s.active);
+        t += &format!(
+            "\n[[services]]\nname = \"{}\"\nvips = [\"{}\"]\nmode = \"{}\"\nactive = \"{}\"\n",
+            s.name, s.vip, s.mode, s.active
+        );
         for (pool, backends) in &s.pools {
             let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
             t += &format!("\n[services.pools.{pool}]\nbackends = [{}]\n", list.join(", "));
             // Fast health checks, so tests see a dead backend leave within ~0.5 s.
-            t += &format!("\n[services.pools.{pool}.health]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n");
+            t += &format!(
+                "\n[services.pools.{pool}.health]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n"
+            );
         }
     }
     t
@@ -92,9 +97,15 @@ impl LbDaemon {
 
     /// Starts the daemon process and waits until its API answers.
     pub fn spawn(&mut self, topo: &Topology) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log"))?;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log"))?;
         let mut cmd = Command::new(&self.daemon_bin);
-        cmd.arg("--config").arg(self.config_path()).env("LB_LOG", "info").env("LB_LOG_FORMAT", "json").stdout(Stdio::null()).stderr(log);
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .env("LB_LOG", "info")
+            .env("LB_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(log);
         let mut child = topo.spawn_in(topo.balancer(), &mut cmd)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

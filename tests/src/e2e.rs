@@ -46,13 +46,18 @@ pub fn setup(prefix: &str, mode: &str) -> Result<Setup> {
         topo.start_backend(name)?;
     }
     let daemon = LbDaemon::start(&topo, |instance, dir| {
-        config_toml(instance, dir, LB_IFACE, &[ServiceSpec {
-            name: "web",
-            vip: web_vip(),
-            mode,
-            pools: vec![("pool-a", addrs[..2].to_vec()), ("pool-b", addrs[2..].to_vec())],
-            active: "pool-a",
-        }])
+        config_toml(
+            instance,
+            dir,
+            LB_IFACE,
+            &[ServiceSpec {
+                name: "web",
+                vip: web_vip(),
+                mode,
+                pools: vec![("pool-a", addrs[..2].to_vec()), ("pool-b", addrs[2..].to_vec())],
+                active: "pool-a",
+            }],
+        )
     })?;
     Ok(Setup { daemon, topo })
 }

@@ -4,9 +4,9 @@
 pub mod daemon;
 pub mod e2e;
 pub mod interrupt;
+pub mod load;
 pub mod netns;
 pub mod packets;
 pub mod testbed;
-pub mod xdp_run;
 pub mod topology;
-pub mod load;
+pub mod xdp_run;

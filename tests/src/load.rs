@@ -460,11 +460,11 @@ fn connect(target: SocketAddr, source: Option<Ipv4Addr>, timeout: Duration) -> s
     Ok(stream)
 }
 
-
 /// One request from the `client` namespace: connect to `target`, send a line, return the
 /// answered backend name (errors: connection refused, timeouts, ...; [`DEFAULT_TIMEOUT`] each).
 pub fn request(client: &NetNs, target: SocketAddr) -> Result<String> {
-    client.run_in(|| one_request(target, None, DEFAULT_TIMEOUT))?
+    client
+        .run_in(|| one_request(target, None, DEFAULT_TIMEOUT))?
         .map_err(|e| anyhow!("request to {target} from {}: {e}", client.name()))
 }
 

@@ -16,8 +16,8 @@ use lb_common::{
     hash::flow_hash,
     maglev::{MaglevBackend, build_table},
     maps::{
-        BACKEND_UP, Backend, FlowKey, PROTO_TCP, SERVICE_DSR,
-        SERVICE_ENABLED, Service, EndpointKey, VipValue, NatBackend, NatVip,
+        BACKEND_UP, Backend, EndpointKey, FlowKey, NatBackend, NatVip, PROTO_TCP, SERVICE_DSR,
+        SERVICE_ENABLED, Service, VipValue,
     },
 };
 use lb_daemon::dataplane::{Dataplane, DataplaneOptions};
@@ -85,7 +85,15 @@ pub use lb_daemon::engine::addr_words;
 pub fn flow_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
     let (s, family) = addr_words(src.ip());
     let (d, _) = addr_words(dst.ip());
-    FlowKey { src: s, dst: d, sport: src.port().to_be(), dport: dst.port().to_be(), proto: PROTO_TCP, family, _pad: [0; 2] }
+    FlowKey {
+        src: s,
+        dst: d,
+        sport: src.port().to_be(),
+        dport: dst.port().to_be(),
+        proto: PROTO_TCP,
+        family,
+        _pad: [0; 2],
+    }
 }
 
 /// MAC of the neighbour owning a backend address (last octet / last group byte).
@@ -118,13 +126,32 @@ impl PacketBed {
         ns.ip(&["-6", "addr", "add", "fd00::1/64", "dev", "v0", "nodad"])?;
         ns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
         ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-        for host in ["10.0.0.11", "10.0.0.12", "10.0.0.21", "10.0.0.22", "fd00::11", "fd00::12", "fd00::21", "fd00::22"] {
+        for host in [
+            "10.0.0.11",
+            "10.0.0.12",
+            "10.0.0.21",
+            "10.0.0.22",
+            "fd00::11",
+            "fd00::12",
+            "fd00::21",
+            "fd00::22",
+        ] {
             let mac = backend_mac(host.parse()?);
             let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
             ns.ip(&["neigh", "replace", host, "lladdr", &mac, "dev", "v0", "nud", "permanent"])?;
         }
         for host in [CLIENT_V4, CLIENT_V6] {
-            ns.ip(&["neigh", "replace", host, "lladdr", "02:00:00:00:02:00", "dev", "v0", "nud", "permanent"])?;
+            ns.ip(&[
+                "neigh",
+                "replace",
+                host,
+                "lladdr",
+                "02:00:00:00:02:00",
+                "dev",
+                "v0",
+                "nud",
+                "permanent",
+            ])?;
         }
         let v0 = ns.ifindex("v0")?;
         let guard = ns.enter()?;
@@ -139,21 +166,42 @@ impl PacketBed {
             ns,
         };
         bed.dp.allow_egress(v0)?;
-        bed.add_service(SVC_NAT, sa("10.0.0.200:80"), false, &[
-            (0, &[(0, "10.0.0.11:8080"), (1, "10.0.0.12:8080")]),
-            (1, &[(2, "10.0.0.21:8080"), (3, "10.0.0.22:8080")]),
-        ])?;
-        bed.add_service(SVC_DSR, sa("10.0.0.201:80"), true, &[(2, &[(4, "10.0.0.11:80"), (5, "10.0.0.12:80")])])?;
-        bed.add_service(SVC_NAT6, sa("[fd00::200]:80"), false, &[
-            (3, &[(8, "[fd00::11]:8080"), (9, "[fd00::12]:8080")]),
-            (4, &[(10, "[fd00::21]:8080"), (11, "[fd00::22]:8080")]),
-        ])?;
+        bed.add_service(
+            SVC_NAT,
+            sa("10.0.0.200:80"),
+            false,
+            &[
+                (0, &[(0, "10.0.0.11:8080"), (1, "10.0.0.12:8080")]),
+                (1, &[(2, "10.0.0.21:8080"), (3, "10.0.0.22:8080")]),
+            ],
+        )?;
+        bed.add_service(
+            SVC_DSR,
+            sa("10.0.0.201:80"),
+            true,
+            &[(2, &[(4, "10.0.0.11:80"), (5, "10.0.0.12:80")])],
+        )?;
+        bed.add_service(
+            SVC_NAT6,
+            sa("[fd00::200]:80"),
+            false,
+            &[
+                (3, &[(8, "[fd00::11]:8080"), (9, "[fd00::12]:8080")]),
+                (4, &[(10, "[fd00::21]:8080"), (11, "[fd00::22]:8080")]),
+            ],
+        )?;
         bed.write_nat_backends()?;
         bed.write_filters()?;
         Ok(bed)
     }
 
-    fn add_service(&mut self, id: u32, vip: SocketAddr, dsr: bool, pools: &[(u32, &[(u32, &str)])]) -> Result<()> {
+    fn add_service(
+        &mut self,
+        id: u32,
+        vip: SocketAddr,
+        dsr: bool,
+        pools: &[(u32, &[(u32, &str)])],
+    ) -> Result<()> {
         for (table, members) in pools {
             let keys: Vec<String> = members.iter().map(|(_, a)| a.to_string()).collect();
             let mb: Vec<MaglevBackend> = members
@@ -213,13 +261,17 @@ impl PacketBed {
                 *slot = NatVip { addr: addr_words(vip.ip()).0, port: vip.port().to_be(), _pad: 0 };
             }
             value.count = vips.len() as u32;
-            self.dp.set_nat_backend(&EndpointKey { addr: words, port: backend.port().to_be(), proto: PROTO_TCP, family }, &value)?;
+            self.dp.set_nat_backend(
+                &EndpointKey { addr: words, port: backend.port().to_be(), proto: PROTO_TCP, family },
+                &value,
+            )?;
         }
         Ok(())
     }
 
     fn write_filters(&mut self) -> Result<()> {
-        let vips: Vec<_> = self.services.values().map(|s| (addr_words(s.vip.ip()).0, s.vip.port().to_be())).collect();
+        let vips: Vec<_> =
+            self.services.values().map(|s| (addr_words(s.vip.ip()).0, s.vip.port().to_be())).collect();
         let nat_backends: Vec<_> =
             self.nat_backends().keys().map(|a| (addr_words(a.ip()).0, a.port().to_be())).collect();
         self.dp.set_filters(&vips, &nat_backends)?;

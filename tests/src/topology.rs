@@ -248,7 +248,8 @@ impl Topology {
         // XDP_PASS program on the peer so that XDP_TX frames are delivered at once.
         ethtool(&switch, &["-K", "p-lb", "gro", "on"])?;
         ethtool(&balancer, &["-K", "eth0", "gro", "on"])?;
-        let peer_pass = switch.run_in(|| attach_xdp_pass("p-lb"))?
+        let peer_pass = switch
+            .run_in(|| attach_xdp_pass("p-lb"))?
             .context("attaching XDP_PASS to p-lb (the balancer's peer)")?;
 
         // The backends.
@@ -489,7 +490,6 @@ fn spawn_in_ns(ns: &NetNs, cmd: &mut Command) -> Result<Child> {
     }
     cmd.spawn().with_context(|| format!("spawning {:?} in {}", cmd.get_program(), ns.name()))
 }
-
 
 /// One request to a backend (from the current namespace): its name, or why not.
 fn probe_backend(addr: SocketAddr) -> std::io::Result<String> {

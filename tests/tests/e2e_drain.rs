@@ -30,7 +30,8 @@ fn drain_then_hard(mode: &str) {
 
     // Drain: every established connection keeps talking to its pool-a backend.
     s.daemon.lbctl_ok(&["switch", "pool-b"]);
-    let after_drain: Vec<String> = conns.ask().into_iter().map(|r| r.expect("answer after drain switch")).collect();
+    let after_drain: Vec<String> =
+        conns.ask().into_iter().map(|r| r.expect("answer after drain switch")).collect();
     assert_eq!(after_drain, first, "6/6 long-lived connections kept their backend");
 
     // Back to pool-a (drain), then a hard switch to pool-b: the old connections' next packets go
@@ -44,7 +45,10 @@ fn drain_then_hard(mode: &str) {
     let answers = conns.ask();
     assert!(answers.iter().all(|a| a.is_err()), "pool-b resets the moved connections: {answers:?}");
     let after: ServiceView = s.daemon.client().get("/v1/services/web").unwrap();
-    assert!(pool_b_packets(&after) >= pool_b_packets(&before) + 6, "their packets went to pool-b: {before:#?} {after:#?}");
+    assert!(
+        pool_b_packets(&after) >= pool_b_packets(&before) + 6,
+        "their packets went to pool-b: {before:#?} {after:#?}"
+    );
 }
 
 #[test]

@@ -23,16 +23,16 @@ fn bad_requests_are_refused_and_change_nothing() {
     assert_ne!(out.status.code(), Some(0), "weights not summing to 100");
     // Through the API directly: unknown fields, wrong types, bad weights.
     let c = s.daemon.client();
-    for body in [
-        serde_json::json!({"pool": "pool-b", "hardd": true}),
-        serde_json::json!({"pool": 7}),
-    ] {
+    for body in [serde_json::json!({"pool": "pool-b", "hardd": true}), serde_json::json!({"pool": 7})] {
         match c.post::<_, serde_json::Value>("/v1/services/web/switch", &body) {
             Err(ClientError::Api { status: 400, error }) => assert_eq!(error.code, ErrorCode::InvalidRequest),
             other => panic!("{body}: {other:?}"),
         }
     }
-    match c.post::<_, serde_json::Value>("/v1/services/web/split", &serde_json::json!({"weights": [{"pool": "pool-a", "weight": 100}]})) {
+    match c.post::<_, serde_json::Value>(
+        "/v1/services/web/split",
+        &serde_json::json!({"weights": [{"pool": "pool-a", "weight": 100}]}),
+    ) {
         Err(ClientError::Api { status: 400, .. }) => {}
         other => panic!("split of one pool: {other:?}"),
     }
@@ -41,7 +41,10 @@ fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["changed"], false);
 
     let after = s.daemon.status().unwrap().services;
-    assert_eq!(before.iter().map(|s| (&s.active, s.epoch)).collect::<Vec<_>>(), after.iter().map(|s| (&s.active, s.epoch)).collect::<Vec<_>>());
+    assert_eq!(
+        before.iter().map(|s| (&s.active, s.epoch)).collect::<Vec<_>>(),
+        after.iter().map(|s| (&s.active, s.epoch)).collect::<Vec<_>>()
+    );
     assert!(s.daemon.client().get::<Vec<serde_json::Value>>("/v1/history").unwrap().is_empty());
 }
 
@@ -57,10 +60,15 @@ fn bad_config_is_refused_at_start_and_on_reload() {
     assert_eq!(out.status.code(), Some(5));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("active") && err.contains("pool-x"), "{err}");
-    assert_eq!(s.daemon.status().unwrap().services[0].active, Active::Pool("pool-b".into()), "state untouched");
+    assert_eq!(
+        s.daemon.status().unwrap().services[0].active,
+        Active::Pool("pool-b".into()),
+        "state untouched"
+    );
     // lb-daemon --check names the key too and exits non-zero.
     let bin = lb_tests::topology::find_binary("lb-daemon", "LB_DAEMON_BIN").unwrap();
-    let check = Command::new(bin).arg("--check").arg("--config").arg(s.daemon.config_path()).output().unwrap();
+    let check =
+        Command::new(bin).arg("--check").arg("--config").arg(s.daemon.config_path()).output().unwrap();
     assert!(!check.status.success());
     assert!(String::from_utf8_lossy(&check.stderr).contains("pool-x"));
     // A valid change applies: a third backend in pool-b.

@@ -37,7 +37,11 @@ fn kill_9_under_load_loses_nothing_and_restart_adopts() {
     let status = s.daemon.status().unwrap();
     assert!(status.adopted, "the restarted daemon adopted the pinned maps");
     let web = &status.services[0];
-    assert_eq!(web.active, lb_daemon::api::model::Active::Pool("pool-b".into()), "last switch, not the config's pool-a");
+    assert_eq!(
+        web.active,
+        lb_daemon::api::model::Active::Pool("pool-b".into()),
+        "last switch, not the config's pool-a"
+    );
     assert_eq!(conns.ask().into_iter().map(|r| r.unwrap()).collect::<Vec<_>>(), first, "flows survived");
     // The next switch works, and rollback remembers what came before the restart.
     s.daemon.lbctl_ok(&["rollback"]);
@@ -51,7 +55,9 @@ fn graceful_shutdown_keeps_forwarding_and_detach_stops_it() {
     let mut s = setup("shd", "nat").expect("setup");
     s.daemon.lbctl_ok(&["shutdown"]);
     assert!(s.daemon.wait_exit(Duration::from_secs(10)).unwrap().success());
-    assert!(in_pool_a(&request(s.topo.client(), web_vip()).expect("forwarding continues after the daemon exits")));
+    assert!(in_pool_a(
+        &request(s.topo.client(), web_vip()).expect("forwarding continues after the daemon exits")
+    ));
     s.daemon.spawn(&s.topo).unwrap();
     assert!(s.daemon.status().unwrap().adopted);
     // The backends' next hops are managed neighbour entries (one per backend here).

@@ -74,7 +74,10 @@ fn switch_to_a_dead_pool_is_refused_unless_forced() {
     let out = s.daemon.lbctl(&["switch", "pool-b"]);
     assert_eq!(out.status.code(), Some(5), "refused: exit 5");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("10.77.2.21:8080") && err.contains("10.77.2.22:8080") && err.contains("--force"), "{err}");
+    assert!(
+        err.contains("10.77.2.21:8080") && err.contains("10.77.2.22:8080") && err.contains("--force"),
+        "{err}"
+    );
     assert_eq!(web(&s).active, Active::Pool("pool-a".into()));
     // A dry run of a forced switch says what would happen and changes nothing.
     let out = s.daemon.lbctl_ok(&["--output", "json", "switch", "pool-b", "--force", "--dry-run"]);
@@ -115,7 +118,12 @@ fn watch_rolls_back_when_the_new_pool_dies() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let out = child.wait_with_output().unwrap();
-    assert_eq!(status.code(), Some(9), "auto-rollback exit code; stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        status.code(),
+        Some(9),
+        "auto-rollback exit code; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("pool-b"));
     assert_eq!(web(&s).active, Active::Pool("pool-a".into()));
     assert!(in_pool_a(&lb_tests::load::request(s.topo.client(), web_vip()).unwrap()));
@@ -142,7 +150,9 @@ fn watch_holds_when_lbctl_is_killed() {
     assert!(web(&s).watch.is_some_and(|w| w.state == lb_daemon::api::model::WatchState::Watching));
     s.topo.stop_backend("b1").unwrap();
     s.topo.stop_backend("b2").unwrap();
-    wait_for(&s, Duration::from_secs(5), "daemon rolled back by itself", |v| v.active == Active::Pool("pool-a".into()));
+    wait_for(&s, Duration::from_secs(5), "daemon rolled back by itself", |v| {
+        v.active == Active::Pool("pool-a".into())
+    });
     let w = web(&s).watch.unwrap();
     assert_eq!(w.state, lb_daemon::api::model::WatchState::RolledBack);
 }
@@ -185,12 +195,12 @@ fn wait_drained_returns_when_the_old_pool_empties() {
 fn expect_active_loses_cleanly_to_a_concurrent_switch() {
     let s = setup("cas", "nat").expect("setup");
     // Two pipelines race from the same starting point; exactly one wins.
-    let spawn = |args: &[&str]| {
-        Command::new(lbctl_bin()).arg("--socket").arg(s.daemon.socket()).args(args).output()
-    };
+    let spawn =
+        |args: &[&str]| Command::new(lbctl_bin()).arg("--socket").arg(s.daemon.socket()).args(args).output();
     let (a, b) = std::thread::scope(|sc| {
         let a = sc.spawn(|| spawn(&["switch", "pool-b", "--expect-active", "pool-a"]).unwrap());
-        let b = sc.spawn(|| spawn(&["split", "pool-a=50", "pool-b=50", "--expect-active", "pool-a"]).unwrap());
+        let b =
+            sc.spawn(|| spawn(&["split", "pool-a=50", "pool-b=50", "--expect-active", "pool-a"]).unwrap());
         (a.join().unwrap(), b.join().unwrap())
     });
     let codes = [a.status.code(), b.status.code()];

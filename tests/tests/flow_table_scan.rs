@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 #[test]
 fn batched_scan_matches_one_by_one_walk() {
     let bed =
-        PacketBed::with_options(DataplaneOptions { ring_size: RING, table_slots: 8, flow_entries: 65_536 }).unwrap();
+        PacketBed::with_options(DataplaneOptions { ring_size: RING, table_slots: 8, flow_entries: 65_536 })
+            .unwrap();
     let count = |bed: &PacketBed| {
         let mut seen = Vec::new();
         let n = bed.dp.for_each_flow(|k, v| seen.push((*k, *v))).unwrap();
@@ -22,11 +23,13 @@ fn batched_scan_matches_one_by_one_walk() {
     let vip: SocketAddr = "10.0.0.200:80".parse().unwrap();
     let flows = BATCH as usize * 2 + 123;
     for i in 0..flows {
-        let client = SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8 + 1], 40000 + (i % 7) as u16));
+        let client =
+            SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8 + 1], 40000 + (i % 7) as u16));
         run(bed.dp.program(), &Frame::syn(client, vip).build(), Some(bed.v0)).unwrap();
     }
     let mut batched: Vec<_> = count(&bed).into_iter().map(|(k, v)| (bytes(&k), bytes(&v))).collect();
-    let mut walked: Vec<_> = bed.dp.flows_one_by_one().into_iter().map(|(k, v)| (bytes(&k), bytes(&v))).collect();
+    let mut walked: Vec<_> =
+        bed.dp.flows_one_by_one().into_iter().map(|(k, v)| (bytes(&k), bytes(&v))).collect();
     batched.sort();
     walked.sort();
     assert_eq!(batched.len(), flows);

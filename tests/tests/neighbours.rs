@@ -36,7 +36,11 @@ fn pair() -> Pair {
     // what that taught the kernel.
     let peer6: SocketAddr = "[fd66::2]:9".parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while lb.run_in(|| TcpStream::connect_timeout(&peer6, Duration::from_millis(500))).unwrap().err().map(|e| e.kind())
+    while lb
+        .run_in(|| TcpStream::connect_timeout(&peer6, Duration::from_millis(500)))
+        .unwrap()
+        .err()
+        .map(|e| e.kind())
         != Some(ErrorKind::ConnectionRefused)
     {
         assert!(Instant::now() < deadline, "the peer never answered over IPv6");
@@ -53,7 +57,11 @@ fn addrs(list: &[&str]) -> BTreeSet<IpAddr> {
 
 /// `ip [-6] neigh show proto 248` in the namespace, one line per entry.
 fn ours(ns: &NetNs, family: &str) -> Vec<String> {
-    ns.ip(&[family, "neigh", "show", "proto", &PROTOCOL.to_string()]).unwrap().lines().map(str::to_string).collect()
+    ns.ip(&[family, "neigh", "show", "proto", &PROTOCOL.to_string()])
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -81,7 +89,8 @@ fn backends_next_hops_become_managed_and_resolve() {
 
     // An operator's flush is repaired by the next pass.
     p.lb.ip(&["-4", "neigh", "flush", "dev", "v0"]).unwrap();
-    let repaired = p.lb.run_in(|| keeper.keep(&addrs(&["10.66.0.2", "10.66.0.3", "fd66::2"])).unwrap()).unwrap();
+    let repaired =
+        p.lb.run_in(|| keeper.keep(&addrs(&["10.66.0.2", "10.66.0.3", "fd66::2"])).unwrap()).unwrap();
     assert_eq!(repaired.created, 2, "{repaired:?}");
 
     // Backends leaving the config take their entries with them.
@@ -101,8 +110,18 @@ fn backends_next_hops_become_managed_and_resolve() {
 fn routed_backends_keep_their_gateway_and_hand_set_entries_stay() {
     let p = pair();
     // The operator pinned 10.66.0.2 by hand.
-    p.lb.ip(&["neigh", "replace", "10.66.0.2", "lladdr", "02:00:00:00:00:02", "dev", "v0", "nud", "permanent"])
-        .unwrap();
+    p.lb.ip(&[
+        "neigh",
+        "replace",
+        "10.66.0.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "v0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
     let keeper = NeighbourKeeper::new();
     let (report, pending) =
         p.lb.run_in(|| {
@@ -111,9 +130,16 @@ fn routed_backends_keep_their_gateway_and_hand_set_entries_stay() {
         })
         .unwrap();
     assert!(report.problems.is_empty(), "{report:?}");
-    assert_eq!(report.created, 1, "one gateway for both routed backends, the static entry untouched: {report:?}");
+    assert_eq!(
+        report.created, 1,
+        "one gateway for both routed backends, the static entry untouched: {report:?}"
+    );
     let gateway: IpAddr = "10.66.0.254".parse().unwrap();
-    assert_eq!(pending.iter().map(|h| h.addr).collect::<Vec<_>>(), vec![gateway], "nobody answers for the gateway");
+    assert_eq!(
+        pending.iter().map(|h| h.addr).collect::<Vec<_>>(),
+        vec![gateway],
+        "nobody answers for the gateway"
+    );
     let all = p.lb.ip(&["neigh", "show", "dev", "v0"]).unwrap();
     assert!(all.contains("10.66.0.2 lladdr 02:00:00:00:00:02 PERMANENT"), "{all}");
     let v4 = ours(&p.lb, "-4");
@@ -121,7 +147,8 @@ fn routed_backends_keep_their_gateway_and_hand_set_entries_stay() {
     assert!(v4[0].starts_with("10.66.0.254 "), "{v4:?}");
     // The route going away for a while (a flapping uplink) keeps the gateway's entry.
     p.lb.ip(&["route", "del", "default"]).unwrap();
-    let routeless = p.lb.run_in(|| keeper.keep(&addrs(&["10.66.0.2", "192.0.2.10", "192.0.2.11"])).unwrap()).unwrap();
+    let routeless =
+        p.lb.run_in(|| keeper.keep(&addrs(&["10.66.0.2", "192.0.2.10", "192.0.2.11"])).unwrap()).unwrap();
     assert_eq!(routeless.problems.len(), 2, "{routeless:?}");
     assert_eq!(routeless.removed, 0, "{routeless:?}");
     assert_eq!(ours(&p.lb, "-4").len(), 1);

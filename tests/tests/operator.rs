@@ -30,7 +30,8 @@ fn metrics_pass_promtool_and_carry_the_numbers() {
         .expect("promtool (Debian package prometheus)");
     promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = promtool.wait_with_output().unwrap();
-    let problems = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let problems =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && problems.trim().is_empty(), "promtool: {problems}\n{text}");
     for needle in [
         "lb_build_info{",
@@ -63,20 +64,28 @@ fn every_switch_logs_one_structured_line() {
         .collect();
     assert_eq!(lines.len(), 1, "{log}");
     let f = &lines[0]["fields"];
-    assert_eq!((f["service"].as_str(), f["from"].as_str(), f["to"].as_str(), f["mode"].as_str()), (Some("web"), Some("pool-a"), Some("pool-b"), Some("Hard")));
+    assert_eq!(
+        (f["service"].as_str(), f["from"].as_str(), f["to"].as_str(), f["mode"].as_str()),
+        (Some("web"), Some("pool-a"), Some("pool-b"), Some("Hard"))
+    );
     assert!(f["requester"].as_str().unwrap().contains("lbctl/"), "{f}");
 }
 
 #[test]
 fn systemd_unit_verifies() {
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/lb-daemon.service")).unwrap();
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/lb-daemon.service")).unwrap();
     // Point the unit at the binaries just built (installed, they live in /usr/local/bin).
     let bin_dir = find_binary("lb-daemon", "LB_DAEMON_BIN").unwrap().parent().unwrap().to_path_buf();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lb-daemon.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/", &format!("{}/", bin_dir.display()))).unwrap();
     // --man=no: the man page the unit documents is installed by `cargo xtask install`, not here.
-    let out = Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&path).output().expect("systemd-analyze");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let own: Vec<&str> = stderr.lines().filter(|l| l.contains("lb-daemon.service")).collect();
     assert!(out.status.success() && own.is_empty(), "systemd-analyze verify: {stderr}");

@@ -55,7 +55,12 @@ fn established_flow_keeps_its_backend_across_a_drain_switch() {
 
     // Rollback (a drain switch back): the newcomer keeps its pool-b backend, new flows use pool-a.
     bed.switch(SVC_NAT, 0, false).unwrap();
-    assert_to_backend(&bed, &Frame::syn(newcomer, vip).with(ACK, b""), SVC_NAT, bed.expected_backend(1, newcomer, vip));
+    assert_to_backend(
+        &bed,
+        &Frame::syn(newcomer, vip).with(ACK, b""),
+        SVC_NAT,
+        bed.expected_backend(1, newcomer, vip),
+    );
     let third = sa("10.0.0.100:50001");
     assert_to_backend(&bed, &Frame::syn(third, vip), SVC_NAT, bed.expected_backend(0, third, vip));
 }
@@ -121,8 +126,12 @@ fn nat_reply_is_rewritten_back_to_the_vip() {
         let backend = bed.expected_backend(table, client, vip);
         assert_to_backend(&bed, &Frame::syn(client, vip), svc, backend);
         let backend_addr = bed.backends[&backend];
-        let reply = Frame { src_mac: backend_mac(backend_addr.ip()), dst_mac: LB_MAC, ..Frame::syn(backend_addr, client) }
-            .with(0x12, b""); // SYN+ACK
+        let reply = Frame {
+            src_mac: backend_mac(backend_addr.ip()),
+            dst_mac: LB_MAC,
+            ..Frame::syn(backend_addr, client)
+        }
+        .with(0x12, b""); // SYN+ACK
         let before = bed.packets(reason_counter(Reason::FwdReply));
         let out = run(bed.dp.program(), &reply.build(), Some(bed.v0)).unwrap();
         assert_eq!(out.verdict, XDP_TX, "the client's frames came in on v0, so the reply leaves there");

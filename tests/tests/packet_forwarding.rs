@@ -44,40 +44,90 @@ fn fixtures() -> Vec<Fixture> {
     let mut later_fragment = Frame::syn(client, nat_vip);
     later_fragment.ipv4_frag = 0x0010;
     vec![
-        Fixture { name: "syn_v4_nat", why: "SYN to the NAT VIP goes to pool-a with the destination rewritten",
-            frame: Frame::syn(client, nat_vip), ingress_v0: false,
-            expect: Expect::Backend { svc: SVC_NAT, table: 0, verdict: XDP_REDIRECT } },
-        Fixture { name: "syn_v4_nat_tx", why: "next hop on the ingress interface leaves by XDP_TX",
-            frame: Frame::syn(client, nat_vip), ingress_v0: true,
-            expect: Expect::Backend { svc: SVC_NAT, table: 0, verdict: XDP_TX } },
-        Fixture { name: "data_v4_nat", why: "a mid-flow segment with payload is forwarded like a SYN",
-            frame: Frame::syn(sa("10.0.0.100:40002"), nat_vip).with(ACK | PSH, b"GET / HTTP/1.1\r\n\r\n"), ingress_v0: true,
-            expect: Expect::Backend { svc: SVC_NAT, table: 0, verdict: XDP_TX } },
-        Fixture { name: "syn_v6_nat", why: "IPv6 SYN to the v6 VIP: destination rewritten, TCP checksum updated",
-            frame: Frame::syn(client6, sa("[fd00::200]:80")), ingress_v0: false,
-            expect: Expect::Backend { svc: SVC_NAT6, table: 3, verdict: XDP_REDIRECT } },
-        Fixture { name: "syn_v4_dsr", why: "DSR only changes the MAC addresses",
-            frame: Frame::syn(client, sa("10.0.0.201:80")), ingress_v0: true,
-            expect: Expect::Backend { svc: SVC_DSR, table: 2, verdict: XDP_TX } },
-        Fixture { name: "vlan_tagged", why: "an 802.1Q tag is parsed and kept",
-            frame: vlan, ingress_v0: true,
-            expect: Expect::Backend { svc: SVC_NAT, table: 0, verdict: XDP_TX } },
-        Fixture { name: "ipv4_options", why: "IHL 8: TCP found after the options, options kept",
-            frame: options, ingress_v0: true,
-            expect: Expect::Backend { svc: SVC_NAT, table: 0, verdict: XDP_TX } },
-        Fixture { name: "non_vip_address", why: "traffic for the host itself is not touched",
-            frame: Frame::syn(client, sa("10.0.0.1:22")), ingress_v0: true,
-            expect: Expect::Untouched(Reason::PassNotVip) },
-        Fixture { name: "non_vip_port", why: "a VIP address on another port is not a VIP",
-            frame: Frame::syn(client, sa("10.0.0.200:81")), ingress_v0: true,
-            expect: Expect::Untouched(Reason::PassNotVip) },
-        Fixture { name: "v6_non_vip", why: "IPv6 traffic for the host is not touched",
-            frame: Frame::syn(client6, sa("[fd00::1]:22")), ingress_v0: true,
-            expect: Expect::Untouched(Reason::PassNotVip) },
-        Fixture { name: "first_fragment", why: "IPv4 fragments (MF set) go to the kernel",
-            frame: mf, ingress_v0: true, expect: Expect::Untouched(Reason::PassFragment) },
-        Fixture { name: "later_fragment", why: "IPv4 fragments (offset set) go to the kernel",
-            frame: later_fragment, ingress_v0: true, expect: Expect::Untouched(Reason::PassFragment) },
+        Fixture {
+            name: "syn_v4_nat",
+            why: "SYN to the NAT VIP goes to pool-a with the destination rewritten",
+            frame: Frame::syn(client, nat_vip),
+            ingress_v0: false,
+            expect: Expect::Backend { svc: SVC_NAT, table: 0, verdict: XDP_REDIRECT },
+        },
+        Fixture {
+            name: "syn_v4_nat_tx",
+            why: "next hop on the ingress interface leaves by XDP_TX",
+            frame: Frame::syn(client, nat_vip),
+            ingress_v0: true,
+            expect: Expect::Backend { svc: SVC_NAT, table: 0, verdict: XDP_TX },
+        },
+        Fixture {
+            name: "data_v4_nat",
+            why: "a mid-flow segment with payload is forwarded like a SYN",
+            frame: Frame::syn(sa("10.0.0.100:40002"), nat_vip).with(ACK | PSH, b"GET / HTTP/1.1\r\n\r\n"),
+            ingress_v0: true,
+            expect: Expect::Backend { svc: SVC_NAT, table: 0, verdict: XDP_TX },
+        },
+        Fixture {
+            name: "syn_v6_nat",
+            why: "IPv6 SYN to the v6 VIP: destination rewritten, TCP checksum updated",
+            frame: Frame::syn(client6, sa("[fd00::200]:80")),
+            ingress_v0: false,
+            expect: Expect::Backend { svc: SVC_NAT6, table: 3, verdict: XDP_REDIRECT },
+        },
+        Fixture {
+            name: "syn_v4_dsr",
+            why: "DSR only changes the MAC addresses",
+            frame: Frame::syn(client, sa("10.0.0.201:80")),
+            ingress_v0: true,
+            expect: Expect::Backend { svc: SVC_DSR, table: 2, verdict: XDP_TX },
+        },
+        Fixture {
+            name: "vlan_tagged",
+            why: "an 802.1Q tag is parsed and kept",
+            frame: vlan,
+            ingress_v0: true,
+            expect: Expect::Backend { svc: SVC_NAT, table: 0, verdict: XDP_TX },
+        },
+        Fixture {
+            name: "ipv4_options",
+            why: "IHL 8: TCP found after the options, options kept",
+            frame: options,
+            ingress_v0: true,
+            expect: Expect::Backend { svc: SVC_NAT, table: 0, verdict: XDP_TX },
+        },
+        Fixture {
+            name: "non_vip_address",
+            why: "traffic for the host itself is not touched",
+            frame: Frame::syn(client, sa("10.0.0.1:22")),
+            ingress_v0: true,
+            expect: Expect::Untouched(Reason::PassNotVip),
+        },
+        Fixture {
+            name: "non_vip_port",
+            why: "a VIP address on another port is not a VIP",
+            frame: Frame::syn(client, sa("10.0.0.200:81")),
+            ingress_v0: true,
+            expect: Expect::Untouched(Reason::PassNotVip),
+        },
+        Fixture {
+            name: "v6_non_vip",
+            why: "IPv6 traffic for the host is not touched",
+            frame: Frame::syn(client6, sa("[fd00::1]:22")),
+            ingress_v0: true,
+            expect: Expect::Untouched(Reason::PassNotVip),
+        },
+        Fixture {
+            name: "first_fragment",
+            why: "IPv4 fragments (MF set) go to the kernel",
+            frame: mf,
+            ingress_v0: true,
+            expect: Expect::Untouched(Reason::PassFragment),
+        },
+        Fixture {
+            name: "later_fragment",
+            why: "IPv4 fragments (offset set) go to the kernel",
+            frame: later_fragment,
+            ingress_v0: true,
+            expect: Expect::Untouched(Reason::PassFragment),
+        },
     ]
 }
 
@@ -108,7 +158,12 @@ fn first_packets_match_their_fixtures() {
         if out.verdict != verdict || out.packet != expected {
             failures.push(format!(
                 "{} ({}): verdict {} (want {}), frame\n  got  {:02x?}\n  want {:02x?}",
-                fx.name, fx.why, verdict_name(out.verdict), verdict_name(verdict), out.packet, expected
+                fx.name,
+                fx.why,
+                verdict_name(out.verdict),
+                verdict_name(verdict),
+                out.packet,
+                expected
             ));
         }
         if let Err(e) = verify_checksums(&out.packet) {

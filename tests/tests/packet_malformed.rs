@@ -72,7 +72,8 @@ fn structured(rng: &mut Rng, bed: &PacketBed) -> Frame {
     let dst = if v6 {
         [sa("[fd00::200]:80"), sa("[fd00::200]:81"), sa("[fd00::1]:80")][rng.below(3) as usize]
     } else {
-        [sa("10.0.0.200:80"), sa("10.0.0.201:80"), sa("10.0.0.200:8080"), sa("10.0.0.1:80")][rng.below(4) as usize]
+        [sa("10.0.0.200:80"), sa("10.0.0.201:80"), sa("10.0.0.200:8080"), sa("10.0.0.1:80")]
+            [rng.below(4) as usize]
     };
     let port = 1024 + rng.below(60000) as u16;
     let mut src = if v6 { sa(&format!("[fd00::100]:{port}")) } else { sa(&format!("10.0.0.100:{port}")) };

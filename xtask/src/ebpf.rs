@@ -15,11 +15,7 @@ pub const OBJECTS: [&str; 2] = ["lb-xdp", "lb-bench-xdp"];
 pub fn build(tc: &Toolchain) -> Result<()> {
     let root = workspace_root();
     let crate_dir = root.join("lb-ebpf");
-    let path = format!(
-        "{}:{}",
-        tc.linker_bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", tc.linker_bin.display(), std::env::var("PATH").unwrap_or_default());
     let mut cmd = Command::new("cargo");
     cmd.arg(format!("+{}", tc.nightly))
         .args(["build", "--release", "--locked", "-Z", "build-std=core", "--target", "bpfel-unknown-none"])

@@ -119,15 +119,19 @@ fn main() -> Result<()> {
             // The control-plane bench runs the real lb-daemon, lbctl and test-backend binaries.
             system::cargo(&["build", "--release", "--workspace", "--bins"])?;
             let bin = system::workspace_root().join("target/release");
-            system::run(
-                Process::new(bin.join("dataplane-bench"))
-                    .args(["--repeat", &repeat.to_string(), "--runs", &runs.to_string()]),
-            )?;
+            system::run(Process::new(bin.join("dataplane-bench")).args([
+                "--repeat",
+                &repeat.to_string(),
+                "--runs",
+                &runs.to_string(),
+            ]))?;
             println!();
-            system::run(
-                Process::new(bin.join("controlplane-bench"))
-                    .args(["--switches", &switches.to_string(), "--runs", &cp_runs.to_string()]),
-            )?;
+            system::run(Process::new(bin.join("controlplane-bench")).args([
+                "--switches",
+                &switches.to_string(),
+                "--runs",
+                &cp_runs.to_string(),
+            ]))?;
         }
         Command::Demo => {
             system::require_root("the demo creates network namespaces and attaches an XDP program")?;

@@ -68,8 +68,7 @@ fn on_path(tool: &str) -> bool {
 
 /// Installs the Debian packages whose tool is missing (`(tool, package)` pairs).
 pub fn ensure_debian_packages(wanted: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> =
-        wanted.iter().filter(|(tool, _)| !on_path(tool)).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = wanted.iter().filter(|(tool, _)| !on_path(tool)).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -61,10 +61,18 @@ fn ensure_nightly(nightly: &str) -> Result<PathBuf> {
     if !has_src {
         eprintln!("xtask: installing Rust {nightly} with rust-src for the eBPF build (once)");
         run(rustup().args([
-            "toolchain", "install", nightly, "--profile", "minimal", "--component", "rust-src",
+            "toolchain",
+            "install",
+            nightly,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
         ]))?;
     }
-    let sysroot = output(Command::new("rustc").arg(format!("+{nightly}")).args(["--print", "sysroot"]).current_dir("/"))?;
+    let sysroot = output(
+        Command::new("rustc").arg(format!("+{nightly}")).args(["--print", "sysroot"]).current_dir("/"),
+    )?;
     Ok(PathBuf::from(sysroot.trim()).join("lib"))
 }
 

@@ -6,8 +6,8 @@ pub mod model;
 pub mod server;
 
 use model::{
-    ApiError, DrainView, WatchView, HistoryEntry, ReloadOutcome, RollbackRequest, ServiceView, ShutdownRequest,
-    SplitRequest, StatusView, SwitchOutcome, SwitchRequest,
+    ApiError, DrainView, HistoryEntry, ReloadOutcome, RollbackRequest, ServiceView, ShutdownRequest,
+    SplitRequest, StatusView, SwitchOutcome, SwitchRequest, WatchView,
 };
 
 /// What the API server needs from the daemon. Implementations serialize mutations themselves;
@@ -19,11 +19,26 @@ pub trait Control: Send + Sync + 'static {
     /// One service by name (`None`: the only one, or an error naming the choices).
     fn service(&self, name: Option<&str>) -> Result<ServiceView, ApiError>;
     /// Makes `req.pool` active.
-    fn switch(&self, service: Option<&str>, req: &SwitchRequest, requester: &str) -> Result<SwitchOutcome, ApiError>;
+    fn switch(
+        &self,
+        service: Option<&str>,
+        req: &SwitchRequest,
+        requester: &str,
+    ) -> Result<SwitchOutcome, ApiError>;
     /// Goes back to the previous active pool or split.
-    fn rollback(&self, service: Option<&str>, req: &RollbackRequest, requester: &str) -> Result<SwitchOutcome, ApiError>;
+    fn rollback(
+        &self,
+        service: Option<&str>,
+        req: &RollbackRequest,
+        requester: &str,
+    ) -> Result<SwitchOutcome, ApiError>;
     /// Splits new flows between pools.
-    fn split(&self, service: Option<&str>, req: &SplitRequest, requester: &str) -> Result<SwitchOutcome, ApiError>;
+    fn split(
+        &self,
+        service: Option<&str>,
+        req: &SplitRequest,
+        requester: &str,
+    ) -> Result<SwitchOutcome, ApiError>;
     /// History, newest last, at most `limit` entries, optionally of one service.
     fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<HistoryEntry>, ApiError>;
     /// Re-reads the config file and applies it, or changes nothing and says why.

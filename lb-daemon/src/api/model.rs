@@ -18,7 +18,13 @@ impl Active {
     /// 0 otherwise.
     pub fn share(&self, pool: &str) -> u32 {
         match self {
-            Active::Pool(p) => if p == pool { 100 } else { 0 },
+            Active::Pool(p) => {
+                if p == pool {
+                    100
+                } else {
+                    0
+                }
+            }
             Active::Split(ws) => ws.iter().find(|w| w.pool == pool).map(|w| w.weight).unwrap_or(0),
         }
     }

@@ -1969,12 +1969,17 @@ pub fn top_frame(
                         .backends
                         .iter()
                         .map(|b| {
-                            let before =
-                                before.and_then(|q| q.backends.iter().find(|c| c.addr == b.addr)).map(|c| c.traffic);
+                            let before = before
+                                .and_then(|q| q.backends.iter().find(|c| c.addr == b.addr))
+                                .map(|c| c.traffic);
                             TopBackend {
                                 addr: b.addr.clone(),
                                 up: b.up,
-                                new_flows_per_s: rate(before.map(|t| t.new_flows), b.traffic.new_flows, elapsed),
+                                new_flows_per_s: rate(
+                                    before.map(|t| t.new_flows),
+                                    b.traffic.new_flows,
+                                    elapsed,
+                                ),
                                 packets_per_s: rate(before.map(|t| t.packets), b.traffic.packets, elapsed),
                                 last_error: b.last_error.clone(),
                             }
@@ -2148,7 +2153,11 @@ struct TopOptions {
 /// Samples `GET /v1/status` every `interval` and hands each frame to `emit` (which returns
 /// false when the output is gone: top then ends with success). Ends after `iterations` frames,
 /// on a failed request (its error), or never (Ctrl-C).
-fn run_top(daemon: &dyn Daemon, opts: &TopOptions, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), Failure> {
+fn run_top(
+    daemon: &dyn Daemon,
+    opts: &TopOptions,
+    emit: &mut dyn FnMut(&str) -> bool,
+) -> Result<(), Failure> {
     let mut prev: Option<(StatusView, Instant)> = None;
     let mut next = Instant::now();
     let mut frame = 0u64;
@@ -2239,14 +2248,17 @@ fn man_commands(cmd: &clap::Command) -> String {
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let args: Vec<&clap::Arg> = sub
             .get_arguments()
-            .filter(|a| !a.is_hide_set() && !a.is_global_set() && !["help", "version"].contains(&a.get_id().as_str()))
+            .filter(|a| {
+                !a.is_hide_set() && !a.is_global_set() && !["help", "version"].contains(&a.get_id().as_str())
+            })
             .collect();
         let mut synopsis = format!("lbctl {}", sub.get_name());
         if args.iter().any(|a| !a.is_positional()) {
             synopsis.push_str(" [OPTIONS]");
         }
         for a in args.iter().filter(|a| a.is_positional()) {
-            let value = a.get_value_names().and_then(|v| v.first()).map(|v| v.to_string()).unwrap_or_default();
+            let value =
+                a.get_value_names().and_then(|v| v.first()).map(|v| v.to_string()).unwrap_or_default();
             let many = a.get_num_args().is_some_and(|n| n.max_values() > 1);
             synopsis.push_str(&format!(" {value}{}", if many { "..." } else { "" }));
         }
@@ -2611,7 +2623,8 @@ mod tests {
         assert_eq!(rate(Some(300), 100, Duration::from_secs(2)), None, "counter reset");
         assert_eq!(rate(Some(1), 2, Duration::ZERO), None);
 
-        let before = status_view(vec![counted(1)], &[("pass_not_vip", 10), ("drop_no_backend", 4), ("fwd_tx", 0)]);
+        let before =
+            status_view(vec![counted(1)], &[("pass_not_vip", 10), ("drop_no_backend", 4), ("fwd_tx", 0)]);
         let mut after =
             status_view(vec![counted(3)], &[("pass_not_vip", 30), ("drop_no_backend", 34), ("fwd_tx", 0)]);
         // A backend added since the first sample has no rate yet.
@@ -2635,11 +2648,15 @@ mod tests {
         // pool-b: backends 2 -> 6 new flows and 10 -> 30 packets each; the pool's rates come
         // from its own counters (the daemon's sum), 4 -> 12 new flows.
         let b = &svc.pools[1];
-        assert_eq!(b.backends.iter().map(|x| x.new_flows_per_s).collect::<Vec<_>>(), [Some(2.0), Some(2.0), None]);
+        assert_eq!(
+            b.backends.iter().map(|x| x.new_flows_per_s).collect::<Vec<_>>(),
+            [Some(2.0), Some(2.0), None]
+        );
         assert_eq!(b.backends[0].packets_per_s, Some(10.0));
         assert_eq!((b.new_flows_per_s, b.packets_per_s), (Some(4.0), Some(20.0)));
         // Non-zero reasons only, busiest first.
-        let reasons: Vec<(&str, Option<f64>)> = f.reasons.iter().map(|r| (r.name.as_str(), r.per_s)).collect();
+        let reasons: Vec<(&str, Option<f64>)> =
+            f.reasons.iter().map(|r| (r.name.as_str(), r.per_s)).collect();
         assert_eq!(reasons, [("drop_no_backend", Some(15.0)), ("pass_not_vip", Some(10.0))]);
         // --service, and what JSON mode prints.
         assert!(top_frame(None, &after, Some("other"), 1).services.is_empty());
@@ -2652,9 +2669,15 @@ mod tests {
         assert!(text.contains("pass/drop: - (rates from the next frame on)"), "{text}");
         assert!(text.contains("service web  active: pool-b   epoch: 3   watch: none"), "{text}");
         let text = render_top(&f, Duration::from_secs(1), false, Paint::OFF);
-        assert!(text.contains("  pool-a              0%  1/2 (min 2) below min          5.0       20.0\n"), "{text}");
+        assert!(
+            text.contains("  pool-a              0%  1/2 (min 2) below min          5.0       20.0\n"),
+            "{text}"
+        );
         assert!(text.contains("    10.0.0.2:8080         DOWN                           0.0       10.0  connect: connection refused\n"), "{text}");
-        assert!(text.contains("    10.0.1.3:8080         up                               -          -\n"), "{text}");
+        assert!(
+            text.contains("    10.0.1.3:8080         up                               -          -\n"),
+            "{text}"
+        );
         assert!(text.contains("pass/drop: drop_no_backend 15.0/s  pass_not_vip 10.0/s\n"), "{text}");
         assert!(!text.contains('\x1b'));
         assert_eq!(
@@ -2702,7 +2725,9 @@ mod tests {
         })
         .unwrap();
         assert_eq!(blocks.len(), 2);
-        assert!(blocks[0].starts_with("lb-daemon 0.1.0 (instance lb)") && blocks[1].starts_with("\nlb-daemon"));
+        assert!(
+            blocks[0].starts_with("lb-daemon 0.1.0 (instance lb)") && blocks[1].starts_with("\nlb-daemon")
+        );
         assert!(blocks.iter().all(|b| !b.contains('\x1b')));
         // A terminal: the screen is cleared before each frame.
         let mut frames = Vec::new();
@@ -2730,8 +2755,12 @@ mod tests {
     #[test]
     fn top_completions_and_man_parse() {
         let cli = Cli::try_parse_from(["lbctl", "top"]).unwrap();
-        assert!(matches!(cli.command, Command::Top { interval, iterations: None } if interval == Duration::from_secs(1)));
-        let cli = Cli::try_parse_from(["lbctl", "-s", "web", "top", "--interval", "500ms", "--iterations", "3"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Top { interval, iterations: None } if interval == Duration::from_secs(1))
+        );
+        let cli =
+            Cli::try_parse_from(["lbctl", "-s", "web", "top", "--interval", "500ms", "--iterations", "3"])
+                .unwrap();
         assert!(matches!(
             cli.command,
             Command::Top { interval, iterations: Some(3) } if interval == Duration::from_millis(500)
@@ -2768,7 +2797,9 @@ mod tests {
         let page = man_page();
         assert!(page.starts_with(".TH") || page.contains(".SH NAME"), "{page}");
         assert!(page.contains(".TH lbctl 1"), "{page}");
-        for section in [".SH SYNOPSIS", ".SH OPTIONS", ".SH COMMANDS", ".SH \"EXIT STATUS\"", ".SH \"ENVIRONMENT\""] {
+        for section in
+            [".SH SYNOPSIS", ".SH OPTIONS", ".SH COMMANDS", ".SH \"EXIT STATUS\"", ".SH \"ENVIRONMENT\""]
+        {
             assert!(page.contains(section), "{section}");
         }
         assert!(page.contains(".SS \"lbctl top [OPTIONS]\""), "{page}");
@@ -2782,7 +2813,8 @@ mod tests {
         for line in page.lines().filter(|l| l.starts_with('.') || l.starts_with('\'')) {
             let request = line[1..].split_whitespace().next().unwrap_or("");
             assert!(
-                ["TH", "SH", "SS", "TP", "PP", "nf", "fi", "RS", "RE", "IP", "ie", "el", "br"].contains(&request),
+                ["TH", "SH", "SS", "TP", "PP", "nf", "fi", "RS", "RE", "IP", "ie", "el", "br"]
+                    .contains(&request),
                 "{line}"
             );
         }
@@ -2801,8 +2833,10 @@ mod tests {
         assert_eq!(Paint::OFF.red("DOWN"), "DOWN");
         assert_eq!(visible_width(&on.bold("web")), 3);
         // Coloured cells align like plain ones.
-        let rows = vec![args(&["STATE", "N"]), vec![on.green("up"), "1".into()], vec![on.red("DOWN"), "22".into()]];
-        let plain = table(&[args(&["STATE", "N"]), args(&["up", "1"]), args(&["DOWN", "22"])], &[false, true], "");
+        let rows =
+            vec![args(&["STATE", "N"]), vec![on.green("up"), "1".into()], vec![on.red("DOWN"), "22".into()]];
+        let plain =
+            table(&[args(&["STATE", "N"]), args(&["up", "1"]), args(&["DOWN", "22"])], &[false, true], "");
         let strip = |s: &str| {
             let mut out = String::new();
             let mut escape = false;
@@ -2832,7 +2866,11 @@ mod tests {
         for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
             let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
             assert!(help.starts_with("Example"), "{}: {help:?}", sub.get_name());
-            assert!(help.contains(&format!("lbctl {}", sub.get_name())) || help.contains("lbctl -"), "{}", sub.get_name());
+            assert!(
+                help.contains(&format!("lbctl {}", sub.get_name())) || help.contains("lbctl -"),
+                "{}",
+                sub.get_name()
+            );
         }
         assert!(AFTER_HELP.contains("lbctl top"));
     }

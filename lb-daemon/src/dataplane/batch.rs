@@ -68,7 +68,12 @@ pub fn for_each<K: Pod, V: Pod>(map: BorrowedFd<'_>, mut f: impl FnMut(&K, &V)) 
             ..BatchAttr::default()
         };
         let rc = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>())
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>(),
+            )
         };
         let err = (rc < 0).then(io::Error::last_os_error);
         // The kernel reports how many entries it copied, also with ENOENT (the last batch).

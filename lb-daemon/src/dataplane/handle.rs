@@ -9,6 +9,14 @@ use aya::{
         xdp::XdpLink,
     },
 };
+use lb_common::{
+    filter::{FILTER_WORDS, filter_bit, word_and_mask},
+    maps::{
+        Backend, Counter, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, EndpointKey, FlowKey,
+        FlowValue, MAX_BACKENDS, NatBackend, NextHop, Service, VipValue,
+    },
+    stats::STATS_ENTRIES,
+};
 use serde::{Deserialize, Serialize};
 use std::{
     ffi::CString,
@@ -16,14 +24,6 @@ use std::{
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
     sync::Arc,
-};
-use lb_common::{
-    filter::{FILTER_WORDS, filter_bit, word_and_mask},
-    maps::{
-        Backend, Counter, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, FlowKey,
-        EndpointKey, FlowValue, MAX_BACKENDS, NatBackend, NextHop, Service, VipValue,
-    },
-    stats::STATS_ENTRIES,
 };
 
 use super::objects::LB_XDP_OBJECT;
@@ -150,7 +150,11 @@ where
     T::try_from(map).map_err(|e| DataplaneError::Map(name, e.to_string()))
 }
 
-fn op<T>(map: &'static str, op: &'static str, r: Result<T, aya::maps::MapError>) -> Result<T, DataplaneError> {
+fn op<T>(
+    map: &'static str,
+    op: &'static str,
+    r: Result<T, aya::maps::MapError>,
+) -> Result<T, DataplaneError> {
     r.map_err(|source| DataplaneError::MapOp { map, op, source })
 }
 
@@ -166,7 +170,11 @@ impl Dataplane {
     /// missing ones are created and pinned. Returns whether state was adopted. When adopting,
     /// the sizes the maps were created with (recorded in `options_file`) win over `options`
     /// (they cannot change without starting from scratch); a difference is logged.
-    pub fn open_pinned(options: DataplaneOptions, pins: PinDir, options_file: &Path) -> Result<(Self, bool), DataplaneError> {
+    pub fn open_pinned(
+        options: DataplaneOptions,
+        pins: PinDir,
+        options_file: &Path,
+    ) -> Result<(Self, bool), DataplaneError> {
         let io = |what: &str, e: std::io::Error| DataplaneError::Pin(format!("{what}: {e}"));
         fs::create_dir_all(pins.maps()).map_err(|e| io("creating the pin folder", e))?;
         fs::create_dir_all(pins.0.join("links")).map_err(|e| io("creating the pin folder", e))?;
@@ -195,9 +203,10 @@ impl Dataplane {
         if !lb_common::maglev::is_prime(options.ring_size) {
             return Err(DataplaneError::OutOfRange(format!("ring size {} is not prime", options.ring_size)));
         }
-        let table_entries = options.ring_size.checked_mul(options.table_slots).ok_or_else(|| {
-            DataplaneError::OutOfRange("ring size × table slots overflows".into())
-        })?;
+        let table_entries = options
+            .ring_size
+            .checked_mul(options.table_slots)
+            .ok_or_else(|| DataplaneError::OutOfRange("ring size × table slots overflows".into()))?;
         let mut loader = EbpfLoader::new();
         loader
             .override_global("RING_SIZE", &options.ring_size, true)
@@ -254,7 +263,8 @@ impl Dataplane {
         let link_pin = self.pins.as_ref().map(|p| p.link(iface));
         let mode_file = link_pin.as_ref().map(|p| p.with_extension("mode"));
         if let Some(pin) = link_pin.as_ref().filter(|p| p.exists()) {
-            let pinned = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Attach(format!("{iface}: opening pinned link: {e}")))?;
+            let pinned = PinnedLink::from_pin(pin)
+                .map_err(|e| DataplaneError::Attach(format!("{iface}: opening pinned link: {e}")))?;
             let link = XdpLink::try_from(FdLink::from(pinned))
                 .map_err(|e| DataplaneError::Attach(format!("{iface}: pinned link: {e}")))?;
             self.program_mut()
@@ -263,7 +273,8 @@ impl Dataplane {
             let used = mode_file.and_then(|f| fs::read_to_string(f).ok()).unwrap_or_else(|| "native".into());
             return Ok(if used.trim() == "generic" { "generic" } else { "native" });
         }
-        let name = CString::new(iface).map_err(|_| DataplaneError::Attach(format!("bad interface name {iface:?}")))?;
+        let name = CString::new(iface)
+            .map_err(|_| DataplaneError::Attach(format!("bad interface name {iface:?}")))?;
         let attempts: &[(XdpMode, &'static str)] = match mode {
             AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
             AttachMode::Native => &[(XdpMode::Driver, "native")],
@@ -277,8 +288,12 @@ impl Dataplane {
                         tracing::warn!(iface, error = %last_error, "native XDP failed, attached in generic mode (slower)");
                     }
                     if let (Some(pin), Some(mode_file)) = (link_pin, mode_file) {
-                        let link = self.program_mut().take_link(id).map_err(|e| DataplaneError::Attach(e.to_string()))?;
-                        let fd = FdLink::try_from(link).map_err(|e| DataplaneError::Attach(format!("{iface}: link: {e}")))?;
+                        let link = self
+                            .program_mut()
+                            .take_link(id)
+                            .map_err(|e| DataplaneError::Attach(e.to_string()))?;
+                        let fd = FdLink::try_from(link)
+                            .map_err(|e| DataplaneError::Attach(format!("{iface}: link: {e}")))?;
                         fd.pin(&pin).map_err(|e| DataplaneError::Pin(format!("{}: {e}", pin.display())))?;
                         let _ = fs::write(mode_file, label);
                     }
@@ -393,7 +408,11 @@ impl Dataplane {
     }
 
     /// Rewrites both bit filters from the full lists of VIP and NAT backend (address, port) pairs.
-    pub fn set_filters(&mut self, vips: &[([u32; 4], u16)], nat_backends: &[([u32; 4], u16)]) -> Result<(), DataplaneError> {
+    pub fn set_filters(
+        &mut self,
+        vips: &[([u32; 4], u16)],
+        nat_backends: &[([u32; 4], u16)],
+    ) -> Result<(), DataplaneError> {
         write_filter(&mut self.vip_filter, "VIP_FILTER", vips)?;
         write_filter(&mut self.backend_filter, "BACKEND_FILTER", nat_backends)
     }
@@ -472,7 +491,11 @@ impl Dataplane {
     }
 }
 
-fn write_filter(map: &mut Array<MapData, u64>, name: &'static str, entries: &[([u32; 4], u16)]) -> Result<(), DataplaneError> {
+fn write_filter(
+    map: &mut Array<MapData, u64>,
+    name: &'static str,
+    entries: &[([u32; 4], u16)],
+) -> Result<(), DataplaneError> {
     let mut words = vec![0u64; FILTER_WORDS as usize];
     for (addr, port) in entries {
         let (w, m) = word_and_mask(filter_bit(addr, *port));

@@ -104,7 +104,9 @@ fn allocate(next: &mut u32, used: &BTreeSet<u32>, limit: u32, what: &str) -> any
         *next += 1;
         return Ok(i);
     }
-    (0..limit).find(|i| !used.contains(i)).ok_or_else(|| anyhow::anyhow!("no free {what} index (limit {limit})"))
+    (0..limit)
+        .find(|i| !used.contains(i))
+        .ok_or_else(|| anyhow::anyhow!("no free {what} index (limit {limit})"))
 }
 
 /// Places `config`, keeping every index already recorded in `state` and recording new ones.
@@ -116,7 +118,11 @@ pub fn plan(config: &Config, state: &mut PersistedState) -> anyhow::Result<Layou
     let wanted_backends: BTreeSet<String> = config
         .services
         .iter()
-        .flat_map(|s| s.pools.iter().flat_map(move |p| p.backends.iter().map(move |b| backend_key(&s.name, &p.name, &b.addr))))
+        .flat_map(|s| {
+            s.pools
+                .iter()
+                .flat_map(move |p| p.backends.iter().map(move |b| backend_key(&s.name, &p.name, &b.addr)))
+        })
         .collect();
     state.backend_indices.retain(|k, _| wanted_backends.contains(k));
     let wanted_vips: BTreeSet<String> =
@@ -163,7 +169,8 @@ pub fn plan(config: &Config, state: &mut PersistedState) -> anyhow::Result<Layou
                 let index = match state.backend_indices.get(&key) {
                     Some(i) => *i,
                     None => {
-                        let i = allocate(&mut state.next_backend_index, &used_backends, MAX_BACKENDS, "backend")?;
+                        let i =
+                            allocate(&mut state.next_backend_index, &used_backends, MAX_BACKENDS, "backend")?;
                         used_backends.insert(i);
                         state.backend_indices.insert(key, i);
                         i
@@ -209,7 +216,12 @@ pub fn pool_table(pool: &PoolLayout, ring: u32, is_up: &dyn Fn(u32) -> bool) -> 
 
 /// The Maglev table of a split: every backend of every pool in `weights`, weighted so that each
 /// pool gets its percentage of the slots and, inside a pool, each backend its share of the pool.
-pub fn split_table(svc: &ServiceLayout, weights: &[PoolWeight], ring: u32, is_up: &dyn Fn(u32) -> bool) -> anyhow::Result<Vec<u32>> {
+pub fn split_table(
+    svc: &ServiceLayout,
+    weights: &[PoolWeight],
+    ring: u32,
+    is_up: &dyn Fn(u32) -> bool,
+) -> anyhow::Result<Vec<u32>> {
     struct Member {
         key: String,
         index: u32,
@@ -227,9 +239,14 @@ pub fn split_table(svc: &ServiceLayout, weights: &[PoolWeight], ring: u32, is_up
     let mut members = Vec::new();
     for (i, (pool, pct, _)) in pools.iter().enumerate() {
         // pct × w_b × Π(other pools' totals) makes every pool's sum proportional to pct.
-        let others: u64 = pools.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| p.2.max(1)).product();
+        let others: u64 =
+            pools.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| p.2.max(1)).product();
         for b in pool.backends.iter().filter(|b| b.weight > 0 && is_up(b.index)) {
-            members.push(Member { key: format!("{}/{}", pool.name, b.addr), index: b.index, weight: pct * u64::from(b.weight) * others });
+            members.push(Member {
+                key: format!("{}/{}", pool.name, b.addr),
+                index: b.index,
+                weight: pct * u64::from(b.weight) * others,
+            });
         }
     }
     if members.is_empty() {
@@ -240,7 +257,11 @@ pub fn split_table(svc: &ServiceLayout, weights: &[PoolWeight], ring: u32, is_up
     let scale = max.div_ceil(u64::from(u32::MAX) / 2).max(1);
     let list: Vec<MaglevBackend> = members
         .iter()
-        .map(|m| MaglevBackend { key: m.key.as_bytes(), index: m.index, weight: (m.weight / scale).max(1) as u32 })
+        .map(|m| MaglevBackend {
+            key: m.key.as_bytes(),
+            index: m.index,
+            weight: (m.weight / scale).max(1) as u32,
+        })
         .collect();
     Ok(build_table(&list, ring)?)
 }
@@ -274,7 +295,8 @@ backends = ["10.0.2.1:8080", { addr = "10.0.2.2:8080", weight = 3 }]
         let again = plan(&config(CONFIG), &mut state).unwrap();
         assert_eq!(first, again);
         // Remove 10.0.1.1 and add 10.0.1.3: the others keep their index, the new one is fresh.
-        let changed = CONFIG.replace(r#"["10.0.1.1:8080", "10.0.1.2:8080"]"#, r#"["10.0.1.2:8080", "10.0.1.3:8080"]"#);
+        let changed =
+            CONFIG.replace(r#"["10.0.1.1:8080", "10.0.1.2:8080"]"#, r#"["10.0.1.2:8080", "10.0.1.3:8080"]"#);
         let third = plan(&config(&changed), &mut state).unwrap();
         let a = &third.services[0].pools[0].backends;
         assert_eq!((a[0].index, a[1].index), (1, 4), "kept 1, fresh 4 (0 is not reused)");
@@ -297,7 +319,10 @@ backends = ["10.0.2.1:8080", { addr = "10.0.2.2:8080", weight = 3 }]
     fn split_table_honours_pool_percentages() {
         let mut state = PersistedState::default();
         let l = plan(&config(CONFIG), &mut state).unwrap();
-        let w = vec![PoolWeight { pool: "pool-a".into(), weight: 90 }, PoolWeight { pool: "pool-b".into(), weight: 10 }];
+        let w = vec![
+            PoolWeight { pool: "pool-a".into(), weight: 90 },
+            PoolWeight { pool: "pool-b".into(), weight: 10 },
+        ];
         let t = split_table(&l.services[0], &w, 1009, &|_| true).unwrap();
         let on_a = t.iter().filter(|&&i| i < 2).count() as f64 / 1009.0;
         assert!((on_a - 0.9).abs() < 0.01, "pool-a share {on_a}");

@@ -16,12 +16,23 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Renders every metric. `flows` holds the flow-table counts by backend index.
-pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BTreeSet<u32>, flows: &FlowCounts) -> String {
+pub fn render(
+    layout: &Layout,
+    state: &PersistedState,
+    dp: &Dataplane,
+    down: &BTreeSet<u32>,
+    flows: &FlowCounts,
+) -> String {
     let mut out = String::new();
     header(&mut out, "lb_build_info", "gauge", "Daemon version.");
     let _ = writeln!(out, "lb_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
 
-    header(&mut out, "lb_packets_total", "counter", "Packets seen by the XDP program, by what it did with them.");
+    header(
+        &mut out,
+        "lb_packets_total",
+        "counter",
+        "Packets seen by the XDP program, by what it did with them.",
+    );
     for r in ALL_REASONS {
         let c = dp.counter(reason_counter(r)).unwrap_or_default();
         let _ = writeln!(out, "lb_packets_total{{reason=\"{}\"}} {}", r.name(), c.packets);
@@ -31,14 +42,26 @@ pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BT
     for s in &layout.services {
         for v in &s.vips {
             let c = dp.counter(vip_counter(v.index)).unwrap_or_default();
-            let _ = writeln!(out, "lb_vip_packets_total{{service=\"{}\",vip=\"{}\"}} {}", esc(&s.name), v.addr, c.packets);
+            let _ = writeln!(
+                out,
+                "lb_vip_packets_total{{service=\"{}\",vip=\"{}\"}} {}",
+                esc(&s.name),
+                v.addr,
+                c.packets
+            );
         }
     }
     header(&mut out, "lb_vip_bytes_total", "counter", "Bytes forwarded for a VIP (both directions).");
     for s in &layout.services {
         for v in &s.vips {
             let c = dp.counter(vip_counter(v.index)).unwrap_or_default();
-            let _ = writeln!(out, "lb_vip_bytes_total{{service=\"{}\",vip=\"{}\"}} {}", esc(&s.name), v.addr, c.bytes);
+            let _ = writeln!(
+                out,
+                "lb_vip_bytes_total{{service=\"{}\",vip=\"{}\"}} {}",
+                esc(&s.name),
+                v.addr,
+                c.bytes
+            );
         }
     }
 
@@ -47,11 +70,14 @@ pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BT
         .iter()
         .flat_map(|s| s.pools.iter().flat_map(move |p| p.backends.iter().map(move |b| (s, p, b))))
         .collect();
-    let labels = |s: &str, p: &str, b: &std::net::SocketAddr| format!("service=\"{}\",pool=\"{}\",backend=\"{}\"", esc(s), esc(p), b);
+    let labels = |s: &str, p: &str, b: &std::net::SocketAddr| {
+        format!("service=\"{}\",pool=\"{}\",backend=\"{}\"", esc(s), esc(p), b)
+    };
     header(&mut out, "lb_backend_packets_total", "counter", "Packets sent to a backend.");
     for (s, p, b) in &backends {
         let c = dp.counter(backend_counter(b.index)).unwrap_or_default();
-        let _ = writeln!(out, "lb_backend_packets_total{{{}}} {}", labels(&s.name, &p.name, &b.addr), c.packets);
+        let _ =
+            writeln!(out, "lb_backend_packets_total{{{}}} {}", labels(&s.name, &p.name, &b.addr), c.packets);
     }
     header(&mut out, "lb_backend_bytes_total", "counter", "Bytes sent to a backend.");
     for (s, p, b) in &backends {
@@ -61,19 +87,40 @@ pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BT
     header(&mut out, "lb_backend_new_flows_total", "counter", "Flows started on a backend.");
     for (s, p, b) in &backends {
         let c = dp.counter(backend_new_flow_counter(b.index)).unwrap_or_default();
-        let _ = writeln!(out, "lb_backend_new_flows_total{{{}}} {}", labels(&s.name, &p.name, &b.addr), c.packets);
+        let _ = writeln!(
+            out,
+            "lb_backend_new_flows_total{{{}}} {}",
+            labels(&s.name, &p.name, &b.addr),
+            c.packets
+        );
     }
     header(&mut out, "lb_backend_up", "gauge", "1 when the backend may receive new flows.");
     for (s, p, b) in &backends {
-        let _ = writeln!(out, "lb_backend_up{{{}}} {}", labels(&s.name, &p.name, &b.addr), u8::from(!down.contains(&b.index)));
+        let _ = writeln!(
+            out,
+            "lb_backend_up{{{}}} {}",
+            labels(&s.name, &p.name, &b.addr),
+            u8::from(!down.contains(&b.index))
+        );
     }
 
-    header(&mut out, "lb_pool_share_ratio", "gauge", "Share of new flows a pool receives (1 for the active pool).");
+    header(
+        &mut out,
+        "lb_pool_share_ratio",
+        "gauge",
+        "Share of new flows a pool receives (1 for the active pool).",
+    );
     for s in &layout.services {
         let active = state.services.get(&s.name).map(|st| &st.active);
         for p in &s.pools {
             let share = active.map(|a| f64::from(a.share(&p.name)) / 100.0).unwrap_or(0.0);
-            let _ = writeln!(out, "lb_pool_share_ratio{{service=\"{}\",pool=\"{}\"}} {}", esc(&s.name), esc(&p.name), share);
+            let _ = writeln!(
+                out,
+                "lb_pool_share_ratio{{service=\"{}\",pool=\"{}\"}} {}",
+                esc(&s.name),
+                esc(&p.name),
+                share
+            );
         }
     }
     header(&mut out, "lb_service_epoch", "gauge", "Service epoch (a hard switch increments it).");
@@ -81,22 +128,48 @@ pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BT
         let epoch = state.services.get(&s.name).map(|st| st.epoch).unwrap_or(0);
         let _ = writeln!(out, "lb_service_epoch{{service=\"{}\"}} {}", esc(&s.name), epoch);
     }
-    header(&mut out, "lb_service_active_pool", "gauge", "1 for the pool (or pools, during a split) new flows of the service go to, 0 for the others.");
+    header(
+        &mut out,
+        "lb_service_active_pool",
+        "gauge",
+        "1 for the pool (or pools, during a split) new flows of the service go to, 0 for the others.",
+    );
     for s in &layout.services {
         let active = state.services.get(&s.name).map(|st| &st.active);
         for p in &s.pools {
             let on = active.is_some_and(|a| a.share(&p.name) > 0);
-            let _ = writeln!(out, "lb_service_active_pool{{service=\"{}\",pool=\"{}\"}} {}", esc(&s.name), esc(&p.name), u8::from(on));
+            let _ = writeln!(
+                out,
+                "lb_service_active_pool{{service=\"{}\",pool=\"{}\"}} {}",
+                esc(&s.name),
+                esc(&p.name),
+                u8::from(on)
+            );
         }
     }
-    header(&mut out, "lb_pool_established_flows", "gauge", "Established flows pinned to a pool's backends, counted from the flow table.");
+    header(
+        &mut out,
+        "lb_pool_established_flows",
+        "gauge",
+        "Established flows pinned to a pool's backends, counted from the flow table.",
+    );
     for s in &layout.services {
         for p in &s.pools {
             let n: u64 = p.backends.iter().map(|b| flows.of(b.index).established).sum();
-            let _ = writeln!(out, "lb_pool_established_flows{{service=\"{}\",pool=\"{}\"}} {n}", esc(&s.name), esc(&p.name));
+            let _ = writeln!(
+                out,
+                "lb_pool_established_flows{{service=\"{}\",pool=\"{}\"}} {n}",
+                esc(&s.name),
+                esc(&p.name)
+            );
         }
     }
-    header(&mut out, "lb_switches_total", "counter", "Changes of a service's active pool kept in the daemon's history, by kind; automatic=\"true\" marks rollbacks the daemon made by itself.");
+    header(
+        &mut out,
+        "lb_switches_total",
+        "counter",
+        "Changes of a service's active pool kept in the daemon's history, by kind; automatic=\"true\" marks rollbacks the daemon made by itself.",
+    );
     const KINDS: [(HistoryKind, &str); 5] = [
         (HistoryKind::Switch, "switch"),
         (HistoryKind::Rollback, "rollback"),
@@ -108,7 +181,11 @@ pub fn render(layout: &Layout, state: &PersistedState, dp: &Dataplane, down: &BT
         for (kind, name) in KINDS {
             let n = state.history.iter().filter(|h| h.service == s.name && h.kind == kind).count();
             let automatic = kind == HistoryKind::AutoRollback;
-            let _ = writeln!(out, "lb_switches_total{{service=\"{}\",kind=\"{name}\",automatic=\"{automatic}\"}} {n}", esc(&s.name));
+            let _ = writeln!(
+                out,
+                "lb_switches_total{{service=\"{}\",kind=\"{name}\",automatic=\"{automatic}\"}} {n}",
+                esc(&s.name)
+            );
         }
     }
     out

@@ -14,10 +14,9 @@ use crate::{
     api::{
         Control,
         model::{
-            Active, ApiError, BackendView, DrainView, ErrorCode, HistoryEntry, HistoryKind,
-            InterfaceView, PoolDrain, PoolView, ReloadOutcome, RollbackRequest, ServiceView,
-            ShutdownRequest, SplitRequest, StatusView, SwitchMode, SwitchOutcome, SwitchRequest,
-            Traffic, WatchState, WatchView,
+            Active, ApiError, BackendView, DrainView, ErrorCode, HistoryEntry, HistoryKind, InterfaceView,
+            PoolDrain, PoolView, ReloadOutcome, RollbackRequest, ServiceView, ShutdownRequest, SplitRequest,
+            StatusView, SwitchMode, SwitchOutcome, SwitchRequest, Traffic, WatchState, WatchView,
         },
     },
     config::Config,
@@ -161,7 +160,9 @@ impl Engine {
             reserved,
         };
         let mut history = Vec::new();
-        inner.apply_layout(layout, &adopted_epochs, "daemon start", &mut history).map_err(|e| anyhow::anyhow!("{e}"))?;
+        inner
+            .apply_layout(layout, &adopted_epochs, "daemon start", &mut history)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         inner.reserved.clear();
         inner.state.save(&inner.config.state_file())?;
         let (shutdown, _) = watch::channel(ShutdownKind::Running);
@@ -210,7 +211,12 @@ impl Engine {
                     tracing::warn!(problem, "backend next hop not kept resolved");
                 }
                 if report.created + report.removed > 0 {
-                    tracing::info!(created = report.created, removed = report.removed, hops = report.hops.len(), "managed neighbour entries updated");
+                    tracing::info!(
+                        created = report.created,
+                        removed = report.removed,
+                        hops = report.hops.len(),
+                        "managed neighbour entries updated"
+                    );
                 }
             }
             Err(e) => tracing::warn!(error = %e, "managing neighbour entries failed"),
@@ -307,7 +313,13 @@ impl Engine {
 impl Inner {
     /// The address of every configured backend.
     fn backend_addrs(&self) -> BTreeSet<IpAddr> {
-        self.config.services.iter().flat_map(|s| &s.pools).flat_map(|p| &p.backends).map(|b| b.addr.ip()).collect()
+        self.config
+            .services
+            .iter()
+            .flat_map(|s| &s.pools)
+            .flat_map(|p| &p.backends)
+            .map(|b| b.addr.ip())
+            .collect()
     }
 
     fn health_targets(&self) -> Vec<HealthTarget> {
@@ -331,7 +343,8 @@ impl Inner {
         let mut bad = Vec::new();
         for b in &p.backends {
             if self.down.contains(&b.index) {
-                let why = self.health_errors.get(&b.index).map(String::as_str).unwrap_or("failing health checks");
+                let why =
+                    self.health_errors.get(&b.index).map(String::as_str).unwrap_or("failing health checks");
                 bad.push(format!("{} ({why})", b.addr));
             } else if b.weight > 0 {
                 healthy += 1;
@@ -350,7 +363,8 @@ impl Inner {
         for pool in pools {
             let (healthy, min, bad) = self.pool_health(svc, pool);
             if healthy < min {
-                let list = if bad.is_empty() { String::new() } else { format!("; unhealthy: {}", bad.join(", ")) };
+                let list =
+                    if bad.is_empty() { String::new() } else { format!("; unhealthy: {}", bad.join(", ")) };
                 problems.push(format!("{pool} has {healthy} healthy backend(s), min_healthy is {min}{list}"));
             }
         }
@@ -360,13 +374,18 @@ impl Inner {
         if force {
             return Ok(problems.into_iter().map(|p| format!("forced: {p}")).collect());
         }
-        Err(ApiError::refused(format!("{}: refused, {} (use --force to switch anyway)", svc.name, problems.join("; "))))
+        Err(ApiError::refused(format!(
+            "{}: refused, {} (use --force to switch anyway)",
+            svc.name,
+            problems.join("; ")
+        )))
     }
 
     fn watch_view(&self, service: &str) -> Option<WatchView> {
         let w = self.state.watches.get(service)?;
         let now = unix_ms(SystemTime::now());
-        let remaining_s = if w.state == WatchState::Watching { w.until_ms.saturating_sub(now).div_ceil(1000) } else { 0 };
+        let remaining_s =
+            if w.state == WatchState::Watching { w.until_ms.saturating_sub(now).div_ceil(1000) } else { 0 };
         Some(WatchView {
             service: service.to_string(),
             pool: w.pool.clone(),
@@ -383,8 +402,13 @@ impl Inner {
     /// `min_healthy`.
     fn check_watches(&mut self) {
         let now = unix_ms(SystemTime::now());
-        let watching: Vec<(String, WatchRecord)> =
-            self.state.watches.iter().filter(|(_, w)| w.state == WatchState::Watching).map(|(k, w)| (k.clone(), w.clone())).collect();
+        let watching: Vec<(String, WatchRecord)> = self
+            .state
+            .watches
+            .iter()
+            .filter(|(_, w)| w.state == WatchState::Watching)
+            .map(|(k, w)| (k.clone(), w.clone()))
+            .collect();
         let mut dirty = false;
         for (name, w) in watching {
             let Some(svc) = self.layout.service(&name).cloned() else {
@@ -403,7 +427,15 @@ impl Inner {
                 let target = self.state.services.get(&name).and_then(|s| s.previous.clone());
                 let requester = format!("lb-daemon watch of switch #{}", w.switch_history_id.unwrap_or(0));
                 let result = match target {
-                    Some(t) => self.change(Some(&name), t, false, HistoryKind::AutoRollback, &requester, Instant::now(), Some(reason.clone())),
+                    Some(t) => self.change(
+                        Some(&name),
+                        t,
+                        false,
+                        HistoryKind::AutoRollback,
+                        &requester,
+                        Instant::now(),
+                        Some(reason.clone()),
+                    ),
                     None => Err(ApiError::refused("nothing to roll back to")),
                 };
                 let rec = self.state.watches.get_mut(&name).expect("watch present");
@@ -493,7 +525,10 @@ impl Inner {
             None if self.layout.services.len() == 1 => Ok(&self.layout.services[0]),
             None => {
                 let names: Vec<&str> = self.layout.services.iter().map(|s| s.name.as_str()).collect();
-                Err(ApiError::invalid(format!("several services are configured; name one with --service ({})", names.join(", "))))
+                Err(ApiError::invalid(format!(
+                    "several services are configured; name one with --service ({})",
+                    names.join(", ")
+                )))
             }
         }
     }
@@ -503,7 +538,11 @@ impl Inner {
         let check = |p: &str| {
             svc.pool(p).map(|_| ()).ok_or_else(|| {
                 let pools: Vec<&str> = svc.pools.iter().map(|p| p.name.as_str()).collect();
-                ApiError::not_found(format!("service {} has no pool {p:?} (pools: {})", svc.name, pools.join(", ")))
+                ApiError::not_found(format!(
+                    "service {} has no pool {p:?} (pools: {})",
+                    svc.name,
+                    pools.join(", ")
+                ))
             })
         };
         match active {
@@ -519,12 +558,17 @@ impl Inner {
                         return Err(ApiError::invalid(format!("pool {} appears twice in the split", w.pool)));
                     }
                     if w.weight == 0 || w.weight > 100 {
-                        return Err(ApiError::invalid(format!("weight of {} must be 1..=100, got {}", w.pool, w.weight)));
+                        return Err(ApiError::invalid(format!(
+                            "weight of {} must be 1..=100, got {}",
+                            w.pool, w.weight
+                        )));
                     }
                 }
                 let sum: u32 = ws.iter().map(|w| w.weight).sum();
                 if sum != 100 {
-                    return Err(ApiError::invalid(format!("split weights must sum to 100, they sum to {sum}")));
+                    return Err(ApiError::invalid(format!(
+                        "split weights must sum to 100, they sum to {sum}"
+                    )));
                 }
                 Ok(())
             }
@@ -541,7 +585,8 @@ impl Inner {
                 .copied()
                 .ok_or_else(|| ApiError::internal(format!("no table for {}/{p}", svc.name))),
             Active::Split(ws) => {
-                let table = split_table(svc, ws, self.ring(), &self.is_up()).map_err(|e| ApiError::internal(e.to_string()))?;
+                let table = split_table(svc, ws, self.ring(), &self.is_up())
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
                 // The current split slot (if any) is live: write the new one beside it.
                 self.write_table(&table, &BTreeSet::new())
             }
@@ -573,7 +618,13 @@ impl Inner {
 
     /// Makes `active` live for `svc`. Returns (epoch, microseconds from `started` to the
     /// update).
-    fn make_live(&mut self, svc: &ServiceLayout, active: &Active, hard: bool, started: Instant) -> Result<(u32, u64), ApiError> {
+    fn make_live(
+        &mut self,
+        svc: &ServiceLayout,
+        active: &Active,
+        hard: bool,
+        started: Instant,
+    ) -> Result<(u32, u64), ApiError> {
         let current = self.state.services.get(&svc.name).map(|s| s.epoch).unwrap_or(1);
         let epoch = if hard { current.wrapping_add(1).max(1) } else { current };
         self.point(svc, active, epoch)?;
@@ -582,22 +633,50 @@ impl Inner {
 
     /// The common path of switch, rollback, split and automatic rollback.
     #[allow(clippy::too_many_arguments)]
-    fn change(&mut self, service: Option<&str>, target: Active, hard: bool, kind: HistoryKind, requester: &str, started: Instant, reason: Option<String>) -> Result<SwitchOutcome, ApiError> {
+    fn change(
+        &mut self,
+        service: Option<&str>,
+        target: Active,
+        hard: bool,
+        kind: HistoryKind,
+        requester: &str,
+        started: Instant,
+        reason: Option<String>,
+    ) -> Result<SwitchOutcome, ApiError> {
         self.change_with(service, target, hard, kind, requester, started, reason, &ChangeOptions::default())
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn change_with(&mut self, service: Option<&str>, target: Active, hard: bool, kind: HistoryKind, requester: &str, started: Instant, reason: Option<String>, opts: &ChangeOptions) -> Result<SwitchOutcome, ApiError> {
+    fn change_with(
+        &mut self,
+        service: Option<&str>,
+        target: Active,
+        hard: bool,
+        kind: HistoryKind,
+        requester: &str,
+        started: Instant,
+        reason: Option<String>,
+        opts: &ChangeOptions,
+    ) -> Result<SwitchOutcome, ApiError> {
         let svc = self.service_layout(service)?.clone();
         Self::validate_active(&svc, &target)?;
-        let st = self.state.services.get(&svc.name).cloned().ok_or_else(|| ApiError::internal("service without state"))?;
+        let st = self
+            .state
+            .services
+            .get(&svc.name)
+            .cloned()
+            .ok_or_else(|| ApiError::internal("service without state"))?;
         if let Some(expected) = &opts.expect_active {
             if st.active.to_string() != *expected {
                 let last = self.state.history.iter().rev().find(|h| h.service == svc.name);
-                let by = last.map(|h| format!(" (changed at {} by {})", h.time, h.requester)).unwrap_or_default();
+                let by =
+                    last.map(|h| format!(" (changed at {} by {})", h.time, h.requester)).unwrap_or_default();
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
-                    format!("{}: expected {expected} to be active, but {} is{by}; nothing changed", svc.name, st.active),
+                    format!(
+                        "{}: expected {expected} to be active, but {} is{by}; nothing changed",
+                        svc.name, st.active
+                    ),
                 ));
             }
         }
@@ -608,7 +687,12 @@ impl Inner {
         } else {
             self.gate(&svc, &target, opts.force)?
         };
-        let outcome = |changed: bool, epoch: u32, apply_us: u64, history_id: Option<u64>, warnings: Vec<String>, watch: Option<WatchView>| SwitchOutcome {
+        let outcome = |changed: bool,
+                       epoch: u32,
+                       apply_us: u64,
+                       history_id: Option<u64>,
+                       warnings: Vec<String>,
+                       watch: Option<WatchView>| SwitchOutcome {
             service: svc.name.clone(),
             changed,
             before: st.active.clone(),
@@ -631,7 +715,10 @@ impl Inner {
         let (epoch, apply_us) = self.make_live(&svc, &target, hard, started)?;
         // Rollback returns to what was active before this change, so pressing it twice comes
         // back to where one started.
-        self.state.services.insert(svc.name.clone(), ServiceState { id: svc.id, active: target.clone(), previous: Some(st.active.clone()), epoch });
+        self.state.services.insert(
+            svc.name.clone(),
+            ServiceState { id: svc.id, active: target.clone(), previous: Some(st.active.clone()), epoch },
+        );
         let id = self.state.record(HistoryEntry {
             id: 0,
             time: now_rfc3339(),
@@ -654,14 +741,17 @@ impl Inner {
             }
         }
         if let (Some(secs), Active::Pool(pool)) = (opts.watch_s, &target) {
-            self.state.watches.insert(svc.name.clone(), WatchRecord {
-                pool: pool.clone(),
-                until_ms: unix_ms(SystemTime::now()) + secs * 1000,
-                state: WatchState::Watching,
-                reason: None,
-                switch_history_id: Some(id),
-                rollback_history_id: None,
-            });
+            self.state.watches.insert(
+                svc.name.clone(),
+                WatchRecord {
+                    pool: pool.clone(),
+                    until_ms: unix_ms(SystemTime::now()) + secs * 1000,
+                    state: WatchState::Watching,
+                    reason: None,
+                    switch_history_id: Some(id),
+                    rollback_history_id: None,
+                },
+            );
         }
         if let Err(e) = self.state.save(&self.config.state_file()) {
             // The data plane already serves the change; say loudly that it is not persisted.
@@ -679,11 +769,17 @@ impl Inner {
             .layout
             .services
             .iter()
-            .flat_map(|s| s.pools.iter().filter(|p| p.backends.iter().any(|b| b.index == index)).map(move |p| (s.clone(), p.name.clone())))
+            .flat_map(|s| {
+                s.pools
+                    .iter()
+                    .filter(|p| p.backends.iter().any(|b| b.index == index))
+                    .map(move |p| (s.clone(), p.name.clone()))
+            })
             .collect();
         for (svc, pool) in affected {
             let p = svc.pool(&pool).expect("pool from layout").clone();
-            let table = pool_table(&p, self.ring(), &self.is_up()).map_err(|e| ApiError::internal(e.to_string()))?;
+            let table =
+                pool_table(&p, self.ring(), &self.is_up()).map_err(|e| ApiError::internal(e.to_string()))?;
             // Written beside the current table, which stays live until the flip below.
             let slot = self.write_table(&table, &BTreeSet::new())?;
             self.pool_slots.insert((svc.name.clone(), pool.clone()), slot);
@@ -697,14 +793,23 @@ impl Inner {
 
     /// Makes the data plane serve `layout`: backends, tables, services, VIPs, NAT backends and
     /// filters. Used at start (adopting whatever was pinned) and on reload.
-    fn apply_layout(&mut self, layout: Layout, adopted_epochs: &BTreeMap<u32, u32>, why: &str, history: &mut Vec<String>) -> Result<(), ApiError> {
+    fn apply_layout(
+        &mut self,
+        layout: Layout,
+        adopted_epochs: &BTreeMap<u32, u32>,
+        why: &str,
+        history: &mut Vec<String>,
+    ) -> Result<(), ApiError> {
         // 1. Backends: new and kept ones up; retired ones down (their flows re-balance).
         let new_indices = layout.backend_indices();
         for svc in &layout.services {
             for (_, b) in svc.backends() {
                 let (addr, family) = addr_words(b.addr.ip());
                 self.dp
-                    .set_backend(b.index, &Backend { addr, port: b.addr.port().to_be(), family, flags: BACKEND_UP })
+                    .set_backend(
+                        b.index,
+                        &Backend { addr, port: b.addr.port().to_be(), family, flags: BACKEND_UP },
+                    )
                     .map_err(dp_err)?;
             }
         }
@@ -716,7 +821,8 @@ impl Inner {
         self.pool_slots.clear();
         for svc in &layout.services {
             for pool in &svc.pools {
-                let table = pool_table(pool, self.ring(), &self.is_up()).map_err(|e| ApiError::internal(e.to_string()))?;
+                let table = pool_table(pool, self.ring(), &self.is_up())
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
                 let slot = self.write_table(&table, &live)?;
                 self.pool_slots.insert((svc.name.clone(), pool.name.clone()), slot);
             }
@@ -727,7 +833,8 @@ impl Inner {
         for svc in &layout.services {
             let previous_state = self.state.services.get(&svc.name).cloned();
             let configured = Active::Pool(svc.configured_active.clone());
-            let mut active = previous_state.as_ref().map(|s| s.active.clone()).unwrap_or_else(|| configured.clone());
+            let mut active =
+                previous_state.as_ref().map(|s| s.active.clone()).unwrap_or_else(|| configured.clone());
             if Self::validate_active(svc, &active).is_err() {
                 history.push(format!("{}: {} no longer exists, serving {}", svc.name, active, configured));
                 self.state.record(HistoryEntry {
@@ -748,12 +855,17 @@ impl Inner {
                 .copied()
                 .or(previous_state.as_ref().map(|s| s.epoch))
                 .unwrap_or(1);
-            let previous = previous_state.and_then(|s| s.previous).filter(|p| Self::validate_active(svc, p).is_ok());
-            self.state.services.insert(svc.name.clone(), ServiceState { id: svc.id, active: active.clone(), previous, epoch });
+            let previous =
+                previous_state.and_then(|s| s.previous).filter(|p| Self::validate_active(svc, p).is_ok());
+            self.state.services.insert(
+                svc.name.clone(),
+                ServiceState { id: svc.id, active: active.clone(), previous, epoch },
+            );
             let slot = match &active {
                 Active::Pool(p) => self.pool_slots[&(svc.name.clone(), p.clone())],
                 Active::Split(ws) => {
-                    let table = split_table(svc, ws, self.ring(), &self.is_up()).map_err(|e| ApiError::internal(e.to_string()))?;
+                    let table = split_table(svc, ws, self.ring(), &self.is_up())
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
                     let mut taken = live.clone();
                     taken.extend(old_split_slots.values());
                     let slot = self.write_table(&table, &taken)?;
@@ -804,7 +916,10 @@ impl Inner {
         let mut nat_keys = BTreeSet::new();
         for (backend, vips) in &nat {
             if vips.len() > MAX_VIPS_PER_BACKEND {
-                return Err(ApiError::invalid(format!("backend {backend} serves {} NAT VIPs, at most {MAX_VIPS_PER_BACKEND}", vips.len())));
+                return Err(ApiError::invalid(format!(
+                    "backend {backend} serves {} NAT VIPs, at most {MAX_VIPS_PER_BACKEND}",
+                    vips.len()
+                )));
             }
             let mut value = NatBackend::default();
             for (slot, vip) in value.vips.iter_mut().zip(vips) {
@@ -825,7 +940,8 @@ impl Inner {
             .iter()
             .flat_map(|s| s.vips.iter().map(|v| (addr_words(v.addr.ip()).0, v.addr.port().to_be())))
             .collect();
-        let nat_list: Vec<([u32; 4], u16)> = nat.keys().map(|a| (addr_words(a.ip()).0, a.port().to_be())).collect();
+        let nat_list: Vec<([u32; 4], u16)> =
+            nat.keys().map(|a| (addr_words(a.ip()).0, a.port().to_be())).collect();
         self.dp.set_filters(&vip_list, &nat_list).map_err(dp_err)?;
         self.layout = layout;
         Ok(())
@@ -874,7 +990,14 @@ impl Inner {
                     new_flows: a.new_flows + b.traffic.new_flows,
                 });
                 let (healthy, min_healthy, _) = self.pool_health(svc, &p.name);
-                PoolView { name: p.name.clone(), share: st.active.share(&p.name), min_healthy, healthy, backends, traffic }
+                PoolView {
+                    name: p.name.clone(),
+                    share: st.active.share(&p.name),
+                    min_healthy,
+                    healthy,
+                    backends,
+                    traffic,
+                }
             })
             .collect();
         ServiceView {
@@ -953,7 +1076,9 @@ impl Control for Engine {
         let services = inner.layout.services.iter().map(|s| inner.service_view(s)).collect();
         let reasons = ALL_REASONS
             .iter()
-            .map(|r| (r.name().to_string(), inner.dp.counter(reason_counter(*r)).map(|c| c.packets).unwrap_or(0)))
+            .map(|r| {
+                (r.name().to_string(), inner.dp.counter(reason_counter(*r)).map(|c| c.packets).unwrap_or(0))
+            })
             .collect();
         Ok(StatusView {
             instance: inner.config.instance.clone(),
@@ -972,33 +1097,88 @@ impl Control for Engine {
         Ok(inner.service_view(svc))
     }
 
-    fn switch(&self, service: Option<&str>, req: &SwitchRequest, requester: &str) -> Result<SwitchOutcome, ApiError> {
+    fn switch(
+        &self,
+        service: Option<&str>,
+        req: &SwitchRequest,
+        requester: &str,
+    ) -> Result<SwitchOutcome, ApiError> {
         let started = Instant::now();
         let mut inner = self.lock();
         if req.watch_s.is_some_and(|s| s == 0 || s > 86_400) {
             return Err(ApiError::invalid("watch must be 1 s to 24 h"));
         }
-        let opts = ChangeOptions { force: req.force, dry_run: req.dry_run, expect_active: req.expect_active.clone(), watch_s: req.watch_s };
-        inner.change_with(service, Active::Pool(req.pool.clone()), req.hard, HistoryKind::Switch, requester, started, None, &opts)
+        let opts = ChangeOptions {
+            force: req.force,
+            dry_run: req.dry_run,
+            expect_active: req.expect_active.clone(),
+            watch_s: req.watch_s,
+        };
+        inner.change_with(
+            service,
+            Active::Pool(req.pool.clone()),
+            req.hard,
+            HistoryKind::Switch,
+            requester,
+            started,
+            None,
+            &opts,
+        )
     }
 
-    fn rollback(&self, service: Option<&str>, req: &RollbackRequest, requester: &str) -> Result<SwitchOutcome, ApiError> {
+    fn rollback(
+        &self,
+        service: Option<&str>,
+        req: &RollbackRequest,
+        requester: &str,
+    ) -> Result<SwitchOutcome, ApiError> {
         let started = Instant::now();
         let mut inner = self.lock();
         let name = inner.service_layout(service)?.name.clone();
-        let target = inner.state.services[&name]
-            .previous
-            .clone()
-            .ok_or_else(|| ApiError::refused(format!("{name} has nothing to roll back to: no earlier switch is recorded")))?;
-        let opts = ChangeOptions { dry_run: req.dry_run, expect_active: req.expect_active.clone(), ..ChangeOptions::default() };
-        inner.change_with(Some(&name), target, req.hard, HistoryKind::Rollback, requester, started, None, &opts)
+        let target = inner.state.services[&name].previous.clone().ok_or_else(|| {
+            ApiError::refused(format!("{name} has nothing to roll back to: no earlier switch is recorded"))
+        })?;
+        let opts = ChangeOptions {
+            dry_run: req.dry_run,
+            expect_active: req.expect_active.clone(),
+            ..ChangeOptions::default()
+        };
+        inner.change_with(
+            Some(&name),
+            target,
+            req.hard,
+            HistoryKind::Rollback,
+            requester,
+            started,
+            None,
+            &opts,
+        )
     }
 
-    fn split(&self, service: Option<&str>, req: &SplitRequest, requester: &str) -> Result<SwitchOutcome, ApiError> {
+    fn split(
+        &self,
+        service: Option<&str>,
+        req: &SplitRequest,
+        requester: &str,
+    ) -> Result<SwitchOutcome, ApiError> {
         let started = Instant::now();
         let mut inner = self.lock();
-        let opts = ChangeOptions { force: req.force, dry_run: req.dry_run, expect_active: req.expect_active.clone(), watch_s: None };
-        inner.change_with(service, Active::Split(req.weights.clone()), false, HistoryKind::Split, requester, started, None, &opts)
+        let opts = ChangeOptions {
+            force: req.force,
+            dry_run: req.dry_run,
+            expect_active: req.expect_active.clone(),
+            watch_s: None,
+        };
+        inner.change_with(
+            service,
+            Active::Split(req.weights.clone()),
+            false,
+            HistoryKind::Split,
+            requester,
+            started,
+            None,
+            &opts,
+        )
     }
 
     fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<HistoryEntry>, ApiError> {
@@ -1014,19 +1194,39 @@ impl Control for Engine {
 
     fn reload(&self, requester: &str) -> Result<ReloadOutcome, ApiError> {
         let mut inner = self.lock();
-        let new = Config::load(&inner.config_path).map_err(|e| ApiError::invalid(format!("config not reloaded, nothing changed: {e}")))?;
+        let new = Config::load(&inner.config_path)
+            .map_err(|e| ApiError::invalid(format!("config not reloaded, nothing changed: {e}")))?;
         let old = &inner.config;
         let mut needs_restart = Vec::new();
-        if new.instance != old.instance { needs_restart.push("instance"); }
-        if new.bpffs != old.bpffs { needs_restart.push("bpffs"); }
-        if new.state_dir != old.state_dir { needs_restart.push("state_dir"); }
-        if new.interfaces != old.interfaces { needs_restart.push("interfaces"); }
-        if new.xdp_mode != old.xdp_mode { needs_restart.push("xdp_mode"); }
-        if new.ring_size != old.ring_size { needs_restart.push("ring_size"); }
-        if new.flow_table_size != old.flow_table_size { needs_restart.push("flow_table_size"); }
-        if new.api != old.api { needs_restart.push("api"); }
+        if new.instance != old.instance {
+            needs_restart.push("instance");
+        }
+        if new.bpffs != old.bpffs {
+            needs_restart.push("bpffs");
+        }
+        if new.state_dir != old.state_dir {
+            needs_restart.push("state_dir");
+        }
+        if new.interfaces != old.interfaces {
+            needs_restart.push("interfaces");
+        }
+        if new.xdp_mode != old.xdp_mode {
+            needs_restart.push("xdp_mode");
+        }
+        if new.ring_size != old.ring_size {
+            needs_restart.push("ring_size");
+        }
+        if new.flow_table_size != old.flow_table_size {
+            needs_restart.push("flow_table_size");
+        }
+        if new.api != old.api {
+            needs_restart.push("api");
+        }
         if !needs_restart.is_empty() {
-            return Err(ApiError::refused(format!("config not reloaded, nothing changed: changing {} needs a daemon restart", needs_restart.join(", "))));
+            return Err(ApiError::refused(format!(
+                "config not reloaded, nothing changed: changing {} needs a daemon restart",
+                needs_restart.join(", ")
+            )));
         }
         let mut changes = Vec::new();
         for s in &new.services {
@@ -1045,9 +1245,11 @@ impl Control for Engine {
             return Ok(ReloadOutcome { changed: false, changes });
         }
         let mut state = inner.state.clone();
-        let layout = plan(&new, &mut state).map_err(|e| ApiError::refused(format!("config not reloaded, nothing changed: {e}")))?;
+        let layout = plan(&new, &mut state)
+            .map_err(|e| ApiError::refused(format!("config not reloaded, nothing changed: {e}")))?;
         // Enough table slots for every new pool table beside the live ones?
-        let needed: usize = layout.services.iter().map(|s| s.pools.len() + 1).sum::<usize>() + inner.live_slots().len();
+        let needed: usize =
+            layout.services.iter().map(|s| s.pools.len() + 1).sum::<usize>() + inner.live_slots().len();
         if needed > inner.dp.options().table_slots as usize {
             return Err(ApiError::refused(format!(
                 "config not reloaded, nothing changed: it needs {needed} Maglev table slots, the running data plane has {}",

@@ -157,12 +157,21 @@ mod tests {
         let path = dir.path().join("sub/lb.state.json");
         let mut s = PersistedState::load(&path).unwrap();
         assert!(s.services.is_empty());
-        s.services.insert("web".into(), ServiceState { id: 0, active: Active::Pool("b".into()), previous: Some(Active::Pool("a".into())), epoch: 3 });
+        s.services.insert(
+            "web".into(),
+            ServiceState {
+                id: 0,
+                active: Active::Pool("b".into()),
+                previous: Some(Active::Pool("a".into())),
+                epoch: 3,
+            },
+        );
         s.backend_indices.insert("web/a/10.0.0.1:80".into(), 7);
         s.record(entry(1));
         s.save(&path).unwrap();
         assert_eq!(PersistedState::load(&path).unwrap(), s);
-        let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("lb.state.json")]);
     }
 

@@ -99,7 +99,8 @@ impl NeighbourKeeper {
     /// Waits up to `timeout` for every kept next hop to have a link-layer address; returns the
     /// ones that still have none.
     pub fn wait_resolved(&self, timeout: Duration) -> std::io::Result<Vec<NextHop>> {
-        let hops: BTreeSet<NextHop> = self.kept.lock().unwrap_or_else(|e| e.into_inner()).values().copied().collect();
+        let hops: BTreeSet<NextHop> =
+            self.kept.lock().unwrap_or_else(|e| e.into_inner()).values().copied().collect();
         let mut nl = Netlink::open()?;
         let deadline = Instant::now() + timeout;
         loop {

@@ -75,7 +75,9 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a `NETLINK_ROUTE` socket.
     pub fn open() -> io::Result<Self> {
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let fd = unsafe {
+            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -108,10 +110,11 @@ impl Netlink {
     pub fn neighbour(&mut self, hop: &NextHop) -> io::Result<Option<Neighbour>> {
         let seq = self.next_seq();
         match self.request(&neigh_message(RTM_GETNEIGH, NLM_F_REQUEST, seq, hop, 0, None), seq) {
-            Ok(reply) => Ok(Some(
-                parse_neighbour(&reply)
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed neighbour reply"))?,
-            )),
+            Ok(reply) => {
+                Ok(Some(parse_neighbour(&reply).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "malformed neighbour reply")
+                })?))
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
         }
@@ -122,7 +125,8 @@ impl Netlink {
     pub fn set_managed(&mut self, hop: &NextHop, protocol: u8) -> io::Result<()> {
         let seq = self.next_seq();
         let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-        self.request(&neigh_message(RTM_NEWNEIGH, flags, seq, hop, protocol, Some(NTF_EXT_MANAGED)), seq).map(drop)
+        self.request(&neigh_message(RTM_NEWNEIGH, flags, seq, hop, protocol, Some(NTF_EXT_MANAGED)), seq)
+            .map(drop)
     }
 
     /// Deletes `hop`'s entry (absent is fine).
@@ -296,7 +300,14 @@ fn parse_route(payload: &[u8]) -> Option<Route> {
 }
 
 /// An `ndmsg` request for `hop`, optionally with a protocol tag and extended flags.
-fn neigh_message(ty: u16, flags: u16, seq: u32, hop: &NextHop, protocol: u8, ext_flags: Option<u32>) -> Vec<u8> {
+fn neigh_message(
+    ty: u16,
+    flags: u16,
+    seq: u32,
+    hop: &NextHop,
+    protocol: u8,
+    ext_flags: Option<u32>,
+) -> Vec<u8> {
     let (family, octets) = family_and_octets(hop.addr);
     // struct ndmsg: family, pad, pad (u16), ifindex (i32), state (u16), flags (u8), type (u8).
     // State NUD_NONE: with no link-layer address, the kernel starts resolving.
@@ -324,7 +335,9 @@ fn parse_neighbour(payload: &[u8]) -> Option<Neighbour> {
     for (ty, data) in attrs(&payload[12..]) {
         match ty {
             NDA_PROTOCOL => protocol = *data.first()?,
-            NDA_FLAGS_EXT => managed = u32::from_ne_bytes(data.get(..4)?.try_into().ok()?) & NTF_EXT_MANAGED != 0,
+            NDA_FLAGS_EXT => {
+                managed = u32::from_ne_bytes(data.get(..4)?.try_into().ok()?) & NTF_EXT_MANAGED != 0
+            }
             _ => {}
         }
     }
@@ -399,7 +412,8 @@ mod tests {
     #[test]
     fn managed_neighbour_request_carries_protocol_and_flag() {
         let hop = NextHop { ifindex: 9, addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)) };
-        let m = neigh_message(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_CREATE, 3, &hop, 248, Some(NTF_EXT_MANAGED));
+        let m =
+            neigh_message(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_CREATE, 3, &hop, 248, Some(NTF_EXT_MANAGED));
         let p = payload(&m);
         assert_eq!(p[0], AF_INET);
         assert_eq!(i32::from_ne_bytes(p[4..8].try_into().unwrap()), 9);

@@ -34,7 +34,9 @@ use std::{
 };
 
 #[derive(Parser)]
-#[command(about = "Switch latency and traffic through the VIP during switches (namespaces, real daemon and lbctl)")]
+#[command(
+    about = "Switch latency and traffic through the VIP during switches (namespaces, real daemon and lbctl)"
+)]
 struct Args {
     /// Switches by lbctl under load per run (50 ms apart).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=2000))]
@@ -58,9 +60,6 @@ const MARGIN: Duration = Duration::from_millis(300);
 const MAX_CONNECTIONS: u32 = 200_000;
 /// Backend a1, the target of the baseline load.
 const DIRECT_BACKEND: &str = "10.77.2.11:8080";
-
-
-
 
 fn check_interrupted() -> Result<()> {
     if lb_tests::interrupt::requested() {
@@ -107,19 +106,73 @@ const METRICS: &[Metric] = &[
     Metric { key: "api_rtt_us_p99", section: 1, label: "p99", unit: "us", decimals: 0 },
     Metric { key: "lbctl_ms_p50", section: 2, label: "p50", unit: "ms", decimals: 2 },
     Metric { key: "lbctl_ms_p99", section: 2, label: "p99", unit: "ms", decimals: 2 },
-    Metric { key: "vip_conn_per_s", section: 3, label: "new connections/s through the VIP", unit: "conn/s", decimals: 0 },
+    Metric {
+        key: "vip_conn_per_s",
+        section: 3,
+        label: "new connections/s through the VIP",
+        unit: "conn/s",
+        decimals: 0,
+    },
     Metric { key: "vip_connections", section: 3, label: "connections made", unit: "", decimals: 0 },
     Metric { key: "vip_failed", section: 3, label: "failed connections", unit: "", decimals: 0 },
-    Metric { key: "lbctl_load_ms_p50", section: 3, label: "lbctl switch wall time p50", unit: "ms", decimals: 2 },
-    Metric { key: "lbctl_load_ms_p99", section: 3, label: "lbctl switch wall time p99", unit: "ms", decimals: 2 },
-    Metric { key: "converge_ms_median", section: 3, label: "converge, median over switches", unit: "ms", decimals: 2 },
-    Metric { key: "converge_ms_max", section: 3, label: "converge, max over switches", unit: "ms", decimals: 2 },
-    Metric { key: "old_pool_after_return", section: 3, label: "new conns on the old pool after lbctl returned", unit: "", decimals: 0 },
-    Metric { key: "long_lived_kept", section: 3, label: "long-lived connections kept (of 6)", unit: "", decimals: 0 },
-    Metric { key: "direct_conn_per_s", section: 4, label: "new connections/s straight to a1", unit: "conn/s", decimals: 0 },
+    Metric {
+        key: "lbctl_load_ms_p50",
+        section: 3,
+        label: "lbctl switch wall time p50",
+        unit: "ms",
+        decimals: 2,
+    },
+    Metric {
+        key: "lbctl_load_ms_p99",
+        section: 3,
+        label: "lbctl switch wall time p99",
+        unit: "ms",
+        decimals: 2,
+    },
+    Metric {
+        key: "converge_ms_median",
+        section: 3,
+        label: "converge, median over switches",
+        unit: "ms",
+        decimals: 2,
+    },
+    Metric {
+        key: "converge_ms_max",
+        section: 3,
+        label: "converge, max over switches",
+        unit: "ms",
+        decimals: 2,
+    },
+    Metric {
+        key: "old_pool_after_return",
+        section: 3,
+        label: "new conns on the old pool after lbctl returned",
+        unit: "",
+        decimals: 0,
+    },
+    Metric {
+        key: "long_lived_kept",
+        section: 3,
+        label: "long-lived connections kept (of 6)",
+        unit: "",
+        decimals: 0,
+    },
+    Metric {
+        key: "direct_conn_per_s",
+        section: 4,
+        label: "new connections/s straight to a1",
+        unit: "conn/s",
+        decimals: 0,
+    },
     Metric { key: "direct_failed", section: 4, label: "failed connections", unit: "", decimals: 0 },
     Metric { key: "vip_vs_direct", section: 4, label: "ratio VIP / direct", unit: "", decimals: 3 },
-    Metric { key: "direct_after_vip_failed_pct", section: 4, label: "direct to a1 after the VIP load: failed", unit: "%", decimals: 1 },
+    Metric {
+        key: "direct_after_vip_failed_pct",
+        section: 4,
+        label: "direct to a1 after the VIP load: failed",
+        unit: "%",
+        decimals: 1,
+    },
 ];
 
 /// Nearest-rank percentile of unsorted values (`p` in 0..=100); 0 for none.
@@ -288,7 +341,10 @@ fn run_once(args: &Args, run: u32) -> Result<BTreeMap<&'static str, f64>> {
     let planned = MARGIN * 2 + (GAP + Duration::from_millis(5)) * n as u32;
     let direct: SocketAddr = DIRECT_BACKEND.parse().expect("constant address");
     let base = run_for(client_ns, unpaced(direct, s.topo.client_addrs(), planned))?;
-    ensure!(base.len() < MAX_CONNECTIONS as usize, "the baseline hit its connection bound: raise MAX_CONNECTIONS");
+    ensure!(
+        base.len() < MAX_CONNECTIONS as usize,
+        "the baseline hit its connection bound: raise MAX_CONNECTIONS"
+    );
     let direct_cps = base.ok() as f64 / planned.as_secs_f64();
     m.insert("direct_conn_per_s", direct_cps);
     m.insert("direct_failed", base.failed() as f64);
@@ -331,7 +387,10 @@ fn run_once(args: &Args, run: u32) -> Result<BTreeMap<&'static str, f64>> {
     outcome?;
     check_long_lived(&mut ll, &original, &mut kept);
     drop(ll);
-    ensure!(report.len() < MAX_CONNECTIONS as usize, "the load hit its connection bound: raise MAX_CONNECTIONS");
+    ensure!(
+        report.len() < MAX_CONNECTIONS as usize,
+        "the load hit its connection bound: raise MAX_CONNECTIONS"
+    );
     let (converge_ms, late) = converge(&report, &switches);
     let vip_cps = report.ok() as f64 / duration.as_secs_f64();
     m.insert("vip_conn_per_s", vip_cps);
@@ -350,7 +409,12 @@ fn run_once(args: &Args, run: u32) -> Result<BTreeMap<&'static str, f64>> {
             // Which switch came last before the failed connection started, and how long before.
             let last = switches.iter().rposition(|sw| sw.started <= f.at);
             let since = last.map_or("before the first switch".to_string(), |i| {
-                format!("{:.2} ms after the start of switch {} (to {})", millis(f.at - switches[i].started), i + 1, switches[i].target)
+                format!(
+                    "{:.2} ms after the start of switch {} (to {})",
+                    millis(f.at - switches[i].started),
+                    i + 1,
+                    switches[i].target
+                )
             });
             eprintln!(
                 "    failed at {:.4} s ({since}), took {:.2} ms: {}",
@@ -447,10 +511,7 @@ fn bench(args: &Args) -> Result<()> {
         }
     }
     let apply_p50 = stats(&runs.iter().map(|r| r["apply_us_p50"]).collect::<Vec<_>>()).0;
-    println!(
-        "\nTarget: apply p50 < 1000 us: {}",
-        if apply_p50 < 1000.0 { "met" } else { "NOT met" }
-    );
+    println!("\nTarget: apply p50 < 1000 us: {}", if apply_p50 < 1000.0 { "met" } else { "NOT met" });
     let line = serde_json::json!({
         "bench": "controlplane",
         "runs": args.runs,

@@ -61,7 +61,10 @@ enum Target {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    println!("BPF_PROG_TEST_RUN, repeat {} x {} runs, one CPU, kernel-reported ns/packet", args.repeat, args.runs);
+    println!(
+        "BPF_PROG_TEST_RUN, repeat {} x {} runs, one CPU, kernel-reported ns/packet",
+        args.repeat, args.runs
+    );
     for (i, flow_entries) in args.flow_entries.iter().enumerate() {
         // The trivial and established cases do not depend on the table size: run them once.
         bench_table_size(&args, *flow_entries, i == 0)?;
@@ -80,7 +83,8 @@ fn bench_table_size(args: &Args, flow_entries: u32, all_cases: bool) -> Result<(
         let p: &mut Xdp = bench.program_mut(name).context(name)?.try_into()?;
         p.load().with_context(|| format!("loading {name}"))?;
     }
-    let mut packet: Array<_, BenchPacket> = Array::try_from(bench.take_map("BENCH_PACKET").context("BENCH_PACKET")?)?;
+    let mut packet: Array<_, BenchPacket> =
+        Array::try_from(bench.take_map("BENCH_PACKET").context("BENCH_PACKET")?)?;
     let mut targets = ProgramArray::try_from(bench.take_map("BENCH_TARGET").context("BENCH_TARGET")?)?;
 
     let client = sa("10.0.0.100:40000");
@@ -88,19 +92,65 @@ fn bench_table_size(args: &Args, flow_entries: u32, all_cases: bool) -> Result<(
     let dsr = sa("10.0.0.201:80");
     let established = Frame::syn(client, nat).with(ACK | PSH, b"");
     let backend = bed.backends[&bed.expected_backend(0, client, nat)];
-    let reply = Frame { src_mac: backend_mac(backend.ip()), dst_mac: LB_MAC, ..Frame::syn(backend, client) }.with(ACK, b"");
+    let reply = Frame { src_mac: backend_mac(backend.ip()), dst_mac: LB_MAC, ..Frame::syn(backend, client) }
+        .with(ACK, b"");
     let client6 = sa("[fd00::100]:40000");
     let cases = [
         Case { name: "trivial XDP_PASS", frame: established.build(), target: Target::Pass, vary_offset: 0 },
-        Case { name: "trivial MAC swap + XDP_TX", frame: established.build(), target: Target::Tx, vary_offset: 0 },
-        Case { name: "non-VIP (host traffic, port 22)", frame: Frame::syn(client, sa("10.0.0.1:22")).build(), target: Target::Lb, vary_offset: 0 },
-        Case { name: "non-VIP (VIP port, other address)", frame: Frame::syn(client, sa("10.0.0.1:80")).build(), target: Target::Lb, vary_offset: 0 },
-        Case { name: "established flow, nat v4", frame: established.build(), target: Target::Lb, vary_offset: 0 },
-        Case { name: "established flow, dsr v4", frame: Frame::syn(client, dsr).with(ACK, b"").build(), target: Target::Lb, vary_offset: 0 },
-        Case { name: "established flow, nat v6", frame: Frame::syn(client6, sa("[fd00::200]:80")).with(ACK, b"").build(), target: Target::Lb, vary_offset: 0 },
-        Case { name: "nat reply (backend to client)", frame: reply.build(), target: Target::Lb, vary_offset: 0 },
-        Case { name: "new flow SYN, nat v4 (flow recorded)", frame: Frame::syn(client, nat).build(), target: Target::Lb, vary_offset: IPV4_SRC_OFFSET },
-        Case { name: "new flow SYN, dsr v4 (flow recorded)", frame: Frame::syn(client, dsr).build(), target: Target::Lb, vary_offset: IPV4_SRC_OFFSET },
+        Case {
+            name: "trivial MAC swap + XDP_TX",
+            frame: established.build(),
+            target: Target::Tx,
+            vary_offset: 0,
+        },
+        Case {
+            name: "non-VIP (host traffic, port 22)",
+            frame: Frame::syn(client, sa("10.0.0.1:22")).build(),
+            target: Target::Lb,
+            vary_offset: 0,
+        },
+        Case {
+            name: "non-VIP (VIP port, other address)",
+            frame: Frame::syn(client, sa("10.0.0.1:80")).build(),
+            target: Target::Lb,
+            vary_offset: 0,
+        },
+        Case {
+            name: "established flow, nat v4",
+            frame: established.build(),
+            target: Target::Lb,
+            vary_offset: 0,
+        },
+        Case {
+            name: "established flow, dsr v4",
+            frame: Frame::syn(client, dsr).with(ACK, b"").build(),
+            target: Target::Lb,
+            vary_offset: 0,
+        },
+        Case {
+            name: "established flow, nat v6",
+            frame: Frame::syn(client6, sa("[fd00::200]:80")).with(ACK, b"").build(),
+            target: Target::Lb,
+            vary_offset: 0,
+        },
+        Case {
+            name: "nat reply (backend to client)",
+            frame: reply.build(),
+            target: Target::Lb,
+            vary_offset: 0,
+        },
+        Case {
+            name: "new flow SYN, nat v4 (flow recorded)",
+            frame: Frame::syn(client, nat).build(),
+            target: Target::Lb,
+            vary_offset: IPV4_SRC_OFFSET,
+        },
+        Case {
+            name: "new flow SYN, dsr v4 (flow recorded)",
+            frame: Frame::syn(client, dsr).build(),
+            target: Target::Lb,
+            vary_offset: IPV4_SRC_OFFSET,
+        },
     ];
 
     println!("\nflow table {flow_entries} entries, Maglev ring {}", bed.dp.options().ring_size);
@@ -120,7 +170,11 @@ fn bench_table_size(args: &Args, flow_entries: u32, all_cases: bool) -> Result<(
         targets.set(0, target.fd()?, 0)?;
         let mut data = [0u8; BENCH_PACKET_MAX];
         data[..case.frame.len()].copy_from_slice(&case.frame);
-        packet.set(0, &BenchPacket { data, len: case.frame.len() as u32, vary_offset: case.vary_offset }, 0)?;
+        packet.set(
+            0,
+            &BenchPacket { data, len: case.frame.len() as u32, vary_offset: case.vary_offset },
+            0,
+        )?;
         let wrapper: &Xdp = bench.program("bench_restore").context("bench_restore")?.try_into()?;
         let md = xdp_md(case.frame.len(), bed.v0);
         let mut times = Vec::new();

@@ -28,7 +28,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-
 /// New connections per second from the client to the VIP.
 const RATE_PER_S: u32 = 50;
 /// Hard bounds of the load, whatever happens to the rest of the demo.
@@ -39,8 +38,6 @@ const LOAD_MAX_CONNECTIONS: u32 = 1500;
 const TICK: Duration = Duration::from_millis(500);
 /// Connect, write and read timeout of one connection of the load.
 const CONN_TIMEOUT: Duration = Duration::from_secs(1);
-
-
 
 fn stopped() -> bool {
     lb_tests::interrupt::requested()
@@ -140,8 +137,7 @@ impl LiveLoad {
 
 /// `(a1 13, a2 12)` for the backends of `pool` that answered.
 fn backend_counts(by: &BTreeMap<String, usize>, pool: &[&str]) -> String {
-    let parts: Vec<String> =
-        pool.iter().filter_map(|b| by.get(*b).map(|n| format!("{b} {n}"))).collect();
+    let parts: Vec<String> = pool.iter().filter_map(|b| by.get(*b).map(|n| format!("{b} {n}"))).collect();
     if parts.is_empty() { String::new() } else { format!("({})", parts.join(", ")) }
 }
 
@@ -210,7 +206,12 @@ fn live(ui: &Ui, load: &mut LiveLoad, ticks: u32) -> bool {
 
 /// Runs the real lbctl, showing the command, its output and how long it took. Returns the
 /// load-clock times when it started and returned, and whether it succeeded.
-fn lbctl_shown(ui: &Ui, setup: &e2e::Setup, load: Option<&LiveLoad>, args: &[&str]) -> (Duration, Duration, bool) {
+fn lbctl_shown(
+    ui: &Ui,
+    setup: &e2e::Setup,
+    load: Option<&LiveLoad>,
+    args: &[&str],
+) -> (Duration, Duration, bool) {
     println!("\n  {} {}", ui.dim("$"), ui.cmd(&format!("lbctl {}", args.join(" "))));
     let clock = |l: Option<&LiveLoad>| l.map(|l| l.load.elapsed()).unwrap_or_default();
     let began = Instant::now();
@@ -287,13 +288,12 @@ fn tour(ui: &Ui, setup: &e2e::Setup) -> Result<bool> {
     for line in config.lines() {
         println!("    {}", ui.dim(line));
     }
-    println!(
-        "\n  (every lbctl below really runs as `lbctl --socket {} …`)",
-        setup.daemon.socket().display()
-    );
+    println!("\n  (every lbctl below really runs as `lbctl --socket {} …`)", setup.daemon.socket().display());
     check_interrupted()?;
 
-    ui.heading(&format!("Traffic: {RATE_PER_S} new connections/s from the client to {vip}, one line per 500 ms"));
+    ui.heading(&format!(
+        "Traffic: {RATE_PER_S} new connections/s from the client to {vip}, one line per 500 ms"
+    ));
     let mut load = LiveLoad::start(topo.client(), vip)?;
     let mut checks = Checks { long_lived_kept: true, ..Checks::default() };
     if !live(ui, &mut load, 8) {
@@ -356,11 +356,11 @@ fn summary(ui: &Ui, all: &LoadReport, checks: &Checks, times: [Duration; 4]) -> 
     ui.heading("Summary");
     let failed: Vec<&ConnResult> = all.failures().collect();
     let per: Vec<String> = all.by_backend().iter().map(|(b, n)| format!("{b} {n}")).collect();
-    println!("  connections: {}   failed: {}", all.len(), if failed.is_empty() {
-        ui.good("0")
-    } else {
-        ui.bad(&failed.len().to_string())
-    });
+    println!(
+        "  connections: {}   failed: {}",
+        all.len(),
+        if failed.is_empty() { ui.good("0") } else { ui.bad(&failed.len().to_string()) }
+    );
     println!("  answered by: {}", per.join(", "));
     for f in failed.iter().take(3) {
         let why = f.error.as_deref().unwrap_or_default();
@@ -420,7 +420,10 @@ impl Leftovers {
                 ))
             );
         } else {
-            println!("{}", ui.bad(&format!("cleanup incomplete: namespaces {ns_left:?}, pins left: {pins_left}")));
+            println!(
+                "{}",
+                ui.bad(&format!("cleanup incomplete: namespaces {ns_left:?}, pins left: {pins_left}"))
+            );
         }
     }
 }
@@ -435,8 +438,7 @@ fn run(ui: &Ui) -> Result<bool> {
     let began = Instant::now();
     let setup = e2e::setup("demo", "nat").context("building the demo topology")?;
     println!("{}", ui.dim(&format!("ready in {:.1} s", began.elapsed().as_secs_f64())));
-    let leftovers =
-        Leftovers { namespaces: setup.topo.namespace_names(), pins: setup.daemon.pin_dir() };
+    let leftovers = Leftovers { namespaces: setup.topo.namespace_names(), pins: setup.daemon.pin_dir() };
     let result = tour(ui, &setup);
     if result.is_err() || stopped() {
         // Keep the daemon's view for a failed run.
