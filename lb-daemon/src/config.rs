@@ -78,6 +78,14 @@ pub const RING_SLOTS_PER_BACKEND: u64 = 100;
 pub const MAX_RING_SIZE: u32 = u32::MAX / DEFAULT_TABLE_SLOTS;
 /// Shortest accepted `api.token`.
 pub const MIN_TOKEN_LEN: usize = 16;
+/// Default `drain_idle_timeout`. Long enough for an idle but live connection between two
+/// requests (HTTP keep-alive pools, a database client between queries), short enough that
+/// `--wait-drained` after a lost host or client ends in minutes rather than never.
+pub const DEFAULT_DRAIN_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Accepted `drain_idle_timeout` range. The lower end stays well above the data plane's
+/// 1-second `last_seen_ns` granularity (`FLOW_TOUCH_NS`), so a busy flow is never taken for idle.
+pub const DRAIN_IDLE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(5)..=Duration::from_secs(86_400);
 /// Shortest accepted health-check `interval`.
 pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(50);
 /// Longest accepted health-check `interval`.
@@ -115,6 +123,12 @@ pub struct Config {
     /// (default [`lb_common::maps::DEFAULT_RING_SIZE`]).
     #[serde(default = "default_ring_size")]
     pub ring_size: u32,
+    /// A flow with no packet for this long is not counted as established by `drain-status`,
+    /// `--wait-drained` and `lb_pool_established_flows` (default 5m; `5s..=24h`): its
+    /// connection is taken for dead (a client or balancer host lost without FIN or RST). TOML:
+    /// a string such as `"2m"`.
+    #[serde(default = "default_drain_idle_timeout", deserialize_with = "de_duration")]
+    pub drain_idle_timeout: Duration,
     /// The management API (`[api]`, all defaults when left out).
     #[serde(default)]
     pub api: ApiConfig,
@@ -424,6 +438,13 @@ impl Config {
                     "{} is out of range ({MIN_FLOW_TABLE_SIZE}..={MAX_FLOW_TABLE_SIZE})",
                     self.flow_table_size
                 ),
+            );
+        }
+
+        if !DRAIN_IDLE_TIMEOUT_RANGE.contains(&self.drain_idle_timeout) {
+            p.push(
+                "drain_idle_timeout",
+                format!("{} is out of range (5s..=24h)", humantime::format_duration(self.drain_idle_timeout)),
             );
         }
 
@@ -863,6 +884,9 @@ fn default_flow_table_size() -> u32 {
 fn default_ring_size() -> u32 {
     DEFAULT_RING_SIZE
 }
+fn default_drain_idle_timeout() -> Duration {
+    DEFAULT_DRAIN_IDLE_TIMEOUT
+}
 fn default_unix_socket() -> PathBuf {
     PathBuf::from("/run/lb/lb.sock")
 }
@@ -1134,6 +1158,11 @@ flow_table_size = 1048576
 # pool. Larger tables spread load more evenly and cost memory (16 tables of 4 bytes per slot).
 ring_size = 65537
 
+# A flow with no packet for this long is not counted as established by `lbctl drain-status`,
+# `--wait-drained` and lb_pool_established_flows: its connection is taken for dead (a client
+# or a balancer host lost without FIN or RST). 5s ..= 24h.
+drain_idle_timeout = "5m"
+
 # Management API.
 [api]
 # Unix socket (mode 0600, root only). lbctl talks to it by default.
@@ -1358,6 +1387,18 @@ min_healthy = 2
     }
 
     #[test]
+    fn drain_idle_timeout_defaults_parses_and_is_bounded() {
+        let base = "interfaces = [\"eth0\"]\n[[services]]\nname = \"web\"\nvips = [\"192.0.2.10:80\"]\nactive = \"a\"\n[services.pools.a]\nbackends = [\"10.0.1.1:80\"]\n";
+        assert_eq!(Config::from_toml_str(base).unwrap().drain_idle_timeout, Duration::from_secs(300));
+        let c = Config::from_toml_str(&format!("drain_idle_timeout = \"90s\"\n{base}")).unwrap();
+        assert_eq!(c.drain_idle_timeout, Duration::from_secs(90));
+        for bad in ["1s", "2d"] {
+            let e = Config::from_toml_str(&format!("drain_idle_timeout = \"{bad}\"\n{base}")).unwrap_err();
+            assert!(e.to_string().contains("drain_idle_timeout"), "{e}");
+        }
+    }
+
+    #[test]
     fn example_config_mentions_every_key() {
         for key in [
             "instance",
@@ -1367,6 +1408,7 @@ min_healthy = 2
             "xdp_mode",
             "flow_table_size",
             "ring_size",
+            "drain_idle_timeout",
             "[api]",
             "unix_socket",
             "tcp",

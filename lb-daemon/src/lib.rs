@@ -2,6 +2,7 @@
 //! the management API and the `lbctl` client.
 
 pub mod api;
+pub mod atomic_file;
 pub mod client;
 pub mod config;
 pub mod dataplane;

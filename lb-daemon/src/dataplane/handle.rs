@@ -181,21 +181,20 @@ impl Dataplane {
         let adopted = pins.maps().join("SERVICES").exists();
         let mut effective = options;
         if adopted {
-            if let Ok(text) = fs::read_to_string(options_file) {
-                if let Ok(pinned) = serde_json::from_str::<DataplaneOptions>(&text) {
+            match super::options_file::read(options_file)? {
+                Some(pinned) => {
                     if pinned != options {
                         tracing::warn!(?pinned, configured = ?options, "pinned maps were created with other sizes; keeping the pinned ones until a restart with `lbctl shutdown --detach`");
                     }
                     effective = pinned;
                 }
+                None => {
+                    tracing::warn!(file = %options_file.display(), "adopting pinned maps whose sizes are not recorded; assuming the configured ones")
+                }
             }
         }
         let dp = Self::load_with(effective, Some(pins.clone()))?;
-        let text = serde_json::to_string(&effective).expect("options serialize");
-        if let Some(dir) = options_file.parent() {
-            fs::create_dir_all(dir).map_err(|e| io("creating the state folder", e))?;
-        }
-        fs::write(options_file, text).map_err(|e| io("writing the data-plane options", e))?;
+        super::options_file::write(options_file, &effective)?;
         Ok((dp, adopted))
     }
 

@@ -1,10 +1,16 @@
 //! The XDP data plane as the control plane sees it: the embedded objects, loading them, and
-//! typed access to every map.
+//! typed access to every map, behind the [`Maps`] trait the engine drives (with an in-memory
+//! fake for unit tests).
 
 mod batch;
+#[cfg(test)]
+pub mod fake;
 mod handle;
+pub mod maps;
 mod objects;
+mod options_file;
 
 pub use batch::{BATCH, FlowReader};
 pub use handle::{AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir};
+pub use maps::{FlowSource, Maps};
 pub use objects::{BENCH_XDP_OBJECT, LB_XDP_OBJECT};

@@ -1,7 +1,7 @@
 //! Prometheus text exposition of the data-plane counters and the control-plane state.
 
-use super::{FlowCounts, layout::Layout, state::PersistedState};
-use crate::{api::model::HistoryKind, dataplane::Dataplane};
+use super::{drain::FlowCounts, layout::Layout, state::PersistedState};
+use crate::{api::model::HistoryKind, dataplane::Maps};
 use lb_common::stats::{ALL_REASONS, backend_counter, backend_new_flow_counter, reason_counter, vip_counter};
 use std::{collections::BTreeSet, fmt::Write};
 
@@ -19,7 +19,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn render(
     layout: &Layout,
     state: &PersistedState,
-    dp: &Dataplane,
+    dp: &dyn Maps,
     down: &BTreeSet<u32>,
     flows: &FlowCounts,
 ) -> String {

@@ -3,14 +3,16 @@
 //! that established flows refer to. Written atomically (temp file, fsync, rename, fsync of the
 //! folder) after every change, so a restart or a reboot comes back to the last switch.
 
-use crate::api::model::{Active, HistoryEntry, WatchState};
+use crate::{
+    api::model::{Active, HistoryEntry, WatchState},
+    atomic_file::write_atomic,
+};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeMap,
-    fs::{self, File},
-    io::Write,
-    path::Path,
+    fs,
+    path::{Path, PathBuf},
 };
 
 /// Format version of the state file.
@@ -101,21 +103,8 @@ impl PersistedState {
 
     /// Writes the state atomically: a crash leaves either the old or the new file, never half.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().context("state file has no folder")?;
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let body = serde_json::to_vec_pretty(self)?;
-        let write = || -> Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)?;
-            File::open(dir)?.sync_all()?;
-            Ok(())
-        };
-        write().with_context(|| format!("writing {}", path.display())).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })
+        write_atomic(path, &body).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Appends a history entry (assigning its id) and trims the oldest beyond `HISTORY_LIMIT`.
@@ -129,6 +118,23 @@ impl PersistedState {
             self.history.drain(..excess);
         }
         id
+    }
+}
+
+/// Where the engine persists its desired state. A trait so that unit tests can watch what is
+/// written, and make the write fail as a full disk does.
+pub trait StateStore: Send {
+    /// Persists `state` completely, or fails and leaves the earlier one in place.
+    fn save(&mut self, state: &PersistedState) -> Result<()>;
+}
+
+/// The state file, written with [`write_atomic`].
+#[derive(Clone, Debug)]
+pub struct StateFile(pub PathBuf);
+
+impl StateStore for StateFile {
+    fn save(&mut self, state: &PersistedState) -> Result<()> {
+        state.save(&self.0)
     }
 }
 

@@ -1,0 +1,107 @@
+//! The management API's [`Control`] on the engine: each call takes the lock and hands over to
+//! [`super::Core`]; a flow count runs without the lock, and a reload reads the file first and
+//! updates health checks and neighbour entries after.
+
+use super::{Engine, ShutdownKind, drain::FlowCounts, metrics};
+use crate::{
+    api::{
+        Control,
+        model::{
+            ApiError, DrainView, HistoryEntry, ReloadOutcome, RollbackRequest, ServiceView, ShutdownRequest,
+            SplitRequest, StatusView, SwitchOutcome, SwitchRequest, WatchView,
+        },
+    },
+    config::Config,
+};
+use std::time::Duration;
+
+impl Control for Engine {
+    fn status(&self) -> Result<StatusView, ApiError> {
+        let interfaces = self.interfaces.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.lock().status(self.started.elapsed().as_secs(), self.adopted, interfaces)
+    }
+
+    fn service(&self, name: Option<&str>) -> Result<ServiceView, ApiError> {
+        let core = self.lock();
+        let svc = core.service_layout(name)?;
+        Ok(core.service_view(svc))
+    }
+
+    fn switch(
+        &self,
+        service: Option<&str>,
+        req: &SwitchRequest,
+        requester: &str,
+    ) -> Result<SwitchOutcome, ApiError> {
+        self.lock().switch(service, req, requester)
+    }
+
+    fn rollback(
+        &self,
+        service: Option<&str>,
+        req: &RollbackRequest,
+        requester: &str,
+    ) -> Result<SwitchOutcome, ApiError> {
+        self.lock().rollback(service, req, requester)
+    }
+
+    fn split(
+        &self,
+        service: Option<&str>,
+        req: &SplitRequest,
+        requester: &str,
+    ) -> Result<SwitchOutcome, ApiError> {
+        self.lock().split(service, req, requester)
+    }
+
+    fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<HistoryEntry>, ApiError> {
+        self.lock().history(service, limit)
+    }
+
+    fn reload(&self, requester: &str) -> Result<ReloadOutcome, ApiError> {
+        let new = Config::load(&self.config_path)
+            .map_err(|e| ApiError::invalid(format!("config not reloaded, nothing changed: {e}")))?;
+        let mut core = self.lock();
+        let outcome = core.reload(new, requester);
+        // Also after a failure: a reload applied but not persisted serves the new config. The
+        // monitor keeps the state of unchanged targets.
+        if let Some(m) = self.health.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            m.set_targets(core.health_targets());
+        }
+        drop(core);
+        let outcome = outcome?;
+        if outcome.changed {
+            self.keep_neighbours(Duration::ZERO);
+        }
+        Ok(outcome)
+    }
+
+    fn shutdown(&self, req: &ShutdownRequest, requester: &str) -> Result<(), ApiError> {
+        tracing::warn!(requester, detach = req.detach, "shutdown requested");
+        let _ = self.shutdown.send(if req.detach { ShutdownKind::Detach } else { ShutdownKind::Exit });
+        Ok(())
+    }
+
+    fn drain(&self, service: Option<&str>) -> Result<DrainView, ApiError> {
+        let (source, idle) = {
+            let core = self.lock();
+            core.service_layout(service)?;
+            core.flow_scan()
+        };
+        let counts = FlowCounts::scan(source.as_ref(), idle)?;
+        self.lock().drain_view(service, &counts)
+    }
+
+    fn watch(&self, service: Option<&str>) -> Result<Option<WatchView>, ApiError> {
+        let core = self.lock();
+        let name = core.service_layout(service)?.name.clone();
+        Ok(core.watch_view(&name))
+    }
+
+    fn metrics(&self) -> Result<String, ApiError> {
+        let (source, idle) = self.lock().flow_scan();
+        let flows = FlowCounts::scan(source.as_ref(), idle)?;
+        let core = self.lock();
+        Ok(metrics::render(&core.layout, &core.state, &core.maps, &core.down, &flows))
+    }
+}

@@ -1,0 +1,92 @@
+//! Issue 9 item 11: `drain-status`, `--wait-drained` and `lb_pool_established_flows` count a
+//! flow as established only when it saw a packet within `drain_idle_timeout`; dead flows (no
+//! packet for longer, no FIN or RST) are not waited on.
+
+use super::*;
+use crate::engine::{drain::FlowCounts, metrics};
+use lb_common::maps::{FLOW_FIN, FLOW_RST, FlowKey, FlowValue};
+use std::time::Duration;
+
+const S: u64 = 1_000_000_000;
+
+/// Puts flows (backend, seconds since the last packet, flags) into the fake flow table, with the
+/// data-plane clock at 10,000 s.
+fn flows(r: &Rig, list: &[(u32, u64, u32)]) {
+    let mut f = r.core.maps.flows.lock().unwrap();
+    f.now_ns = 10_000 * S;
+    f.flows = list
+        .iter()
+        .enumerate()
+        .map(|(i, &(backend, idle_s, flags))| {
+            let key = FlowKey { sport: i as u16, ..FlowKey::default() };
+            (key, FlowValue { backend, flags, last_seen_ns: f.now_ns - idle_s * S, ..FlowValue::default() })
+        })
+        .collect();
+}
+
+fn drain(r: &Rig) -> crate::api::model::DrainView {
+    let (source, idle) = r.core.flow_scan();
+    let counts = FlowCounts::scan(source.as_ref(), idle).unwrap();
+    r.core.drain_view(None, &counts).unwrap()
+}
+
+#[test]
+fn flows_idle_past_the_configured_timeout_are_not_established() {
+    let text = CONFIG.replace("ring_size = 401", "ring_size = 401\ndrain_idle_timeout = \"60s\"");
+    let r = Rig::new(&text);
+    flows(
+        &r,
+        &[
+            (0, 1, 0),            // busy
+            (0, 59, 0),           // idle, alive
+            (1, 61, 0),           // dead: its client or balancer host is gone
+            (1, 3_000, 0),        // long dead
+            (1, 2, FLOW_FIN),     // closing
+            (0, 5_000, FLOW_RST), // closed long ago: closing, not established
+            (2, 10, 0),           // pool-b
+        ],
+    );
+    let d = drain(&r);
+    assert_eq!(d.idle_timeout_s, 60);
+    assert_eq!(d.flows_scanned, 7);
+    let a = &d.pools[0];
+    assert_eq!((a.pool.as_str(), a.established, a.closing), ("pool-a", 2, 2));
+    let b = &d.pools[1];
+    assert_eq!((b.pool.as_str(), b.established, b.closing), ("pool-b", 1, 0));
+    // The metric counts the same way.
+    let (source, idle) = r.core.flow_scan();
+    let counts = FlowCounts::scan(source.as_ref(), idle).unwrap();
+    let text = metrics::render(&r.core.layout, &r.core.state, &r.core.maps, &r.core.down, &counts);
+    assert!(text.contains("lb_pool_established_flows{service=\"web\",pool=\"pool-a\"} 2\n"), "{text}");
+    assert!(text.contains("lb_pool_established_flows{service=\"web\",pool=\"pool-b\"} 1\n"), "{text}");
+}
+
+#[test]
+fn the_default_idle_timeout_is_five_minutes() {
+    let r = Rig::new(CONFIG);
+    assert_eq!(r.core.config.drain_idle_timeout, Duration::from_secs(300));
+    flows(&r, &[(0, 299, 0), (0, 301, 0)]);
+    let d = drain(&r);
+    assert_eq!((d.idle_timeout_s, d.pools[0].established), (300, 1));
+}
+
+#[test]
+fn a_drained_pool_is_drained_when_only_dead_flows_are_left() {
+    // After a drain switch to pool-b, pool-a keeps 3 flows whose host died: --wait-drained
+    // (which waits for established == 0 on the pools without share) must not wait on them.
+    let text = CONFIG.replace("ring_size = 401", "ring_size = 401\ndrain_idle_timeout = \"30s\"");
+    let mut r = Rig::new(&text);
+    r.core.switch(None, &to("pool-b"), "ci").unwrap();
+    flows(&r, &[(0, 31, 0), (1, 120, 0), (1, 45, 0), (2, 0, 0)]);
+    let d = drain(&r);
+    let left: u64 = d.pools.iter().filter(|p| p.share == 0).map(|p| p.established).sum();
+    assert_eq!(left, 0, "{d:?}");
+}
+
+#[test]
+fn a_failed_scan_is_an_error_not_a_zero() {
+    let r = Rig::new(CONFIG);
+    r.core.maps.flows.lock().unwrap().fail = true;
+    let (source, idle) = r.core.flow_scan();
+    assert!(FlowCounts::scan(source.as_ref(), idle).is_err());
+}
