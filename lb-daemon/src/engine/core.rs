@@ -139,11 +139,6 @@ impl<M: Maps> Core<M> {
         &self.config
     }
 
-    /// The maps (for what only the real data plane does: attaching, `test_run`).
-    pub fn maps_mut(&mut self) -> &mut M {
-        &mut self.maps
-    }
-
     /// The address of every configured backend.
     pub fn backend_addrs(&self) -> BTreeSet<IpAddr> {
         self.config
