@@ -33,6 +33,30 @@ pub(super) struct ChangeOptions {
     pub watch_s: Option<u64>,
 }
 
+/// Why a change was not made.
+#[derive(Debug)]
+pub(super) enum ChangeError {
+    /// Refused, or failed while being applied.
+    Api(ApiError),
+    /// The new desired state could not be persisted, so nothing changed; the same change may
+    /// succeed later (the automatic rollback tries again).
+    NotPersisted(ApiError),
+}
+
+impl From<ApiError> for ChangeError {
+    fn from(e: ApiError) -> Self {
+        ChangeError::Api(e)
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::Api(e) | ChangeError::NotPersisted(e) => e,
+        }
+    }
+}
+
 /// The `SERVICES` flags of a service.
 pub(super) fn flags_of(svc: &ServiceLayout) -> u32 {
     SERVICE_ENABLED | if svc.dsr { SERVICE_DSR } else { 0 }
@@ -98,6 +122,7 @@ impl<M: Maps> Core<M> {
         };
         let target = Active::Pool(req.pool.clone());
         self.change_with(service, target, req.hard, HistoryKind::Switch, requester, started, None, &opts)
+            .map_err(ApiError::from)
     }
 
     /// Goes back to what was active before the last change (not gated: it is the way back).
@@ -127,6 +152,7 @@ impl<M: Maps> Core<M> {
             None,
             &opts,
         )
+        .map_err(ApiError::from)
     }
 
     /// Spreads new flows over several pools by weight.
@@ -145,6 +171,7 @@ impl<M: Maps> Core<M> {
         };
         let target = Active::Split(req.weights.clone());
         self.change_with(service, target, false, HistoryKind::Split, requester, started, None, &opts)
+            .map_err(ApiError::from)
     }
 
     /// Refuses a change to pools below their `min_healthy` unless forced; returns warnings.
@@ -267,7 +294,7 @@ impl<M: Maps> Core<M> {
         started: Instant,
         reason: Option<String>,
         opts: &ChangeOptions,
-    ) -> Result<SwitchOutcome, ApiError> {
+    ) -> Result<SwitchOutcome, ChangeError> {
         let svc = self.service_layout(service)?.clone();
         validate_active(&svc, &target)?;
         let st = self
@@ -281,13 +308,13 @@ impl<M: Maps> Core<M> {
         {
             let last = self.state.history.iter().rev().find(|h| h.service == svc.name);
             let by = last.map(|h| format!(" (changed at {} by {})", h.time, h.requester)).unwrap_or_default();
-            return Err(ApiError::new(
+            return Err(ChangeError::Api(ApiError::new(
                 ErrorCode::Conflict,
                 format!(
                     "{}: expected {expected} to be active, but {} is{by}; nothing changed",
                     svc.name, st.active
                 ),
-            ));
+            )));
         }
         let mode = if hard { SwitchMode::Hard } else { SwitchMode::Drain };
         let unchanged = st.active == target && !hard;
@@ -373,21 +400,21 @@ impl<M: Maps> Core<M> {
         }
         if let Err(e) = self.store.save(&next) {
             tracing::error!(service = %svc.name, to = %target, error = %format!("{e:#}"), "change refused: the state file cannot be written");
-            return Err(ApiError::internal(format!(
+            return Err(ChangeError::NotPersisted(ApiError::internal(format!(
                 "{}: not changed to {target}, nothing changed: writing the state file failed: {e:#}",
                 svc.name
-            )));
+            ))));
         }
         self.state = next;
         self.unsaved = false;
         // 3. One SERVICES update makes it live.
         if let Err(e) = self.point_with(&svc, &target, epoch, split) {
             tracing::error!(service = %svc.name, to = %target, error = %e, "change recorded but not applied to the data plane");
-            return Err(ApiError::internal(format!(
+            return Err(ChangeError::Api(ApiError::internal(format!(
                 "{}: {target} is recorded as active but the data plane was not updated ({}); run the same \
                  command again to apply it",
                 svc.name, e.message
-            )));
+            ))));
         }
         let apply_us = started.elapsed().as_micros() as u64;
         tracing::info!(service = %svc.name, from = %st.active, to = %target, mode = ?mode, kind = ?kind, requester, apply_us, "switched");

@@ -5,7 +5,7 @@
 use super::{
     core::{Core, rfc3339_of_ms},
     state::WatchRecord,
-    switch::ChangeOptions,
+    switch::{ChangeError, ChangeOptions},
 };
 use crate::{
     api::model::{ApiError, HistoryKind, WatchState, WatchView},
@@ -71,7 +71,7 @@ impl<M: Maps> Core<M> {
                         Some(reason.clone()),
                         &ChangeOptions::default(),
                     ),
-                    None => Err(ApiError::refused("nothing to roll back to")),
+                    None => Err(ChangeError::Api(ApiError::refused("nothing to roll back to"))),
                 };
                 let rec = self.state.watches.get_mut(&name).expect("watch present");
                 match result {
@@ -81,7 +81,16 @@ impl<M: Maps> Core<M> {
                         rec.reason = Some(reason);
                         rec.rollback_history_id = out.history_id;
                     }
-                    Err(e) => {
+                    Err(ChangeError::NotPersisted(e)) => {
+                        // Nothing changed; the watch stays on and tries again at the next check.
+                        let pending = format!("{reason}; automatic rollback pending: {}", e.message);
+                        if rec.reason.as_deref() != Some(pending.as_str()) {
+                            tracing::error!(service = %name, error = %e, "automatic rollback not made yet: the state file cannot be written; retrying");
+                            rec.reason = Some(pending);
+                        }
+                        continue;
+                    }
+                    Err(ChangeError::Api(e)) => {
                         tracing::error!(service = %name, error = %e, "automatic rollback failed");
                         rec.state = WatchState::Cancelled;
                         rec.reason = Some(format!("{reason}; automatic rollback failed: {e}"));

@@ -63,3 +63,25 @@ fn a_later_change_cancels_the_watch() {
     r.core.on_health(2, false, None);
     assert_eq!(service_writes(&r.writes()), vec![], "pool-b is not active: no flip, no rollback");
 }
+
+#[test]
+fn an_automatic_rollback_that_cannot_be_persisted_waits_and_retries() {
+    let mut r = Rig::new(CONFIG);
+    r.core.switch(None, &SwitchRequest { watch_s: Some(60), ..to("pool-b") }, "ci").unwrap();
+    r.store.full.store(true, Ordering::SeqCst);
+    r.writes();
+    r.core.on_health(3, false, Some("timed out".into()));
+    // Only pool-b's rebuilt table and its flip: no rollback flip without a persisted state.
+    let w = r.writes();
+    assert_eq!(service_writes(&w).len(), 1, "{w:?}");
+    assert_eq!(r.active(), Active::Pool("pool-b".into()));
+    let view = r.core.watch_view("web").unwrap();
+    assert_eq!(view.state, WatchState::Watching);
+    assert!(view.reason.as_deref().unwrap().contains("automatic rollback pending"), "{view:?}");
+    // Room again: the next check rolls back, with one SERVICES write.
+    r.store.full.store(false, Ordering::SeqCst);
+    r.core.check_watches();
+    assert_eq!(r.writes(), vec![MapWrite::Service(0, svc(r.slot("pool-a"), 1))]);
+    assert_eq!(r.core.watch_view("web").unwrap().state, WatchState::RolledBack);
+    assert_eq!(r.store.last().services["web"].active, Active::Pool("pool-a".into()));
+}
