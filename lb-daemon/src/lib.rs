@@ -2,7 +2,6 @@
 //! the management API and the `lbctl` client.
 
 pub mod api;
-pub mod client;
 pub mod config;
 pub mod dataplane;
 pub mod engine;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use lb_daemon::{api::model::*, client::*};
+use lb_daemon::api::{client::*, model::*};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
