@@ -1,6 +1,7 @@
 //! Who lbctl talks to and who it says it is: the endpoint from `--socket`, `--url`,
 //! `--token-file` and `LB_TOKEN`, and the requester recorded in the daemon's history.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use lb_daemon::api::client::Endpoint;
@@ -37,15 +38,15 @@ pub fn requester() -> String {
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".into());
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    requester_from(|name| std::env::var(name).ok(), uid, &host)
+    // /proc/self belongs to the effective uid: getuid's, as lbctl is not setuid (and no unsafe).
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid().to_string()).unwrap_or_else(|_| "?".into());
+    requester_from(|name| std::env::var(name).ok(), &uid, &host)
 }
 
 /// `lbctl/<version> user=<user> host=<host>[ ci=<id>]`, from `env` lookups.
-fn requester_from(env: impl Fn(&str) -> Option<String>, uid: u32, host: &str) -> String {
+fn requester_from(env: impl Fn(&str) -> Option<String>, uid: &str, host: &str) -> String {
     let var = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-    let user = var("SUDO_USER").or_else(|| var("USER")).unwrap_or_else(|| uid.to_string());
+    let user = var("SUDO_USER").or_else(|| var("USER")).unwrap_or_else(|| uid.to_owned());
     let mut s = format!("lbctl/{} user={user} host={host}", env!("CARGO_PKG_VERSION"));
     if let Some(run) = var("GITHUB_RUN_ID") {
         let job = var("GITHUB_JOB").unwrap_or_else(|| "?".into());
@@ -67,16 +68,20 @@ mod tests {
         };
         let v = env!("CARGO_PKG_VERSION");
         assert_eq!(
-            requester_from(env(&[("USER", "root"), ("SUDO_USER", "alice")]), 0, "edge1"),
+            requester_from(env(&[("USER", "root"), ("SUDO_USER", "alice")]), "0", "edge1"),
             format!("lbctl/{v} user=alice host=edge1")
         );
-        assert_eq!(requester_from(env(&[]), 1000, "h"), format!("lbctl/{v} user=1000 host=h"));
+        assert_eq!(requester_from(env(&[]), "1000", "h"), format!("lbctl/{v} user=1000 host=h"));
         assert_eq!(
-            requester_from(env(&[("USER", "ci"), ("GITHUB_RUN_ID", "77"), ("GITHUB_JOB", "deploy")]), 0, "h"),
+            requester_from(
+                env(&[("USER", "ci"), ("GITHUB_RUN_ID", "77"), ("GITHUB_JOB", "deploy")]),
+                "0",
+                "h"
+            ),
             format!("lbctl/{v} user=ci host=h ci=github:77/deploy")
         );
         assert_eq!(
-            requester_from(env(&[("USER", "ci"), ("CI_JOB_ID", "42")]), 0, "h"),
+            requester_from(env(&[("USER", "ci"), ("CI_JOB_ID", "42")]), "0", "h"),
             format!("lbctl/{v} user=ci host=h ci=gitlab:42")
         );
     }
