@@ -177,6 +177,9 @@ struct WatchFollow {
     next: Instant,
     /// What an error says the daemon still does.
     note: String,
+    /// What an automatic rollback goes back to: what was active before our switch, or, when
+    /// following an earlier switch's watch, the service's active pool read after the rollback.
+    back_to: Option<String>,
 }
 
 /// A `--wait` in progress.
@@ -251,8 +254,9 @@ fn follow_into(
     let mut contact = Contact { lost_since: None, lost_total: Duration::ZERO, patience: pace.patience };
 
     let mut watch = waits.watch.and_then(|window| {
-        let follow = |switch_id: Option<u64>, window: Duration, until: &str| WatchFollow {
+        let follow = |switch_id: Option<u64>, window: Duration, until: &str, back_to| WatchFollow {
             switch_id,
+            back_to,
             deadline: start + window + pace.watch_grace,
             next: start,
             note: format!(
@@ -271,12 +275,12 @@ fn follow_into(
                 until(&o.watch),
                 o.before
             ));
-            Some(follow(o.history_id, window, &until(&o.watch)))
+            Some(follow(o.history_id, window, &until(&o.watch), Some(o.before.to_string())))
         } else if let Some(w) = o.watch.as_ref().filter(|w| w.state == WatchState::Watching && w.pool == pool) {
             // Already active and still watched since an earlier switch: follow that watch.
             seen.watch = Some(w.clone());
             say(format!("{pool} is already active and watched by lb-daemon until {}; following that watch", w.until));
-            Some(follow(w.switch_history_id, Duration::from_secs(w.remaining_s), &w.until))
+            Some(follow(w.switch_history_id, Duration::from_secs(w.remaining_s), &w.until, None))
         } else {
             say(format!("{svc}: {pool} was already active, so no watch was started"));
             None
@@ -302,6 +306,15 @@ fn follow_into(
             let view = contact.poll::<Option<WatchView>>(daemon, &watch_path, note.as_deref(), say)?;
             // Time without contact (a restart) does not count against the watch's end.
             let overdue = now >= w.deadline + contact.lost_total;
+            if w.back_to.is_none()
+                && view
+                    .as_ref()
+                    .is_some_and(|v| v.as_ref().is_some_and(|v| v.state == WatchState::RolledBack))
+                && let Some(service) =
+                    contact.poll::<ServiceView>(daemon, &service_path, note.as_deref(), say)?
+            {
+                w.back_to = Some(service.active.to_string());
+            }
             if let Some(view) = view
                 && judge_watch(w, view, o, pool, overdue, seen, say)?
             {
@@ -491,12 +504,13 @@ fn judge_watch(
             Ok(true)
         }
         WatchState::RolledBack => {
-            say(format!("watch of {pool} ended: lb-daemon rolled back to {}", o.before));
+            let back_to = w.back_to.as_deref().unwrap_or("the previous pool or split");
+            say(format!("watch of {pool} ended: lb-daemon rolled back to {back_to}"));
             let id = |id: Option<u64>| id.map(|id| format!("#{id}")).unwrap_or_else(|| "#?".into());
             Err(Failure::RolledBack(format!(
                 "lb-daemon rolled back {svc} from {pool} to {} automatically: {} (rollback {} in the history, \
                  switch {})",
-                o.before,
+                back_to,
                 view.reason.as_deref().unwrap_or("no reason given"),
                 id(view.rollback_history_id),
                 id(view.switch_history_id),
@@ -797,5 +811,21 @@ mod tests {
             run_follow(&daemon, &same, Waits { watch: Some(Duration::from_secs(60)), ..Waits::default() });
         result.unwrap();
         assert_eq!(seen.watch.unwrap().state, WatchState::Passed);
+        // ...and when that watch ends in a rollback, says where the daemon went (the no-op
+        // outcome's `before` is pool-b itself): pool-a, read from the service.
+        let daemon = scripted(|path, n| match path {
+            "/v1/services/web/watch" => {
+                json(&Some(watch_view(if n < 2 { WatchState::Watching } else { WatchState::RolledBack }, 5)))
+            }
+            "/v1/services/web" => json(&service(100, 0, None)),
+            other => panic!("unexpected GET {other}"),
+        });
+        let no_op = SwitchOutcome { before: lb_daemon::api::model::Active::Pool("pool-b".into()), ..same };
+        let (_, result, said) =
+            run_follow(&daemon, &no_op, Waits { watch: Some(Duration::from_secs(60)), ..Waits::default() });
+        let e = result.unwrap_err();
+        assert_eq!(e.exit_code(), 9);
+        assert!(e.to_string().contains("rolled back web from pool-b to pool-a automatically"), "{e}");
+        assert_eq!(said.last().unwrap(), "watch of pool-b ended: lb-daemon rolled back to pool-a");
     }
 }
