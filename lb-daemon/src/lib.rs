@@ -3,7 +3,6 @@
 
 pub mod api;
 pub mod atomic_file;
-pub mod client;
 pub mod config;
 pub mod dataplane;
 pub mod engine;

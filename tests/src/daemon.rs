@@ -5,8 +5,10 @@
 use crate::topology::{Topology, find_binary};
 use anyhow::{Context, Result, bail};
 use lb_daemon::{
-    api::model::StatusView,
-    client::{Client, Endpoint},
+    api::{
+        client::{Client, Endpoint},
+        model::StatusView,
+    },
     dataplane::{Dataplane, PinDir},
 };
 use std::{

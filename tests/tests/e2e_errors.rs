@@ -1,8 +1,8 @@
 //! Bad config, bad API requests and unknown names: a clear error, and nothing changes.
 
-use lb_daemon::{
-    api::model::{Active, ErrorCode},
+use lb_daemon::api::{
     client::ClientError,
+    model::{Active, ErrorCode},
 };
 use lb_tests::e2e::{setup, web_vip};
 use std::process::Command;

@@ -1,7 +1,9 @@
 //! The management API: JSON over HTTP/1.1 on a Unix socket (and optionally TCP with a bearer
-//! token). `model` holds the wire types, `Control` what the server asks of the daemon, `server`
-//! the HTTP side.
+//! token). `model` holds the wire types and `client` the blocking client, both shared by the
+//! daemon, `lbctl` and the tests (neither has an aya or tokio type in its interface);
+//! `Control` is what the server asks of the daemon, `server` the HTTP side.
 
+pub mod client;
 pub mod model;
 pub mod server;
 

@@ -685,8 +685,8 @@ fn response(status: u16, content_type: &'static str, body: Bytes) -> Response<Fu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::client::{Client, ClientError, Endpoint};
     use crate::api::model::*;
-    use crate::client::{Client, ClientError, Endpoint};
     use std::io::{Read, Write};
     use std::sync::Mutex;
 

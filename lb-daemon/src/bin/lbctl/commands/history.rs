@@ -1,0 +1,78 @@
+//! `lbctl history`: who switched what, when, newest last.
+
+use lb_daemon::api::client::Client;
+use lb_daemon::api::model::{HistoryEntry, HistoryKind};
+
+use super::parse;
+use crate::failure::Failure;
+use crate::render::{json, parts};
+
+/// `GET /v1/history` (at most `limit` entries, of `service` when given).
+pub fn run(client: &Client, service: Option<&str>, json_out: bool, limit: u32) -> Result<String, Failure> {
+    let mut path = format!("/v1/history?limit={limit}");
+    if let Some(s) = service {
+        path.push_str(&format!("&service={s}"));
+    }
+    let raw = client.get_text(&path)?;
+    let entries: Vec<HistoryEntry> = parse(&raw)?;
+    Ok(if json_out { json::pretty(&raw) } else { render(&entries) })
+}
+
+/// One line per entry, and its reason under it.
+pub fn render(entries: &[HistoryEntry]) -> String {
+    if entries.is_empty() {
+        return "no recorded changes\n".into();
+    }
+    let mut out = String::new();
+    for e in entries {
+        let kind = match e.kind {
+            HistoryKind::Switch => "switch",
+            HistoryKind::Rollback => "rollback",
+            HistoryKind::Split => "split",
+            HistoryKind::Reload => "reload",
+            HistoryKind::AutoRollback => "auto-rollback",
+        };
+        out.push_str(&format!(
+            "#{} {} {} {}: {} -> {} ({}) by {}\n",
+            e.id,
+            e.time,
+            e.service,
+            kind,
+            e.from,
+            e.to,
+            parts::mode_name(e.mode),
+            e.requester
+        ));
+        if let Some(reason) = &e.reason {
+            out.push_str(&format!("    reason: {reason}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_daemon::api::model::{Active, SwitchMode};
+
+    #[test]
+    fn one_line_per_change_and_its_reason() {
+        assert_eq!(render(&[]), "no recorded changes\n");
+        let entry = HistoryEntry {
+            id: 8,
+            time: "2030-01-01T00:00:30Z".into(),
+            service: "web".into(),
+            kind: HistoryKind::AutoRollback,
+            from: Active::Pool("pool-b".into()),
+            to: Active::Pool("pool-a".into()),
+            mode: SwitchMode::Drain,
+            requester: "lb-daemon watch of switch #7".into(),
+            reason: Some("pool-b: 0 of 2 backends healthy".into()),
+        };
+        assert_eq!(
+            render(&[entry]),
+            "#8 2030-01-01T00:00:30Z web auto-rollback: pool-b -> pool-a (drain) by lb-daemon watch of switch #7\n    \
+             reason: pool-b: 0 of 2 backends healthy\n"
+        );
+    }
+}

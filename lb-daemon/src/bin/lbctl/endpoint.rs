@@ -1,0 +1,106 @@
+//! Who lbctl talks to and who it says it is: the endpoint from `--socket`, `--url`,
+//! `--token-file` and `LB_TOKEN`, and the requester recorded in the daemon's history.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use lb_daemon::api::client::Endpoint;
+
+/// The endpoint from the global options, or a usage error message.
+pub fn from_cli(url: Option<&str>, socket: &Path, token_file: Option<&Path>) -> Result<Endpoint, String> {
+    let Some(url) = url else { return Ok(Endpoint::Unix(PathBuf::from(socket))) };
+    if url.starts_with("https://") {
+        return Err(
+            "--url: TLS is not supported; use http (HOST:PORT) over a trusted network or a tunnel".into()
+        );
+    }
+    let addr = url.strip_prefix("http://").unwrap_or(url).trim_end_matches('/');
+    if addr.is_empty() || addr.contains('/') || !addr.contains(':') {
+        return Err(format!("--url {url:?}: expected HOST:PORT"));
+    }
+    let token = match token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?,
+        None => std::env::var("LB_TOKEN").unwrap_or_default(),
+    };
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        return Err("--url needs a token: --token-file PATH or the LB_TOKEN environment variable".into());
+    }
+    Ok(Endpoint::Tcp { addr: addr.to_owned(), token })
+}
+
+/// `lbctl/<version> user=<user> host=<host>[ ci=<id>]` for this process.
+pub fn requester() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into());
+    // /proc/self belongs to the effective uid: getuid's, as lbctl is not setuid (and no unsafe).
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid().to_string()).unwrap_or_else(|_| "?".into());
+    requester_from(|name| std::env::var(name).ok(), &uid, &host)
+}
+
+/// `lbctl/<version> user=<user> host=<host>[ ci=<id>]`, from `env` lookups.
+fn requester_from(env: impl Fn(&str) -> Option<String>, uid: &str, host: &str) -> String {
+    let var = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let user = var("SUDO_USER").or_else(|| var("USER")).unwrap_or_else(|| uid.to_owned());
+    let mut s = format!("lbctl/{} user={user} host={host}", env!("CARGO_PKG_VERSION"));
+    if let Some(run) = var("GITHUB_RUN_ID") {
+        let job = var("GITHUB_JOB").unwrap_or_else(|| "?".into());
+        s.push_str(&format!(" ci=github:{run}/{job}"));
+    } else if let Some(job) = var("CI_JOB_ID") {
+        s.push_str(&format!(" ci=gitlab:{job}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requester_names_user_host_and_ci() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        let v = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            requester_from(env(&[("USER", "root"), ("SUDO_USER", "alice")]), "0", "edge1"),
+            format!("lbctl/{v} user=alice host=edge1")
+        );
+        assert_eq!(requester_from(env(&[]), "1000", "h"), format!("lbctl/{v} user=1000 host=h"));
+        assert_eq!(
+            requester_from(
+                env(&[("USER", "ci"), ("GITHUB_RUN_ID", "77"), ("GITHUB_JOB", "deploy")]),
+                "0",
+                "h"
+            ),
+            format!("lbctl/{v} user=ci host=h ci=github:77/deploy")
+        );
+        assert_eq!(
+            requester_from(env(&[("USER", "ci"), ("CI_JOB_ID", "42")]), "0", "h"),
+            format!("lbctl/{v} user=ci host=h ci=gitlab:42")
+        );
+    }
+
+    #[test]
+    fn urls_and_tokens() {
+        let sock = Path::new("/run/lb/lb.sock");
+        assert_eq!(from_cli(None, sock, None).unwrap(), Endpoint::Unix(sock.into()));
+        assert!(from_cli(Some("https://h:1"), sock, None).unwrap_err().contains("TLS"));
+        assert!(from_cli(Some("h"), sock, None).unwrap_err().contains("HOST:PORT"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, " s3cret\n").unwrap();
+        assert_eq!(
+            from_cli(Some("http://h:1/"), sock, Some(&file)).unwrap(),
+            Endpoint::Tcp { addr: "h:1".into(), token: "s3cret".into() }
+        );
+        assert!(
+            from_cli(Some("h:1"), sock, Some(&dir.path().join("none"))).unwrap_err().contains("token file")
+        );
+    }
+}
