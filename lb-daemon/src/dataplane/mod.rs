@@ -3,6 +3,8 @@
 
 mod batch;
 mod handle;
+pub mod links;
+pub mod netdev;
 mod objects;
 
 pub use batch::{BATCH, FlowReader};

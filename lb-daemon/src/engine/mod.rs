@@ -126,6 +126,8 @@ pub struct Engine {
     health: Mutex<Option<HealthMonitor>>,
     /// Managed neighbour entries of the backends' next hops.
     neighbours: NeighbourKeeper,
+    /// Problems of the host or setup, shown in the status (see [`crate::preflight`]).
+    warnings: crate::preflight::Warnings,
 }
 
 impl Engine {
@@ -174,7 +176,21 @@ impl Engine {
             shutdown,
             health: Mutex::new(None),
             neighbours: NeighbourKeeper::new(),
+            warnings: Default::default(),
         })
+    }
+
+    /// The warnings shown in the status and `/v1/health`.
+    pub fn warnings(&self) -> &crate::preflight::Warnings {
+        &self.warnings
+    }
+
+    /// Checks the attachments against the kernel every second: re-attaches a lost program,
+    /// re-creates removed pins (see [`crate::dataplane::links`]).
+    pub fn check_links(&self) {
+        let mut inner = self.lock();
+        inner.dp.check_links();
+        *self.interfaces.lock().unwrap_or_else(|e| e.into_inner()) = inner.dp.interfaces();
     }
 
     /// Attaches the program to every configured interface and lets it redirect between them.
@@ -186,17 +202,17 @@ impl Engine {
             crate::config::XdpMode::Native => crate::dataplane::AttachMode::Native,
             crate::config::XdpMode::Generic => crate::dataplane::AttachMode::Generic,
         };
-        let mut views = Vec::new();
+        let mut warnings = Vec::new();
         for iface in &ifaces {
             let name = std::ffi::CString::new(iface.as_str())?;
             let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
             anyhow::ensure!(ifindex != 0, "interface {iface} does not exist");
             inner.dp.allow_egress(ifindex)?;
-            let used = inner.dp.attach(iface, mode)?;
-            tracing::info!(iface, mode = used, "XDP attached");
-            views.push(InterfaceView { name: iface.clone(), mode: used.to_string() });
+            warnings.extend(inner.dp.attach(iface, mode)?);
         }
-        *self.interfaces.lock().unwrap_or_else(|e| e.into_inner()) = views;
+        self.warnings.set("xdp", warnings);
+        *self.interfaces.lock().unwrap_or_else(|e| e.into_inner()) = inner.dp.interfaces();
+        crate::preflight::check_forwarding(&inner.config, &self.warnings);
         Ok(())
     }
 
@@ -274,6 +290,16 @@ impl Engine {
                 tick.tick().await;
                 let Some(engine) = weak.upgrade() else { return };
                 let _ = tokio::task::spawn_blocking(move || engine.lock().check_watches()).await;
+            }
+        });
+        let weak = Arc::downgrade(self);
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(engine) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || engine.check_links()).await;
             }
         });
         let weak = Arc::downgrade(self);
@@ -1088,6 +1114,7 @@ impl Control for Engine {
             interfaces: self.interfaces.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             services,
             reasons,
+            warnings: self.warnings.list(),
         })
     }
 
@@ -1194,6 +1221,7 @@ impl Control for Engine {
 
     fn reload(&self, requester: &str) -> Result<ReloadOutcome, ApiError> {
         let mut inner = self.lock();
+        crate::preflight::check_forwarding(&inner.config, &self.warnings);
         let new = Config::load(&inner.config_path)
             .map_err(|e| ApiError::invalid(format!("config not reloaded, nothing changed: {e}")))?;
         let old = &inner.config;
@@ -1265,6 +1293,7 @@ impl Control for Engine {
         }
         changes.extend(notes);
         inner.config = new;
+        crate::preflight::check_forwarding(&inner.config, &self.warnings);
         tracing::info!(requester, changes = ?changes, "config reloaded");
         if let Some(m) = self.health.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             m.set_targets(inner.health_targets());
@@ -1303,6 +1332,11 @@ impl Control for Engine {
         let reader = self.lock().dp.flow_reader();
         let flows = FlowCounts::scan(&reader)?;
         let inner = self.lock();
-        Ok(metrics::render(&inner.layout, &inner.state, &inner.dp, &inner.down, &flows))
+        let mut text = metrics::render(&inner.layout, &inner.state, &inner.dp, &inner.down, &flows);
+        inner.dp.render_link_metrics(&mut text);
+        if let Some(m) = self.health.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            m.render_metrics(&mut text);
+        }
+        Ok(text)
     }
 }
