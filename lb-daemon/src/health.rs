@@ -197,7 +197,11 @@ impl HealthMonitor {
     /// blocking-safe context: use spawn_blocking) on every up/down transition.
     pub fn start(handle: tokio::runtime::Handle, sink: HealthSink) -> Self {
         Self {
-            shared: Arc::new(Shared { state: Mutex::new(State::default()), sink, local_errors: AtomicU64::new(0) }),
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                sink,
+                local_errors: AtomicU64::new(0),
+            }),
             handle,
         }
     }

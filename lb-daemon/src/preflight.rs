@@ -43,7 +43,8 @@ impl Warnings {
 /// logs each problem as an error and keeps them as the `forwarding` warnings.
 pub fn check_forwarding(config: &crate::config::Config, warnings: &Warnings) {
     let v6 = config.services.iter().any(|s| {
-        s.vips.iter().any(|v| v.is_ipv6()) || s.pools.iter().flat_map(|p| &p.backends).any(|b| b.addr.is_ipv6())
+        s.vips.iter().any(|v| v.is_ipv6())
+            || s.pools.iter().flat_map(|p| &p.backends).any(|b| b.addr.is_ipv6())
     });
     let lines = forwarding_warnings(&read_forwarding(&config.interfaces, v6));
     for line in &lines {
@@ -103,7 +104,8 @@ fn read_forwarding_in(root: &Path, ifaces: &[String], v6: bool) -> Vec<Forwardin
                 continue;
             }
             let path = root.join(format!("ipv{version}/conf/{iface}/forwarding"));
-            let on = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u8>().ok()).map(|v| v != 0);
+            let on =
+                std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u8>().ok()).map(|v| v != 0);
             out.push(Forwarding { iface: iface.clone(), version, on });
         }
     }
@@ -183,7 +185,10 @@ mod tests {
         assert_eq!(v4_only.len(), 2);
         let w = forwarding_warnings(&v4_only);
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("net.ipv4.conf.eth0.forwarding=0") && w[0].contains("sysctl -w net.ipv4.ip_forward=1"));
+        assert!(
+            w[0].contains("net.ipv4.conf.eth0.forwarding=0")
+                && w[0].contains("sysctl -w net.ipv4.ip_forward=1")
+        );
         // eth1 has no IPv6 setting: unreadable is not reported as off.
         let both = read_forwarding_in(dir.path(), &ifaces, true);
         assert_eq!(both.iter().filter(|f| f.version == 6).count(), 2);

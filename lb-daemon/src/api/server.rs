@@ -295,14 +295,19 @@ impl Shared {
         let _ = writeln!(out, "# TYPE lb_api_connections_closed_total counter");
         for (i, name) in LISTENERS.iter().enumerate() {
             let n = s.refused[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "lb_api_connections_closed_total{{listener=\"{name}\",reason=\"limit\"}} {n}");
+            let _ =
+                writeln!(out, "lb_api_connections_closed_total{{listener=\"{name}\",reason=\"limit\"}} {n}");
         }
         let n = s.unauthenticated.load(Ordering::Relaxed);
-        let _ = writeln!(out, "lb_api_connections_closed_total{{listener=\"tcp\",reason=\"unauthenticated\"}} {n}");
+        let _ = writeln!(
+            out,
+            "lb_api_connections_closed_total{{listener=\"tcp\",reason=\"unauthenticated\"}} {n}"
+        );
         let n = s.idle.load(Ordering::Relaxed);
         let _ = writeln!(out, "lb_api_connections_closed_total{{listener=\"any\",reason=\"idle\"}} {n}");
         let n = s.body_timeouts.load(Ordering::Relaxed);
-        let _ = writeln!(out, "lb_api_connections_closed_total{{listener=\"any\",reason=\"body_timeout\"}} {n}");
+        let _ =
+            writeln!(out, "lb_api_connections_closed_total{{listener=\"any\",reason=\"body_timeout\"}} {n}");
     }
 
     /// Logs a refused connection, at most once a second.
@@ -392,7 +397,8 @@ async fn serve_on(
         None => (None, None),
     };
     let slots = || Arc::new(Semaphore::new(limits.max_connections));
-    let shared = Arc::new(Shared { control, token, limits, slots: [slots(), slots()], stats: ConnStats::default() });
+    let shared =
+        Arc::new(Shared { control, token, limits, slots: [slots(), slots()], stats: ConnStats::default() });
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; `recv` returns None once all of them are gone.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -1190,7 +1196,8 @@ mod tests {
         })
         .await;
         assert_eq!(status, server.fake.status().unwrap());
-        assert_eq!(health, serde_json::json!({ "ok": true }));
+        assert_eq!(health["ok"], true);
+        assert_eq!(health["problems"], serde_json::json!([]));
         assert_eq!(services, status.services);
         assert_eq!(service, status.services[0]);
         server.stop().await;
@@ -1343,7 +1350,8 @@ mod tests {
         assert!(resp_413.starts_with("HTTP/1.1 413"), "{resp_413}");
         assert!(rollback.starts_with("HTTP/1.1 200"), "{rollback}");
         assert_eq!(history.len(), 2);
-        assert_eq!(metrics, "lb_up 1\n");
+        assert!(metrics.starts_with("lb_up 1\n"), "{metrics}");
+        assert!(metrics.contains("lb_api_connections{listener=\"unix\"} 1"), "{metrics}");
         assert_eq!(shutdown, serde_json::json!({ "ok": true }));
         server.stop().await;
     }
@@ -1411,6 +1419,115 @@ mod tests {
         let _first = bind_unix(&live).unwrap();
         let err = bind_unix(&live).err().unwrap();
         assert!(err.to_string().contains("another process"), "{err}");
+    }
+
+    /// Limits small enough for tests.
+    fn tight_limits() -> ApiLimits {
+        ApiLimits {
+            max_connections: 4,
+            auth_deadline: Duration::from_millis(1500),
+            idle_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_millis(300),
+        }
+    }
+
+    /// Whether the peer closed `s` within `within` (EOF or reset), reading and dropping data.
+    fn closed_within(s: &mut impl std::io::Read, within: Duration) -> bool {
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 4096];
+        while start.elapsed() < within {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_body_gets_408_and_the_connection_closes() {
+        let server = TestServer::start_with(false, tight_limits()).await;
+        let socket = server.socket.clone();
+        let (head, closed) = blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // 10 of the 100 announced bytes, then nothing.
+            s.write_all(b"POST /v1/switch HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"pool\":\"p")
+                .unwrap();
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            (head, closed_within(&mut s, Duration::from_secs(5)))
+        })
+        .await;
+        assert!(head.starts_with("HTTP/1.1 408"), "a stalled body is answered: {head:?}");
+        assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert!(closed, "and the connection is closed");
+        let metrics = blocking({
+            let c = server.client();
+            move || c.get_text("/metrics").unwrap()
+        })
+        .await;
+        assert!(metrics.contains("reason=\"body_timeout\"} 1"), "{metrics}");
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_tcp_connections_are_capped_and_unauthenticated_ones_closed() {
+        let server = TestServer::start_with(true, tight_limits()).await;
+        let addr = server.tcp_addr.unwrap();
+        let unix = server.client();
+        let (refused, unix_ok, all_closed, after) = blocking(move || {
+            // Twice the cap of idle, unauthenticated connections.
+            let mut conns: Vec<std::net::TcpStream> = (0..8)
+                .map(|_| {
+                    let s = std::net::TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                    s
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(100));
+            // The ones beyond the cap are closed at once.
+            let refused =
+                conns.iter_mut().map(|s| closed_within(s, Duration::from_millis(100))).filter(|c| *c).count();
+            // The Unix socket still answers while the TCP listener is full.
+            let unix_ok = unix.get::<serde_json::Value>("/v1/health").is_ok();
+            // The rest are closed after the authentication deadline.
+            let all_closed = conns.iter_mut().all(|s| closed_within(s, Duration::from_secs(3)));
+            // And the listener takes new connections again.
+            let after = Client::new(
+                Endpoint::Tcp { addr: addr.to_string(), token: TOKEN.into() },
+                "t".into(),
+                Duration::from_secs(5),
+            )
+            .get::<serde_json::Value>("/v1/health")
+            .is_ok();
+            (refused, unix_ok, all_closed, after)
+        })
+        .await;
+        assert_eq!(refused, 4, "connections beyond the cap of 4 are closed at once");
+        assert!(unix_ok, "the Unix socket answers while TCP is full");
+        assert!(all_closed, "unauthenticated connections are closed after the deadline");
+        assert!(after, "TCP serves again");
+        let metrics = blocking({
+            let c = server.client();
+            move || c.get_text("/metrics").unwrap()
+        })
+        .await;
+        assert!(
+            metrics.contains("lb_api_connections_closed_total{listener=\"tcp\",reason=\"limit\"} 4"),
+            "{metrics}"
+        );
+        assert!(
+            metrics
+                .contains("lb_api_connections_closed_total{listener=\"tcp\",reason=\"unauthenticated\"} 4"),
+            "{metrics}"
+        );
+        server.stop().await;
     }
 
     #[test]

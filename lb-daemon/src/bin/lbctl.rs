@@ -2591,9 +2591,14 @@ mod tests {
             version: "0.1.0".into(),
             uptime_s: 5,
             adopted: true,
-            interfaces: vec![InterfaceView { name: "eth0".into(), mode: "native".into() }],
+            interfaces: vec![InterfaceView {
+                name: "eth0".into(),
+                mode: "native".into(),
+                ..Default::default()
+            }],
             services,
             reasons: reasons.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+            warnings: vec![],
         }
     }
 
@@ -2878,7 +2883,11 @@ mod tests {
     #[test]
     fn status_shows_backends_interfaces_and_adoption() {
         let mut status = status_view(vec![counted(2)], &[("pass_not_vip", 3), ("fwd_tx", 0)]);
-        status.interfaces.push(InterfaceView { name: "eth1".into(), mode: "generic".into() });
+        status.interfaces.push(InterfaceView {
+            name: "eth1".into(),
+            mode: "generic".into(),
+            ..Default::default()
+        });
         status.uptime_s = 3_700;
         let text = format_status(&status, None);
         assert!(
@@ -3058,6 +3067,7 @@ mod tests {
             interfaces: vec![],
             services: vec![service(100, 0, Some(watch_view(WatchState::RolledBack, 7)))],
             reasons: vec![],
+            warnings: vec![],
         };
         let text = format_status(&status, None);
         assert!(text.contains("POOL    SHARE  HEALTHY"), "{text}");

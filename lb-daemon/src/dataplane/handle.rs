@@ -265,11 +265,8 @@ impl Dataplane {
     /// attached when this process exits. The daemon holds the link open too: removing the pin
     /// does not detach it. Returns the mode's warning, if any (native XDP on a veth).
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Option<String>, DataplaneError> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(PROGRAM_NAME)
-            .and_then(|p| p.try_into().ok())
-            .expect("loaded in load()");
+        let prog: &mut Xdp =
+            self.ebpf.program_mut(PROGRAM_NAME).and_then(|p| p.try_into().ok()).expect("loaded in load()");
         self.links.attach(prog, self.pins.as_ref(), iface, mode)
     }
 
@@ -277,11 +274,8 @@ impl Dataplane {
     /// attaches the program again where it is gone and re-creates removed pins. Interfaces
     /// attached again are allowed as redirect targets again (their index may be new).
     pub fn check_links(&mut self) {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(PROGRAM_NAME)
-            .and_then(|p| p.try_into().ok())
-            .expect("loaded in load()");
+        let prog: &mut Xdp =
+            self.ebpf.program_mut(PROGRAM_NAME).and_then(|p| p.try_into().ok()).expect("loaded in load()");
         for ifindex in self.links.check(prog, self.pins.as_ref()) {
             if let Err(e) = self.allow_egress(ifindex) {
                 tracing::error!(ifindex, "allowing redirects to the re-attached interface: {e}");

@@ -46,7 +46,9 @@ pub fn plan_mode(mode: AttachMode, iface: &str, is_veth: bool) -> ModePlan {
     const NATIVE: (XdpMode, &str) = (XdpMode::Driver, "native");
     const GENERIC: (XdpMode, &str) = (XdpMode::Skb, "generic");
     match (mode, is_veth) {
-        (AttachMode::Auto, true) | (AttachMode::Generic, _) => ModePlan { attempts: vec![GENERIC], warning: None },
+        (AttachMode::Auto, true) | (AttachMode::Generic, _) => {
+            ModePlan { attempts: vec![GENERIC], warning: None }
+        }
         (AttachMode::Auto, false) => ModePlan { attempts: vec![NATIVE, GENERIC], warning: None },
         (AttachMode::Native, false) => ModePlan { attempts: vec![NATIVE], warning: None },
         (AttachMode::Native, true) => ModePlan {
@@ -136,7 +138,10 @@ impl Links {
         if let Some(w) = &plan.warning {
             tracing::warn!(iface, "{w}");
         } else if dev.is_veth() && mode == AttachMode::Auto {
-            tracing::info!(iface, "veth: attaching in generic mode (native XDP on veths needs NAPI on the peer)");
+            tracing::info!(
+                iface,
+                "veth: attaching in generic mode (native XDP on veths needs NAPI on the peer)"
+            );
         }
         let mut link = None;
         if let Some(pin) = pins.map(|p| p.link(iface)).filter(|p| p.exists()) {
@@ -158,13 +163,19 @@ impl Links {
             problem: None,
         };
         let id = program_id(prog)?;
-        let now_dev = netdev::query(ifindex).map_err(|e| attach_err(iface, format!("reading its state: {e}")))?;
+        let now_dev =
+            netdev::query(ifindex).map_err(|e| attach_err(iface, format!("reading its state: {e}")))?;
         att.mode = now_dev.xdp.mode_of(id);
         att.attached = att.mode.is_some();
         if !att.attached {
             return Err(attach_err(iface, "attached, but the kernel reports another or no XDP program"));
         }
-        tracing::info!(iface, mode = att.mode.unwrap_or("?"), kind = dev.kind.as_deref().unwrap_or("-"), "XDP attached (mode as the kernel reports it)");
+        tracing::info!(
+            iface,
+            mode = att.mode.unwrap_or("?"),
+            kind = dev.kind.as_deref().unwrap_or("-"),
+            "XDP attached (mode as the kernel reports it)"
+        );
         self.by_iface.insert(iface.to_owned(), att);
         Ok(plan.warning)
     }
@@ -181,7 +192,8 @@ impl Links {
     ) -> Result<Option<FdLink>, DataplaneError> {
         let remove_pin = |why: &str| -> Result<(), DataplaneError> {
             tracing::warn!(iface, pin = %pin.display(), "{why}");
-            remove_if_present(pin).map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", pin.display())))
+            remove_if_present(pin)
+                .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", pin.display())))
         };
         let link: FdLink = match PinnedLink::from_pin(pin) {
             Ok(p) => p.into(),
@@ -199,13 +211,16 @@ impl Links {
             }
             Some(current) if !plan.accepts(current) => {
                 let wanted = plan.attempts[0].1;
-                remove_pin(&format!("xdp_mode changed: replacing the {current} attachment by a {wanted} one (forwarding pauses for a moment)"))?;
+                remove_pin(&format!(
+                    "xdp_mode changed: replacing the {current} attachment by a {wanted} one (forwarding pauses for a moment)"
+                ))?;
                 // The pin is gone; closing our descriptor drops the last reference and detaches.
                 drop(link);
                 Ok(None)
             }
             Some(_) => {
-                let xdp_link = XdpLink::try_from(link).map_err(|e| attach_err(iface, format!("pinned link: {e}")))?;
+                let xdp_link =
+                    XdpLink::try_from(link).map_err(|e| attach_err(iface, format!("pinned link: {e}")))?;
                 let id = prog
                     .attach_to_link(xdp_link)
                     .map_err(|e| attach_err(iface, format!("replacing the program: {e}")))?;
@@ -246,7 +261,10 @@ impl Links {
                 Ok(d) => d,
                 Err(e) if netdev::is_local_error(&e) => {
                     self.local_errors += 1;
-                    tracing::warn!(iface, "XDP check skipped (the daemon's own error, not the interface's): {e}");
+                    tracing::warn!(
+                        iface,
+                        "XDP check skipped (the daemon's own error, not the interface's): {e}"
+                    );
                     continue;
                 }
                 Err(e) => {
@@ -296,12 +314,18 @@ impl Links {
                     att.last_reattach = Some(format!("{}: {reason}", now()));
                     att.problem = None;
                     reattached.push(ifindex);
-                    tracing::warn!(iface, mode = mode.unwrap_or("?"), reattachments = att.reattachments, "XDP attached again");
+                    tracing::warn!(
+                        iface,
+                        mode = mode.unwrap_or("?"),
+                        reattachments = att.reattachments,
+                        "XDP attached again"
+                    );
                 }
                 Err(e) => {
                     tracing::error!(iface, "attaching XDP again failed: {e}");
                     let att = self.by_iface.get_mut(&iface).expect("listed");
-                    att.problem = Some(format!("XDP program lost ({reason}) and attaching again failed: {e}"));
+                    att.problem =
+                        Some(format!("XDP program lost ({reason}) and attaching again failed: {e}"));
                 }
             }
         }
@@ -334,7 +358,10 @@ impl Links {
 
     /// Prometheus text of the attachments.
     pub fn render_metrics(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP lb_xdp_attached Whether the kernel runs this daemon's XDP program on the interface, by the mode it reports.");
+        let _ = writeln!(
+            out,
+            "# HELP lb_xdp_attached Whether the kernel runs this daemon's XDP program on the interface, by the mode it reports."
+        );
         let _ = writeln!(out, "# TYPE lb_xdp_attached gauge");
         for (name, a) in &self.by_iface {
             let _ = writeln!(
@@ -344,15 +371,24 @@ impl Links {
                 u8::from(a.attached)
             );
         }
-        let _ = writeln!(out, "# HELP lb_xdp_reattachments_total Times the XDP program was found missing on the interface and attached again.");
+        let _ = writeln!(
+            out,
+            "# HELP lb_xdp_reattachments_total Times the XDP program was found missing on the interface and attached again."
+        );
         let _ = writeln!(out, "# TYPE lb_xdp_reattachments_total counter");
         for (name, a) in &self.by_iface {
             let _ = writeln!(out, "lb_xdp_reattachments_total{{interface=\"{name}\"}} {}", a.reattachments);
         }
-        let _ = writeln!(out, "# HELP lb_pins_restored_total Pins (maps, links) re-created after they were removed while the daemon ran.");
+        let _ = writeln!(
+            out,
+            "# HELP lb_pins_restored_total Pins (maps, links) re-created after they were removed while the daemon ran."
+        );
         let _ = writeln!(out, "# TYPE lb_pins_restored_total counter");
         let _ = writeln!(out, "lb_pins_restored_total {}", self.pins_restored);
-        let _ = writeln!(out, "# HELP lb_xdp_check_local_errors_total XDP checks skipped because of the daemon's own errors (out of descriptors, memory).");
+        let _ = writeln!(
+            out,
+            "# HELP lb_xdp_check_local_errors_total XDP checks skipped because of the daemon's own errors (out of descriptors, memory)."
+        );
         let _ = writeln!(out, "# TYPE lb_xdp_check_local_errors_total counter");
         let _ = writeln!(out, "lb_xdp_check_local_errors_total {}", self.local_errors);
     }
@@ -425,13 +461,14 @@ fn restore_map_pins(prog: &Xdp, pins: &PinDir) -> u64 {
     if missing.is_empty() {
         return 0;
     }
-    let ids = match prog.info().map_err(|e| e.to_string()).and_then(|i| i.map_ids().map_err(|e| e.to_string())) {
-        Ok(ids) => ids.unwrap_or_default(),
-        Err(e) => {
-            tracing::warn!("cannot list the program's maps to pin them again: {e}");
-            return 0;
-        }
-    };
+    let ids =
+        match prog.info().map_err(|e| e.to_string()).and_then(|i| i.map_ids().map_err(|e| e.to_string())) {
+            Ok(ids) => ids.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("cannot list the program's maps to pin them again: {e}");
+                return 0;
+            }
+        };
     if let Err(e) = fs::create_dir_all(pins.map("x").parent().expect("maps dir")) {
         tracing::warn!("cannot re-create the map pin folder: {e}");
         return 0;

@@ -167,7 +167,9 @@ struct RouteSocket(OwnedFd);
 impl RouteSocket {
     fn open() -> io::Result<Self> {
         // SAFETY: plain syscall; the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let fd = unsafe {
+            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
