@@ -1537,6 +1537,9 @@ fn render_status(s: &StatusView, only: Option<&str>, paint: Paint) -> String {
         }
     );
     out.push_str(&format!("interfaces: {}\n", interfaces_line(&s.interfaces, paint)));
+    for w in &s.warnings {
+        out.push_str(&format!("{} {w}\n", paint.red("warning:")));
+    }
     for svc in s.services.iter().filter(|svc| only.is_none_or(|n| n == svc.name)) {
         out.push('\n');
         out.push_str(&service_header(svc, paint));
@@ -3067,9 +3070,10 @@ mod tests {
             interfaces: vec![],
             services: vec![service(100, 0, Some(watch_view(WatchState::RolledBack, 7)))],
             reasons: vec![],
-            warnings: vec![],
+            warnings: vec!["IPv4 forwarding is off on eth0".into()],
         };
         let text = format_status(&status, None);
+        assert!(text.contains("\nwarning: IPv4 forwarding is off on eth0\n"), "{text}");
         assert!(text.contains("POOL    SHARE  HEALTHY"), "{text}");
         assert!(text.contains("1/2 (min 2) below min"), "{text}");
         assert!(text.contains("DOWN pool-a 10.0.0.2:8080: connect: connection refused"), "{text}");
