@@ -62,12 +62,12 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let before = lim.rlim_cur as u64;
+    let before: u64 = lim.rlim_cur;
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(1 << 20);
-    let target = (lim.rlim_max as u64).min(nr_open);
+    let target = lim.rlim_max.min(nr_open);
     if target <= before {
         return Ok((before, before));
     }
@@ -229,6 +229,6 @@ mod tests {
         assert!(after >= before);
         let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-        assert_eq!(lim.rlim_cur as u64, after);
+        assert_eq!(lim.rlim_cur, after);
     }
 }

@@ -182,15 +182,14 @@ impl Dataplane {
         fs::create_dir_all(pins.0.join("links")).map_err(|e| io("creating the pin folder", e))?;
         let adopted = pins.maps().join("SERVICES").exists();
         let mut effective = options;
-        if adopted {
-            if let Ok(text) = fs::read_to_string(options_file) {
-                if let Ok(pinned) = serde_json::from_str::<DataplaneOptions>(&text) {
-                    if pinned != options {
-                        tracing::warn!(?pinned, configured = ?options, "pinned maps were created with other sizes; keeping the pinned ones until a restart with `lbctl shutdown --detach`");
-                    }
-                    effective = pinned;
-                }
+        if adopted
+            && let Ok(text) = fs::read_to_string(options_file)
+            && let Ok(pinned) = serde_json::from_str::<DataplaneOptions>(&text)
+        {
+            if pinned != options {
+                tracing::warn!(?pinned, configured = ?options, "pinned maps were created with other sizes; keeping the pinned ones until a restart with `lbctl shutdown --detach`");
             }
+            effective = pinned;
         }
         let dp = Self::load_with(effective, Some(pins.clone()))?;
         let text = serde_json::to_string(&effective).expect("options serialize");

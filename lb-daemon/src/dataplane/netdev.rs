@@ -136,7 +136,7 @@ fn parse_xdp(attrs: &[LinkXdp]) -> XdpPrograms {
     let mut out = XdpPrograms::default();
     for a in attrs {
         match a {
-            LinkXdp::Attached(mode) => attached = Some(mode.clone()),
+            LinkXdp::Attached(mode) => attached = Some(*mode),
             LinkXdp::ProgId(id) => single = Some(*id),
             LinkXdp::DrvProgId(id) => out.native = Some(*id),
             LinkXdp::SkbProgId(id) => out.generic = Some(*id),
