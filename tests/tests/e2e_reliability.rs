@@ -317,3 +317,21 @@ fn health_checks_survive_running_out_of_file_descriptors() {
         .unwrap_or(0);
     assert!(local > 0, "counted: {metrics}");
 }
+
+#[test]
+fn a_stalled_request_body_gets_408_and_the_connection_is_closed() {
+    use std::io::{Read, Write};
+    let s = setup("stl", "nat").expect("setup");
+    let mut conn = std::os::unix::net::UnixStream::connect(s.daemon.socket()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // 10 of the 100 bytes announced, then nothing: before the fix this stayed open for ever.
+    conn.write_all(b"POST /v1/switch HTTP/1.1\r\nHost: lb\r\nContent-Length: 100\r\n\r\n{\"pool\":\"p")
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "after {:?}: {answer:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(15), "answered and closed within the body timeout");
+    assert!(s.daemon.status().is_ok());
+}
