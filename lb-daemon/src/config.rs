@@ -141,7 +141,8 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
-    /// Native (driver) mode, falling back to generic mode with a warning.
+    /// Native (driver) mode, falling back to generic mode with a warning; generic on a veth
+    /// (see `dataplane::links::plan_mode`).
     #[default]
     Auto,
     /// Native (driver) mode only; fail if the driver cannot do it.
@@ -1147,8 +1148,8 @@ bpffs = "/sys/fs/bpf"
 # Interfaces the XDP program attaches to (required; at least one).
 interfaces = ["eth0"]
 
-# XDP attach mode: "auto" (native, falling back to generic with a warning), "native" (driver
-# mode or fail) or "generic" (skb mode: works everywhere, slower).
+# XDP attach mode: "auto" (native, falling back to generic with a warning; generic on a veth),
+# "native" (driver mode or fail) or "generic" (skb mode: works everywhere, slower on a NIC).
 xdp_mode = "auto"
 
 # Entries of the flow table (LRU), 1024 ..= 134217728. One entry per live connection.

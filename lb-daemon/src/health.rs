@@ -14,10 +14,16 @@
 //! up backend goes down after `fall` consecutive failed probes; a down backend comes back up
 //! after `rise` consecutive passed ones. Each transition is logged and reported once to the
 //! [`HealthSink`].
+//!
+//! A probe that fails because of the checker itself (out of file descriptors, memory, socket
+//! buffers or local ports: EMFILE, ENFILE, ENOMEM, ENOBUFS, EADDRNOTAVAIL) says nothing about
+//! the backend: the backend keeps its state, the error is logged (once per episode) and counted
+//! (`lb_health_check_local_errors_total`).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -105,6 +111,34 @@ pub struct HealthMonitor {
 struct Shared {
     state: Mutex<State>,
     sink: HealthSink,
+    /// Probes that failed because of the checker itself (see the module doc).
+    local_errors: AtomicU64,
+}
+
+/// Why a probe failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ProbeError {
+    /// The backend did not pass: it counts towards `fall`.
+    Backend(String),
+    /// The checker could not probe (its own resources): the backend keeps its state.
+    Local(String),
+}
+
+/// Errors of this process or host rather than of the backend.
+fn is_local(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS | libc::EADDRNOTAVAIL)
+    )
+}
+
+/// An I/O error of a probe, classified.
+fn io_failure(what: &str, e: std::io::Error) -> ProbeError {
+    if is_local(&e) {
+        ProbeError::Local(format!("{what}: {e}"))
+    } else {
+        ProbeError::Backend(format!("{what}: {e}"))
+    }
 }
 
 #[derive(Default)]
@@ -162,7 +196,30 @@ impl HealthMonitor {
     /// Starts the monitor on the given tokio runtime handle; `sink` is called (from a
     /// blocking-safe context: use spawn_blocking) on every up/down transition.
     pub fn start(handle: tokio::runtime::Handle, sink: HealthSink) -> Self {
-        Self { shared: Arc::new(Shared { state: Mutex::new(State::default()), sink }), handle }
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                sink,
+                local_errors: AtomicU64::new(0),
+            }),
+            handle,
+        }
+    }
+
+    /// Probes that failed because of the checker itself, since start.
+    pub fn local_errors(&self) -> u64 {
+        self.shared.local_errors.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text of the checker's own failures.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(
+            out,
+            "# HELP lb_health_check_local_errors_total Health probes that failed because of the daemon itself (out of descriptors, memory, ports); the backend kept its state."
+        );
+        let _ = writeln!(out, "# TYPE lb_health_check_local_errors_total counter");
+        let _ = writeln!(out, "lb_health_check_local_errors_total {}", self.local_errors());
     }
 
     /// Replaces the set of targets. Targets whose (index, addr, check) are unchanged keep their
@@ -243,10 +300,35 @@ async fn run_checks(shared: Weak<Shared>, generation: u64, target: HealthTarget)
     let HealthTarget { index, addr, check } = target;
     let mut ticker = tokio::time::interval(check.interval.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Consecutive probes that failed because of the checker itself.
+    let mut local_streak = 0u64;
     loop {
         // The first tick completes at once: new targets are probed immediately.
         ticker.tick().await;
-        let result = probe(addr, &check).await;
+        let result = match probe(addr, &check).await {
+            Err(ProbeError::Local(error)) => {
+                let Some(strong) = shared.upgrade() else {
+                    return;
+                };
+                strong.local_errors.fetch_add(1, Ordering::Relaxed);
+                if local_streak == 0 {
+                    tracing::error!(
+                        backend = %addr,
+                        index,
+                        error,
+                        "health: cannot probe backend {addr}: {error}; this is the daemon's own failure, the backend keeps its state"
+                    );
+                }
+                local_streak += 1;
+                continue;
+            }
+            Err(ProbeError::Backend(e)) => Err(e),
+            Ok(()) => Ok(()),
+        };
+        if local_streak > 0 {
+            tracing::warn!(backend = %addr, index, failed = local_streak, "health: probing works again");
+            local_streak = 0;
+        }
         let reason = result.as_ref().err().cloned();
         let Some(strong) = shared.upgrade() else {
             return;
@@ -283,17 +365,20 @@ async fn run_checks(shared: Weak<Shared>, generation: u64, target: HealthTarget)
 }
 
 /// One probe, bounded by the timeout.
-async fn probe(addr: SocketAddr, check: &HealthConfig) -> Result<(), String> {
+async fn probe(addr: SocketAddr, check: &HealthConfig) -> Result<(), ProbeError> {
     let mut phase = "connecting";
     match tokio::time::timeout(check.timeout, attempt(addr, check, &mut phase)).await {
         Ok(result) => result,
-        Err(_) => Err(format!("timed out after {} {phase}", humantime::format_duration(check.timeout))),
+        Err(_) => Err(ProbeError::Backend(format!(
+            "timed out after {} {phase}",
+            humantime::format_duration(check.timeout)
+        ))),
     }
 }
 
 /// One probe without its bound; `phase` says what it was doing when it is cut short.
-async fn attempt(addr: SocketAddr, check: &HealthConfig, phase: &mut &'static str) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+async fn attempt(addr: SocketAddr, check: &HealthConfig, phase: &mut &'static str) -> Result<(), ProbeError> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| io_failure("connect", e))?;
     let Some(path) = &check.http_path else {
         return Ok(());
     };
@@ -302,12 +387,16 @@ async fn attempt(addr: SocketAddr, check: &HealthConfig, phase: &mut &'static st
         "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: lb-daemon-health\r\n\
          Connection: close\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("sending the HTTP request: {e}"))?;
+    stream.write_all(request.as_bytes()).await.map_err(|e| io_failure("sending the HTTP request", e))?;
     *phase = "waiting for the HTTP status line";
-    let line = read_status_line(&mut stream).await?;
-    let code = parse_status_code(&line)?;
+    let line = read_status_line(&mut stream).await.map_err(ProbeError::Backend)?;
+    let code = parse_status_code(&line).map_err(ProbeError::Backend)?;
     let (lo, hi) = check.http_status;
-    if (lo..=hi).contains(&code) { Ok(()) } else { Err(format!("HTTP status {code} (expected {lo}..={hi})")) }
+    if (lo..=hi).contains(&code) {
+        Ok(())
+    } else {
+        Err(ProbeError::Backend(format!("HTTP status {code} (expected {lo}..={hi})")))
+    }
 }
 
 /// Reads up to the first line feed (the status line, without its line end).

@@ -7,4 +7,6 @@ pub mod config;
 pub mod dataplane;
 pub mod engine;
 pub mod health;
+pub mod lock;
 pub mod neighbours;
+pub mod preflight;

@@ -10,11 +10,13 @@ use clap::{Parser, ValueEnum};
 use lb_daemon::{
     api::{
         Control,
-        server::{ServeOptions, serve},
+        server::{ApiLimits, ServeOptions, serve},
     },
     config::Config,
     dataplane::{Dataplane, DataplaneOptions, PinDir},
     engine::{Engine, ShutdownKind},
+    lock::InstanceLock,
+    preflight,
 };
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use tokio::signal::unix::{SignalKind, signal};
@@ -68,21 +70,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Mounts bpffs at `path` unless one is there already.
-fn ensure_bpffs(path: &std::path::Path) -> Result<()> {
+/// Mounts bpffs at `path` unless one is there already; returns whether it mounted one.
+fn ensure_bpffs(path: &std::path::Path) -> Result<bool> {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
+        return Ok(false);
     }
     let fstype = c"bpf";
     if unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
         anyhow::bail!("mounting bpffs on {}: {}", path.display(), std::io::Error::last_os_error());
     }
     tracing::info!(path = %path.display(), "mounted bpffs");
-    Ok(())
+    Ok(true)
 }
 
 fn run(args: Args) -> Result<()> {
@@ -95,7 +97,23 @@ fn run(args: Args) -> Result<()> {
         println!("{}: valid", args.config.display());
         return Ok(());
     }
-    ensure_bpffs(&config.bpffs)?;
+    match preflight::raise_nofile_limit() {
+        Ok((before, after)) if after > before => tracing::info!(before, after, "raised the open-file limit"),
+        Ok((limit, _)) => tracing::info!(limit, "open-file limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+    let mounted_bpffs = ensure_bpffs(&config.bpffs)?;
+    let bpffs_warning =
+        preflight::bpffs_warning(&config.bpffs, preflight::bpffs_is_hosts(&config.bpffs), mounted_bpffs);
+    if let Some(w) = &bpffs_warning {
+        tracing::warn!("{w}");
+    }
+    // One daemon per instance, before anything is adopted or written.
+    let _lock = InstanceLock::acquire(
+        &config.instance,
+        &config.state_dir.join(format!("{}.lock", config.instance)),
+        &config.pin_dir(),
+    )?;
     let pools: u32 = config.services.iter().map(|s| s.pools.len() as u32).sum();
     let options = DataplaneOptions {
         ring_size: config.ring_size,
@@ -119,9 +137,13 @@ fn run(args: Args) -> Result<()> {
         ),
         _ => None,
     };
-    let serve_opts =
-        ServeOptions { unix_socket: config.api.unix_socket.clone(), tcp: config.api.tcp.zip(token) };
+    let serve_opts = ServeOptions {
+        unix_socket: config.api.unix_socket.clone(),
+        tcp: config.api.tcp.zip(token),
+        limits: ApiLimits::default(),
+    };
     let engine = Arc::new(Engine::start(args.config.clone(), config, dp, adopted)?);
+    engine.warnings().set("bpffs", bpffs_warning.into_iter().collect());
     // A fresh data plane waits (bounded) for the backends' next hops, so the first packets
     // after attaching find a MAC address; an adopted one is forwarding already.
     engine.keep_neighbours(if adopted { Duration::ZERO } else { Duration::from_secs(2) });

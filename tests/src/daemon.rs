@@ -13,6 +13,7 @@ use lb_daemon::{
 };
 use std::{
     net::SocketAddr,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -68,11 +69,23 @@ pub struct LbDaemon {
     pub dir: tempfile::TempDir,
     daemon_bin: PathBuf,
     lbctl_bin: PathBuf,
+    /// `RLIMIT_NOFILE` (soft and hard) the daemon is started with, when set.
+    pub nofile_limit: Option<u64>,
 }
 
 impl LbDaemon {
     /// A fresh instance name and folder; the config is made by `make_config(instance, dir)`.
     pub fn start(topo: &Topology, make_config: impl FnOnce(&str, &Path) -> String) -> Result<Self> {
+        Self::start_limited(topo, None, make_config)
+    }
+
+    /// Like [`Self::start`], with the daemon's `RLIMIT_NOFILE` (soft and hard) set to
+    /// `nofile_limit` before it runs.
+    pub fn start_limited(
+        topo: &Topology,
+        nofile_limit: Option<u64>,
+        make_config: impl FnOnce(&str, &Path) -> String,
+    ) -> Result<Self> {
         let instance = format!("lbt{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("lb.toml"), make_config(&instance, dir.path()))?;
@@ -82,6 +95,7 @@ impl LbDaemon {
             dir,
             daemon_bin: find_binary("lb-daemon", "LB_DAEMON_BIN")?,
             lbctl_bin: find_binary("lbctl", "LB_LBCTL_BIN")?,
+            nofile_limit,
         };
         d.spawn(topo)?;
         Ok(d)
@@ -108,6 +122,18 @@ impl LbDaemon {
             .env("LB_LOG_FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(limit) = self.nofile_limit {
+            let lim = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: limit as libc::rlim_t };
+            // SAFETY: setrlimit is async-signal-safe; `lim` is copied into the closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = topo.spawn_in(topo.balancer(), &mut cmd)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -126,6 +152,16 @@ impl LbDaemon {
         }
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The running daemon's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The path of the daemon binary.
+    pub fn daemon_bin(&self) -> &Path {
+        &self.daemon_bin
     }
 
     /// `kill -9` the daemon and reap it.

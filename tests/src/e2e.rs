@@ -28,6 +28,17 @@ pub struct Setup {
 
 /// Builds the standard setup with `mode` (`nat` or `dsr`) and starts every backend.
 pub fn setup(prefix: &str, mode: &str) -> Result<Setup> {
+    setup_with(prefix, mode, None, |c| c)
+}
+
+/// Like [`setup`], with the daemon's `RLIMIT_NOFILE` set to `nofile_limit` and its config text
+/// passed through `edit`.
+pub fn setup_with(
+    prefix: &str,
+    mode: &str,
+    nofile_limit: Option<u64>,
+    edit: impl FnOnce(String) -> String,
+) -> Result<Setup> {
     let port = if mode == "dsr" { 80 } else { 8080 };
     let specs = vec![
         BackendSpec::new("a1", Ipv4Addr::new(10, 77, 2, 11), port),
@@ -45,8 +56,8 @@ pub fn setup(prefix: &str, mode: &str) -> Result<Setup> {
     for name in POOL_A.iter().chain(POOL_B.iter()) {
         topo.start_backend(name)?;
     }
-    let daemon = LbDaemon::start(&topo, |instance, dir| {
-        config_toml(
+    let daemon = LbDaemon::start_limited(&topo, nofile_limit, |instance, dir| {
+        edit(config_toml(
             instance,
             dir,
             LB_IFACE,
@@ -57,7 +68,7 @@ pub fn setup(prefix: &str, mode: &str) -> Result<Setup> {
                 pools: vec![("pool-a", addrs[..2].to_vec()), ("pool-b", addrs[2..].to_vec())],
                 active: "pool-a",
             }],
-        )
+        ))
     })?;
     Ok(Setup { daemon, topo })
 }

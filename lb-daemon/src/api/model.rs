@@ -347,15 +347,74 @@ pub struct StatusView {
     pub services: Vec<ServiceView>,
     /// Pass/drop/forward counters by reason name.
     pub reasons: Vec<(String, u64)>,
+    /// Problems of the host or the setup that make traffic fail or the state fragile, each with
+    /// its fix (forwarding off, a private bpffs, native XDP on a veth…). Empty when all is well.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
-/// An interface the program is attached to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// An interface the program is attached to, as the kernel reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceView {
     /// Interface name.
     pub name: String,
-    /// `native` or `generic`.
+    /// The mode the kernel runs the program in: `native`, `generic` (or `offload`); `none` when
+    /// it is not attached.
     pub mode: String,
+    /// The interface's kind (`veth`, `bridge`, …); absent for a NIC.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Whether the kernel runs this daemon's program on the interface (checked every second).
+    #[serde(default = "yes")]
+    pub attached: bool,
+    /// Times the program was found missing and attached again by this daemon.
+    #[serde(default)]
+    pub reattachments: u64,
+    /// When and why the last re-attachment happened.
+    #[serde(default)]
+    pub last_reattach: Option<String>,
+    /// Why the program is not attached, while it is not.
+    #[serde(default)]
+    pub problem: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `GET /v1/health`: whether the daemon serves traffic as configured. `ok` is false (HTTP 503)
+/// while an interface runs without the program; warnings do not make it false.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthView {
+    /// Whether every interface runs the program.
+    pub ok: bool,
+    /// What is wrong when `ok` is false.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// As in the status.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Re-attachments of the program since the daemon started, summed over interfaces.
+    #[serde(default)]
+    pub reattachments: u64,
+}
+
+impl HealthView {
+    /// The health the status shows.
+    pub fn of(status: &StatusView) -> Self {
+        let problems: Vec<String> = status
+            .interfaces
+            .iter()
+            .filter(|i| !i.attached)
+            .map(|i| i.problem.clone().unwrap_or_else(|| format!("XDP is not attached to {}", i.name)))
+            .collect();
+        Self {
+            ok: problems.is_empty(),
+            problems,
+            warnings: status.warnings.clone(),
+            reattachments: status.interfaces.iter().map(|i| i.reattachments).sum(),
+        }
+    }
 }
 
 /// `POST /v1/reload`.

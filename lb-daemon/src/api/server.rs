@@ -6,6 +6,13 @@
 //! never stalls the reactor. Each connection gets its own task (HTTP/1.1 keep-alive); the
 //! `shutdown` future passed to [`serve`] stops accepting, lets in-flight requests finish (for a
 //! bounded time) and removes the socket file.
+//!
+//! Connections cannot starve the daemon of file descriptors ([`ApiLimits`]): each listener
+//! serves at most `max_connections` at once (more are closed as soon as they are accepted, so
+//! a flood of TCP connections never locks out the Unix socket); a TCP connection that has not
+//! sent an authenticated request within `auth_deadline` is closed; a connection idle for
+//! `idle_timeout` is closed; a request body that does not arrive within `body_timeout` gets 408
+//! and the connection is closed. What was refused or closed is counted in `/metrics`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,8 +22,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -29,10 +37,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::Control;
-use super::model::{ApiError, ErrorCode, RollbackRequest, ShutdownRequest, SplitRequest, SwitchRequest};
+use super::model::{
+    ApiError, ErrorCode, HealthView, RollbackRequest, ShutdownRequest, SplitRequest, SwitchRequest,
+};
 
 /// Largest accepted request body; a bigger one gets 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -52,8 +62,33 @@ pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 /// Content type of `GET /metrics` (Prometheus text exposition format).
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds on API connections, so that clients (idle, slow or hostile) cannot take the daemon's
+/// file descriptors away from its health checks and the data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Connections served at once per listener (Unix and TCP each); more are closed at once.
+    pub max_connections: usize,
+    /// A TCP connection must send a request with the right token within this time.
+    pub auth_deadline: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            auth_deadline: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// How long [`serve`] waits for in-flight requests once `shutdown` resolved.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,6 +101,8 @@ pub struct ServeOptions {
     pub unix_socket: PathBuf,
     /// Optional TCP listener and the bearer token every TCP request must carry.
     pub tcp: Option<(SocketAddr, String)>,
+    /// Bounds on connections.
+    pub limits: ApiLimits,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -74,6 +111,7 @@ impl std::fmt::Debug for ServeOptions {
         f.debug_struct("ServeOptions")
             .field("unix_socket", &self.unix_socket)
             .field("tcp", &self.tcp.as_ref().map(|(addr, _)| (addr, "<token>")))
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -104,7 +142,7 @@ pub async fn serve(
         }
         None => None,
     };
-    serve_on(control, unix, tcp, shutdown).await;
+    serve_on(control, unix, tcp, opts.limits, shutdown).await;
     Ok(())
 }
 
@@ -216,6 +254,125 @@ struct Shared {
     control: Arc<dyn Control>,
     /// Bearer token for TCP connections.
     token: Option<String>,
+    limits: ApiLimits,
+    /// Connection slots of the Unix listener, then of the TCP one.
+    slots: [Arc<Semaphore>; 2],
+    stats: ConnStats,
+}
+
+/// What the connection bounds did, for `/metrics`.
+#[derive(Default)]
+struct ConnStats {
+    /// Closed at once because the listener was full (Unix, TCP).
+    refused: [AtomicU64; 2],
+    /// TCP connections closed for sending no authenticated request in time.
+    unauthenticated: AtomicU64,
+    /// Connections closed after `idle_timeout` without a request.
+    idle: AtomicU64,
+    /// Requests whose body did not arrive in time.
+    body_timeouts: AtomicU64,
+    /// When a refusal was last logged (refusals are logged at most once a second).
+    last_refusal_log: Mutex<Option<Instant>>,
+}
+
+const LISTENERS: [&str; 2] = ["unix", "tcp"];
+
+impl Shared {
+    /// Prometheus text of the connection bounds.
+    fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = &self.stats;
+        let _ = writeln!(out, "# HELP lb_api_connections API connections being served, by listener.");
+        let _ = writeln!(out, "# TYPE lb_api_connections gauge");
+        for (i, name) in LISTENERS.iter().enumerate() {
+            let open = self.limits.max_connections.saturating_sub(self.slots[i].available_permits());
+            let _ = writeln!(out, "lb_api_connections{{listener=\"{name}\"}} {open}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lb_api_connections_closed_total API connections the daemon closed to protect itself, by listener and reason."
+        );
+        let _ = writeln!(out, "# TYPE lb_api_connections_closed_total counter");
+        for (i, name) in LISTENERS.iter().enumerate() {
+            let n = s.refused[i].load(Ordering::Relaxed);
+            let _ =
+                writeln!(out, "lb_api_connections_closed_total{{listener=\"{name}\",reason=\"limit\"}} {n}");
+        }
+        let n = s.unauthenticated.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "lb_api_connections_closed_total{{listener=\"tcp\",reason=\"unauthenticated\"}} {n}"
+        );
+        let n = s.idle.load(Ordering::Relaxed);
+        let _ = writeln!(out, "lb_api_connections_closed_total{{listener=\"any\",reason=\"idle\"}} {n}");
+        let n = s.body_timeouts.load(Ordering::Relaxed);
+        let _ =
+            writeln!(out, "lb_api_connections_closed_total{{listener=\"any\",reason=\"body_timeout\"}} {n}");
+    }
+
+    /// Logs a refused connection, at most once a second.
+    fn log_refusal(&self, listener: usize) {
+        let mut last = self.stats.last_refusal_log.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                listener = LISTENERS[listener],
+                max = self.limits.max_connections,
+                refused_total = self.stats.refused[listener].load(Ordering::Relaxed),
+                "API connection refused: the listener serves {} connections already",
+                self.limits.max_connections
+            );
+        }
+    }
+}
+
+/// What a connection's watchdog needs to know about it.
+struct ConnActivity {
+    accepted: Instant,
+    /// A request passed authentication (always true on the Unix socket).
+    authenticated: AtomicBool,
+    /// Requests being handled.
+    busy: AtomicUsize,
+    /// When the last request ended (or the connection was accepted).
+    last: Mutex<Instant>,
+}
+
+impl ConnActivity {
+    fn new(tcp: bool) -> Self {
+        let now = Instant::now();
+        Self {
+            accepted: now,
+            authenticated: AtomicBool::new(!tcp),
+            busy: AtomicUsize::new(0),
+            last: Mutex::new(now),
+        }
+    }
+}
+
+/// Resolves when the connection must be closed: unauthenticated past the deadline, or idle
+/// (no request in progress) for `idle_timeout`. Returns why.
+async fn watchdog(activity: Arc<ConnActivity>, limits: ApiLimits) -> &'static str {
+    loop {
+        let now = Instant::now();
+        if !activity.authenticated.load(Ordering::Relaxed) {
+            let deadline = activity.accepted + limits.auth_deadline;
+            if now >= deadline {
+                return "unauthenticated";
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+            continue;
+        }
+        let next = if activity.busy.load(Ordering::Relaxed) > 0 {
+            now + limits.idle_timeout
+        } else {
+            let idle_until = *activity.last.lock().unwrap_or_else(|e| e.into_inner()) + limits.idle_timeout;
+            if now >= idle_until {
+                return "idle";
+            }
+            idle_until
+        };
+        tokio::time::sleep_until(next.into()).await;
+    }
 }
 
 /// Who is on the other end of a connection.
@@ -232,13 +389,16 @@ async fn serve_on(
     control: Arc<dyn Control>,
     unix: UnixSocket,
     tcp: Option<(TcpListener, String)>,
+    limits: ApiLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let (tcp_listener, token) = match tcp {
         Some((l, t)) => (Some(l), Some(t)),
         None => (None, None),
     };
-    let shared = Arc::new(Shared { control, token });
+    let slots = || Arc::new(Semaphore::new(limits.max_connections));
+    let shared =
+        Arc::new(Shared { control, token, limits, slots: [slots(), slots()], stats: ConnStats::default() });
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; `recv` returns None once all of them are gone.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -294,7 +454,8 @@ async fn accept_failed(kind: &str, e: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// Serves one connection on its own task until it closes or the server drains.
+/// Serves one connection on its own task until it closes, its watchdog closes it, or the
+/// server drains. A listener already serving `max_connections` gets it closed at once.
 fn spawn_connection<S>(
     io: S,
     peer: Peer,
@@ -304,24 +465,51 @@ fn spawn_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let listener = usize::from(peer.tcp);
+    let Ok(slot) = shared.slots[listener].clone().try_acquire_owned() else {
+        shared.stats.refused[listener].fetch_add(1, Ordering::Relaxed);
+        shared.log_refusal(listener);
+        drop(io);
+        return;
+    };
     let shared = shared.clone();
     let mut stop = stop.clone();
     let alive = alive.clone();
+    let activity = Arc::new(ConnActivity::new(peer.tcp));
     tokio::spawn(async move {
         let _alive = alive;
-        let service = service_fn(move |req| {
-            let shared = shared.clone();
-            let peer = peer.clone();
-            async move { Ok::<_, Infallible>(handle(&shared, &peer, req).await) }
-        });
+        let _slot = slot;
+        let limits = shared.limits;
+        let stats_owner = shared.clone();
+        let service = {
+            let activity = activity.clone();
+            service_fn(move |req| {
+                let shared = shared.clone();
+                let peer = peer.clone();
+                let activity = activity.clone();
+                async move {
+                    activity.busy.fetch_add(1, Ordering::Relaxed);
+                    let resp = handle(&shared, &peer, &activity, req).await;
+                    *activity.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                    activity.busy.fetch_sub(1, Ordering::Relaxed);
+                    Ok::<_, Infallible>(resp)
+                }
+            })
+        };
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(limits.header_timeout)
             .keep_alive(true)
             .serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,
+            why = watchdog(activity, limits) => {
+                let counter = if why == "idle" { &stats_owner.stats.idle } else { &stats_owner.stats.unauthenticated };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(reason = why, "API connection closed by its watchdog");
+                Ok(())
+            }
             () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
@@ -426,10 +614,15 @@ fn check_service_name(name: &str) -> Result<&str, ApiError> {
 }
 
 /// One request, start to finish. Never fails: errors become JSON error responses.
-async fn handle(shared: &Shared, peer: &Peer, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    shared: &Shared,
+    peer: &Peer,
+    activity: &ConnActivity,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let response = match route_and_dispatch(shared, peer, req).await {
+    let response = match route_and_dispatch(shared, peer, activity, req).await {
         Ok(resp) => resp,
         Err(Failure { status, error }) => error_response(status, &error),
     };
@@ -458,6 +651,7 @@ impl From<ApiError> for Failure {
 async fn route_and_dispatch(
     shared: &Shared,
     peer: &Peer,
+    activity: &ConnActivity,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Failure> {
     if peer.tcp {
@@ -469,7 +663,9 @@ async fn route_and_dispatch(
             )
             .into());
         }
+        activity.authenticated.store(true, Ordering::Relaxed);
     }
+    let body_timeout = (shared.limits.body_timeout, &shared.stats.body_timeouts);
     let path = req.uri().path();
     let route = Route::parse(path).ok_or_else(|| ApiError::not_found(format!("no such path: {path}")))?;
     let allowed = route.method();
@@ -486,22 +682,29 @@ async fn route_and_dispatch(
     let control = shared.control.clone();
 
     let resp = match route {
-        Route::Health => json_response(&serde_json::json!({ "ok": true })),
+        Route::Health => {
+            let health = call(&control, |c| c.status().map(|s| HealthView::of(&s))).await?;
+            let mut resp = json_response(&health);
+            if !health.ok {
+                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            resp
+        }
         Route::Status => json_response(&call(&control, |c| c.status()).await?),
         Route::Services => json_response(&call(&control, |c| c.status().map(|s| s.services)).await?),
         Route::Service(_) => json_response(&call(&control, move |c| c.service(service.as_deref())).await?),
         Route::Switch(_) => {
-            let body: SwitchRequest = read_json(req, false).await?;
+            let body: SwitchRequest = read_json(req, false, body_timeout).await?;
             let out = call(&control, move |c| c.switch(service.as_deref(), &body, &requester)).await?;
             json_response(&out)
         }
         Route::Rollback(_) => {
-            let body: RollbackRequest = read_json(req, true).await?;
+            let body: RollbackRequest = read_json(req, true, body_timeout).await?;
             let out = call(&control, move |c| c.rollback(service.as_deref(), &body, &requester)).await?;
             json_response(&out)
         }
         Route::Split(_) => {
-            let body: SplitRequest = read_json(req, false).await?;
+            let body: SplitRequest = read_json(req, false, body_timeout).await?;
             let out = call(&control, move |c| c.split(service.as_deref(), &body, &requester)).await?;
             json_response(&out)
         }
@@ -513,17 +716,18 @@ async fn route_and_dispatch(
             json_response(&entries)
         }
         Route::Reload => {
-            let _: NoFields = read_json(req, true).await?;
+            let _: NoFields = read_json(req, true, body_timeout).await?;
             json_response(&call(&control, move |c| c.reload(&requester)).await?)
         }
         Route::Shutdown => {
-            let body: ShutdownRequest = read_json(req, true).await?;
+            let body: ShutdownRequest = read_json(req, true, body_timeout).await?;
             call(&control, move |c| c.shutdown(&body, &requester)).await?;
             json_response(&serde_json::json!({ "ok": true }))
         }
         Route::OpenApi => response(200, "application/json", Bytes::from_static(OPENAPI_JSON.as_bytes())),
         Route::Metrics => {
-            let text = call(&control, |c| c.metrics()).await?;
+            let mut text = call(&control, |c| c.metrics()).await?;
+            shared.render_metrics(&mut text);
             response(200, METRICS_CONTENT_TYPE, Bytes::from(text))
         }
     };
@@ -549,9 +753,13 @@ where
 
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`]. An empty body means `T::default()` when
 /// `empty_ok`, else it is an error.
+///
+/// A body that has not fully arrived within `timeout.0` gets 408 (counted in `timeout.1`) and
+/// the connection is closed.
 async fn read_json<T: DeserializeOwned + Default>(
     req: Request<Incoming>,
     empty_ok: bool,
+    timeout: (Duration, &AtomicU64),
 ) -> Result<T, Failure> {
     let too_large = || Failure {
         status: 413,
@@ -565,10 +773,21 @@ async fn read_json<T: DeserializeOwned + Default>(
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-        Err(e) => return Err(ApiError::invalid(format!("cannot read the request body: {e}")).into()),
+    let collected = tokio::time::timeout(timeout.0, Limited::new(req.into_body(), MAX_BODY_BYTES).collect());
+    let body = match collected.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+        Ok(Err(e)) => return Err(ApiError::invalid(format!("cannot read the request body: {e}")).into()),
+        Err(_) => {
+            timeout.1.fetch_add(1, Ordering::Relaxed);
+            return Err(Failure {
+                status: 408,
+                error: ApiError::invalid(format!(
+                    "request body not received within {}",
+                    humantime::format_duration(timeout.0)
+                )),
+            });
+        }
     };
     if body.iter().all(u8::is_ascii_whitespace) {
         return if empty_ok {
@@ -666,7 +885,7 @@ fn error_response(status: u16, error: &ApiError) -> Response<Full<Bytes>> {
     if status == 401 {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     }
-    if status == 413 {
+    if status == 413 || status == 408 {
         // The unread rest of the body makes the connection unusable.
         resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     }
@@ -746,9 +965,15 @@ mod tests {
                 version: "0.1.0".into(),
                 uptime_s: 7,
                 adopted: false,
-                interfaces: vec![InterfaceView { name: "eth0".into(), mode: "native".into() }],
+                interfaces: vec![InterfaceView {
+                    name: "eth0".into(),
+                    mode: "native".into(),
+                    attached: true,
+                    ..Default::default()
+                }],
                 services: vec![self.service_view()],
                 reasons: vec![("pass_not_vip".into(), 3)],
+                warnings: vec![],
             })
         }
         fn service(&self, name: Option<&str>) -> Result<ServiceView, ApiError> {
@@ -881,6 +1106,10 @@ mod tests {
 
     impl TestServer {
         async fn start(with_tcp: bool) -> TestServer {
+            Self::start_with(with_tcp, ApiLimits::default()).await
+        }
+
+        async fn start_with(with_tcp: bool, limits: ApiLimits) -> TestServer {
             let dir = tempfile::tempdir().unwrap();
             // A missing parent directory gets created.
             let socket = dir.path().join("run").join("lb.sock");
@@ -896,12 +1125,12 @@ mod tests {
                 let addr = listener.local_addr().unwrap();
                 let unix = bind_unix(&socket).unwrap();
                 let task = tokio::spawn(async move {
-                    serve_on(control, unix, Some((listener, TOKEN.to_owned())), shutdown).await;
+                    serve_on(control, unix, Some((listener, TOKEN.to_owned())), limits, shutdown).await;
                     Ok(())
                 });
                 (task, Some(addr))
             } else {
-                let opts = ServeOptions { unix_socket: socket.clone(), tcp: None };
+                let opts = ServeOptions { unix_socket: socket.clone(), tcp: None, limits };
                 let task = tokio::spawn(serve(control, opts, shutdown));
                 for _ in 0..200 {
                     if socket.exists() {
@@ -967,7 +1196,8 @@ mod tests {
         })
         .await;
         assert_eq!(status, server.fake.status().unwrap());
-        assert_eq!(health, serde_json::json!({ "ok": true }));
+        assert_eq!(health["ok"], true);
+        assert_eq!(health["problems"], serde_json::json!([]));
         assert_eq!(services, status.services);
         assert_eq!(service, status.services[0]);
         server.stop().await;
@@ -1120,7 +1350,8 @@ mod tests {
         assert!(resp_413.starts_with("HTTP/1.1 413"), "{resp_413}");
         assert!(rollback.starts_with("HTTP/1.1 200"), "{rollback}");
         assert_eq!(history.len(), 2);
-        assert_eq!(metrics, "lb_up 1\n");
+        assert!(metrics.starts_with("lb_up 1\n"), "{metrics}");
+        assert!(metrics.contains("lb_api_connections{listener=\"unix\"} 1"), "{metrics}");
         assert_eq!(shutdown, serde_json::json!({ "ok": true }));
         server.stop().await;
     }
@@ -1188,6 +1419,115 @@ mod tests {
         let _first = bind_unix(&live).unwrap();
         let err = bind_unix(&live).err().unwrap();
         assert!(err.to_string().contains("another process"), "{err}");
+    }
+
+    /// Limits small enough for tests.
+    fn tight_limits() -> ApiLimits {
+        ApiLimits {
+            max_connections: 4,
+            auth_deadline: Duration::from_millis(1500),
+            idle_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_millis(300),
+        }
+    }
+
+    /// Whether the peer closed `s` within `within` (EOF or reset), reading and dropping data.
+    fn closed_within(s: &mut impl std::io::Read, within: Duration) -> bool {
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 4096];
+        while start.elapsed() < within {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_body_gets_408_and_the_connection_closes() {
+        let server = TestServer::start_with(false, tight_limits()).await;
+        let socket = server.socket.clone();
+        let (head, closed) = blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // 10 of the 100 announced bytes, then nothing.
+            s.write_all(b"POST /v1/switch HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"pool\":\"p")
+                .unwrap();
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            (head, closed_within(&mut s, Duration::from_secs(5)))
+        })
+        .await;
+        assert!(head.starts_with("HTTP/1.1 408"), "a stalled body is answered: {head:?}");
+        assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert!(closed, "and the connection is closed");
+        let metrics = blocking({
+            let c = server.client();
+            move || c.get_text("/metrics").unwrap()
+        })
+        .await;
+        assert!(metrics.contains("reason=\"body_timeout\"} 1"), "{metrics}");
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_tcp_connections_are_capped_and_unauthenticated_ones_closed() {
+        let server = TestServer::start_with(true, tight_limits()).await;
+        let addr = server.tcp_addr.unwrap();
+        let unix = server.client();
+        let (refused, unix_ok, all_closed, after) = blocking(move || {
+            // Twice the cap of idle, unauthenticated connections.
+            let mut conns: Vec<std::net::TcpStream> = (0..8)
+                .map(|_| {
+                    let s = std::net::TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                    s
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(100));
+            // The ones beyond the cap are closed at once.
+            let refused =
+                conns.iter_mut().map(|s| closed_within(s, Duration::from_millis(100))).filter(|c| *c).count();
+            // The Unix socket still answers while the TCP listener is full.
+            let unix_ok = unix.get::<serde_json::Value>("/v1/health").is_ok();
+            // The rest are closed after the authentication deadline.
+            let all_closed = conns.iter_mut().all(|s| closed_within(s, Duration::from_secs(3)));
+            // And the listener takes new connections again.
+            let after = Client::new(
+                Endpoint::Tcp { addr: addr.to_string(), token: TOKEN.into() },
+                "t".into(),
+                Duration::from_secs(5),
+            )
+            .get::<serde_json::Value>("/v1/health")
+            .is_ok();
+            (refused, unix_ok, all_closed, after)
+        })
+        .await;
+        assert_eq!(refused, 4, "connections beyond the cap of 4 are closed at once");
+        assert!(unix_ok, "the Unix socket answers while TCP is full");
+        assert!(all_closed, "unauthenticated connections are closed after the deadline");
+        assert!(after, "TCP serves again");
+        let metrics = blocking({
+            let c = server.client();
+            move || c.get_text("/metrics").unwrap()
+        })
+        .await;
+        assert!(
+            metrics.contains("lb_api_connections_closed_total{listener=\"tcp\",reason=\"limit\"} 4"),
+            "{metrics}"
+        );
+        assert!(
+            metrics
+                .contains("lb_api_connections_closed_total{listener=\"tcp\",reason=\"unauthenticated\"} 4"),
+            "{metrics}"
+        );
+        server.stop().await;
     }
 
     #[test]

@@ -3,11 +3,7 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
-    programs::{
-        Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
+    programs::Xdp,
 };
 use lb_common::{
     filter::{FILTER_WORDS, filter_bit, word_and_mask},
@@ -19,7 +15,6 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 use std::{
-    ffi::CString,
     fs,
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
@@ -117,7 +112,12 @@ impl PinDir {
     fn maps(&self) -> PathBuf {
         self.0.join("maps")
     }
-    fn link(&self, iface: &str) -> PathBuf {
+    /// Pin of map `name`.
+    pub(super) fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+    /// Pin of the link attaching the program to `iface`.
+    pub(super) fn link(&self, iface: &str) -> PathBuf {
         self.0.join("links").join(iface)
     }
 }
@@ -140,6 +140,8 @@ pub struct Dataplane {
     vip_filter: Array<MapData, u64>,
     backend_filter: Array<MapData, u64>,
     stats: PerCpuArray<MapData, Counter>,
+    /// The program's XDP attachments (see [`super::links`]).
+    links: super::links::Links,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -251,83 +253,77 @@ impl Dataplane {
             options,
             ebpf,
             pins,
+            links: Default::default(),
         })
     }
 
-    /// Attaches the program to `iface`. When an earlier daemon left a pinned link for it, the
-    /// link is updated to this program in one atomic step (traffic never sees no program);
-    /// otherwise a new link is created and pinned, so the program stays attached when this
-    /// process exits. Returns the mode in use (`native` or `generic`).
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<&'static str, DataplaneError> {
-        let link_pin = self.pins.as_ref().map(|p| p.link(iface));
-        let mode_file = link_pin.as_ref().map(|p| p.with_extension("mode"));
-        if let Some(pin) = link_pin.as_ref().filter(|p| p.exists()) {
-            let pinned = PinnedLink::from_pin(pin)
-                .map_err(|e| DataplaneError::Attach(format!("{iface}: opening pinned link: {e}")))?;
-            let link = XdpLink::try_from(FdLink::from(pinned))
-                .map_err(|e| DataplaneError::Attach(format!("{iface}: pinned link: {e}")))?;
-            self.program_mut()
-                .attach_to_link(link)
-                .map_err(|e| DataplaneError::Attach(format!("{iface}: replacing the program: {e}")))?;
-            let used = mode_file.and_then(|f| fs::read_to_string(f).ok()).unwrap_or_else(|| "native".into());
-            return Ok(if used.trim() == "generic" { "generic" } else { "native" });
-        }
-        let name = CString::new(iface)
-            .map_err(|_| DataplaneError::Attach(format!("bad interface name {iface:?}")))?;
-        let attempts: &[(XdpMode, &'static str)] = match mode {
-            AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-            AttachMode::Native => &[(XdpMode::Driver, "native")],
-            AttachMode::Generic => &[(XdpMode::Skb, "generic")],
-        };
-        let mut last_error = String::new();
-        for (xdp_mode, label) in attempts {
-            match self.program_mut().attach(name.as_c_str(), *xdp_mode) {
-                Ok(id) => {
-                    if *label == "generic" && mode == AttachMode::Auto {
-                        tracing::warn!(iface, error = %last_error, "native XDP failed, attached in generic mode (slower)");
-                    }
-                    if let (Some(pin), Some(mode_file)) = (link_pin, mode_file) {
-                        let link = self
-                            .program_mut()
-                            .take_link(id)
-                            .map_err(|e| DataplaneError::Attach(e.to_string()))?;
-                        let fd = FdLink::try_from(link)
-                            .map_err(|e| DataplaneError::Attach(format!("{iface}: link: {e}")))?;
-                        fd.pin(&pin).map_err(|e| DataplaneError::Pin(format!("{}: {e}", pin.display())))?;
-                        let _ = fs::write(mode_file, label);
-                    }
-                    return Ok(label);
-                }
-                Err(e) => last_error = format!("{e:#}"),
+    /// Attaches the program to `iface` in the mode `mode` asks for (`auto` is generic on a veth,
+    /// see [`super::links::plan_mode`]). When an earlier daemon left a pinned link for it, the
+    /// link is updated to this program in one atomic step (traffic never sees no program) unless
+    /// `xdp_mode` changed; otherwise a new link is created and pinned, so the program stays
+    /// attached when this process exits. The daemon holds the link open too: removing the pin
+    /// does not detach it. Returns the mode's warning, if any (native XDP on a veth).
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Option<String>, DataplaneError> {
+        let prog: &mut Xdp =
+            self.ebpf.program_mut(PROGRAM_NAME).and_then(|p| p.try_into().ok()).expect("loaded in load()");
+        self.links.attach(prog, self.pins.as_ref(), iface, mode)
+    }
+
+    /// Checks every attachment against the kernel (see [`super::links::Links::check`]):
+    /// attaches the program again where it is gone and re-creates removed pins. Interfaces
+    /// attached again are allowed as redirect targets again (their index may be new).
+    pub fn check_links(&mut self) {
+        let prog: &mut Xdp =
+            self.ebpf.program_mut(PROGRAM_NAME).and_then(|p| p.try_into().ok()).expect("loaded in load()");
+        for ifindex in self.links.check(prog, self.pins.as_ref()) {
+            if let Err(e) = self.allow_egress(ifindex) {
+                tracing::error!(ifindex, "allowing redirects to the re-attached interface: {e}");
             }
         }
-        Err(DataplaneError::Attach(format!("{iface}: {last_error}")))
+    }
+
+    /// Every attachment as the kernel last reported it.
+    pub fn interfaces(&self) -> Vec<crate::api::model::InterfaceView> {
+        self.links.views()
+    }
+
+    /// Warnings about how the program is attached.
+    pub fn link_warnings(&self) -> Vec<String> {
+        self.links.warnings()
+    }
+
+    /// Prometheus text about the attachments (attached, mode, re-attachments, restored pins).
+    pub fn render_link_metrics(&self, out: &mut String) {
+        self.links.render_metrics(out)
     }
 
     /// Detaches the program from every interface and removes every pin of `pins`: forwarding
-    /// stops and the next daemon starts from scratch.
+    /// stops and the next daemon starts from scratch. Every pin is tried; the first failure is
+    /// returned (a pin that was already gone is no failure).
     pub fn remove_pins(pins: &PinDir) -> Result<(), DataplaneError> {
+        let mut first_error = None;
+        let mut fail = |what: String| {
+            tracing::error!("{what}");
+            first_error.get_or_insert(DataplaneError::Pin(what));
+        };
         let links = pins.0.join("links");
         if let Ok(entries) = fs::read_dir(&links) {
             for e in entries.flatten() {
-                let path = e.path();
-                if path.extension().is_some_and(|x| x == "mode") {
-                    let _ = fs::remove_file(&path);
-                    continue;
-                }
                 // Dropping the last reference (the pin) detaches the link.
-                match PinnedLink::from_pin(&path) {
-                    Ok(link) => {
-                        let _ = link.unpin();
-                    }
-                    Err(_) => {
-                        let _ = fs::remove_file(&path);
-                    }
+                if let Err(err) = fs::remove_file(e.path())
+                    && err.kind() != std::io::ErrorKind::NotFound
+                {
+                    fail(format!("removing {}: {err}", e.path().display()));
                 }
             }
         }
-        let _ = fs::remove_dir_all(&pins.0);
-        Ok(())
+        match fs::remove_dir_all(&pins.0) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                fail(format!("removing {}: {e}", pins.0.display()))
+            }
+            _ => {}
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Sizes this instance was loaded with.

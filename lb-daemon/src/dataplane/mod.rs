@@ -6,7 +6,9 @@ mod batch;
 #[cfg(test)]
 pub mod fake;
 mod handle;
+pub mod links;
 pub mod maps;
+pub mod netdev;
 mod objects;
 mod options_file;
 

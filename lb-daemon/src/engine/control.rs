@@ -18,7 +18,9 @@ use std::time::Duration;
 impl Control for Engine {
     fn status(&self) -> Result<StatusView, ApiError> {
         let interfaces = self.interfaces.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        self.lock().status(self.started.elapsed().as_secs(), self.adopted, interfaces)
+        let mut view = self.lock().status(self.started.elapsed().as_secs(), self.adopted, interfaces)?;
+        view.warnings = self.warnings.list();
+        Ok(view)
     }
 
     fn service(&self, name: Option<&str>) -> Result<ServiceView, ApiError> {
@@ -59,6 +61,7 @@ impl Control for Engine {
     }
 
     fn reload(&self, requester: &str) -> Result<ReloadOutcome, ApiError> {
+        crate::preflight::check_forwarding(&self.lock().config, &self.warnings);
         let new = Config::load(&self.config_path)
             .map_err(|e| ApiError::invalid(format!("config not reloaded, nothing changed: {e}")))?;
         let mut core = self.lock();
@@ -68,6 +71,7 @@ impl Control for Engine {
         if let Some(m) = self.health.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             m.set_targets(core.health_targets());
         }
+        crate::preflight::check_forwarding(&core.config, &self.warnings);
         drop(core);
         let outcome = outcome?;
         if outcome.changed {
@@ -102,6 +106,12 @@ impl Control for Engine {
         let (source, idle) = self.lock().flow_scan();
         let flows = FlowCounts::scan(source.as_ref(), idle)?;
         let core = self.lock();
-        Ok(metrics::render(&core.layout, &core.state, &core.maps, &core.down, &flows))
+        let mut text = metrics::render(&core.layout, &core.state, &core.maps, &core.down, &flows);
+        core.maps.render_link_metrics(&mut text);
+        drop(core);
+        if let Some(m) = self.health.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            m.render_metrics(&mut text);
+        }
+        Ok(text)
     }
 }

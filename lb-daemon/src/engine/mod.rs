@@ -69,6 +69,8 @@ pub struct Engine {
     health: Mutex<Option<HealthMonitor>>,
     /// Managed neighbour entries of the backends' next hops.
     neighbours: NeighbourKeeper,
+    /// Problems of the host or setup, shown in the status (see [`crate::preflight`]).
+    warnings: crate::preflight::Warnings,
 }
 
 impl Engine {
@@ -88,7 +90,21 @@ impl Engine {
             shutdown,
             health: Mutex::new(None),
             neighbours: NeighbourKeeper::new(),
+            warnings: Default::default(),
         })
+    }
+
+    /// The warnings shown in the status and `/v1/health`.
+    pub fn warnings(&self) -> &crate::preflight::Warnings {
+        &self.warnings
+    }
+
+    /// Checks the attachments against the kernel every second: re-attaches a lost program,
+    /// re-creates removed pins (see [`crate::dataplane::links`]).
+    pub fn check_links(&self) {
+        let mut core = self.lock();
+        core.maps.check_links();
+        *self.interfaces.lock().unwrap_or_else(|e| e.into_inner()) = core.maps.interfaces();
     }
 
     /// Attaches the program to every configured interface and lets it redirect between them.
@@ -100,17 +116,17 @@ impl Engine {
             crate::config::XdpMode::Native => crate::dataplane::AttachMode::Native,
             crate::config::XdpMode::Generic => crate::dataplane::AttachMode::Generic,
         };
-        let mut views = Vec::new();
+        let mut warnings = Vec::new();
         for iface in &ifaces {
             let name = std::ffi::CString::new(iface.as_str())?;
             let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
             anyhow::ensure!(ifindex != 0, "interface {iface} does not exist");
             core.maps.allow_egress(ifindex)?;
-            let used = core.maps.attach(iface, mode)?;
-            tracing::info!(iface, mode = used, "XDP attached");
-            views.push(InterfaceView { name: iface.clone(), mode: used.to_string() });
+            warnings.extend(core.maps.attach(iface, mode)?);
         }
-        *self.interfaces.lock().unwrap_or_else(|e| e.into_inner()) = views;
+        self.warnings.set("xdp", warnings);
+        *self.interfaces.lock().unwrap_or_else(|e| e.into_inner()) = core.maps.interfaces();
+        crate::preflight::check_forwarding(&core.config, &self.warnings);
         Ok(())
     }
 
@@ -188,6 +204,16 @@ impl Engine {
                 tick.tick().await;
                 let Some(engine) = weak.upgrade() else { return };
                 let _ = tokio::task::spawn_blocking(move || engine.lock().check_watches()).await;
+            }
+        });
+        let weak = Arc::downgrade(self);
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(engine) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || engine.check_links()).await;
             }
         });
         let weak = Arc::downgrade(self);

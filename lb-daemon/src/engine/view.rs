@@ -31,6 +31,7 @@ impl<M: Maps> Core<M> {
             interfaces,
             services,
             reasons,
+            warnings: Vec::new(),
         })
     }
 

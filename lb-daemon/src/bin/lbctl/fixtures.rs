@@ -141,9 +141,10 @@ pub fn status_view(services: Vec<ServiceView>, reasons: &[(&str, u64)]) -> Statu
         version: "0.1.0".into(),
         uptime_s: 5,
         adopted: true,
-        interfaces: vec![InterfaceView { name: "eth0".into(), mode: "native".into() }],
+        interfaces: vec![InterfaceView { name: "eth0".into(), mode: "native".into(), ..Default::default() }],
         services,
         reasons: reasons.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+        warnings: vec![],
     }
 }
 

@@ -35,6 +35,9 @@ pub fn render(s: &StatusView, only: Option<&str>, paint: Paint) -> String {
         }
     );
     out.push_str(&format!("interfaces: {}\n", parts::interfaces_line(&s.interfaces, paint)));
+    for w in &s.warnings {
+        out.push_str(&format!("{} {w}\n", paint.red("warning:")));
+    }
     for svc in s.services.iter().filter(|svc| only.is_none_or(|n| n == svc.name)) {
         out.push('\n');
         out.push_str(&parts::service_header(svc, paint));
@@ -92,7 +95,11 @@ mod tests {
     #[test]
     fn status_shows_backends_interfaces_and_adoption() {
         let mut status = status_view(vec![counted(2)], &[("pass_not_vip", 3), ("fwd_tx", 0)]);
-        status.interfaces.push(InterfaceView { name: "eth1".into(), mode: "generic".into() });
+        status.interfaces.push(InterfaceView {
+            name: "eth1".into(),
+            mode: "generic".into(),
+            ..Default::default()
+        });
         status.uptime_s = 3_700;
         let text = render(&status, None, Paint::OFF);
         assert!(
@@ -120,8 +127,10 @@ mod tests {
             interfaces: vec![],
             services: vec![service(100, 0, Some(watch_view(WatchState::RolledBack, 7)))],
             reasons: vec![],
+            warnings: vec!["IPv4 forwarding is off on eth0".into()],
         };
         let text = render(&status, None, Paint::OFF);
+        assert!(text.contains("\nwarning: IPv4 forwarding is off on eth0\n"), "{text}");
         assert!(text.contains("POOL    SHARE  HEALTHY"), "{text}");
         assert!(text.contains("1/2 (min 2) below min"), "{text}");
         assert!(text.contains("DOWN pool-a 10.0.0.2:8080: connect: connection refused"), "{text}");
