@@ -6,5 +6,6 @@ pub mod client;
 pub mod config;
 pub mod dataplane;
 pub mod engine;
+pub mod fleet;
 pub mod health;
 pub mod neighbours;

@@ -66,6 +66,8 @@ pub struct ServeOptions {
     pub unix_socket: PathBuf,
     /// Optional TCP listener and the bearer token every TCP request must carry.
     pub tcp: Option<(SocketAddr, String)>,
+    /// The BGP announcer (`[bgp]`), for the `/v1/host` endpoints and `bgp` in the status.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -104,7 +106,7 @@ pub async fn serve(
         }
         None => None,
     };
-    serve_on(control, unix, tcp, shutdown).await;
+    serve_on(control, unix, tcp, opts.fleet, shutdown).await;
     Ok(())
 }
 
@@ -216,6 +218,8 @@ struct Shared {
     control: Arc<dyn Control>,
     /// Bearer token for TCP connections.
     token: Option<String>,
+    /// The BGP announcer, when configured.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// Who is on the other end of a connection.
@@ -232,13 +236,14 @@ async fn serve_on(
     control: Arc<dyn Control>,
     unix: UnixSocket,
     tcp: Option<(TcpListener, String)>,
+    fleet: Option<Arc<crate::fleet::Fleet>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let (tcp_listener, token) = match tcp {
         Some((l, t)) => (Some(l), Some(t)),
         None => (None, None),
     };
-    let shared = Arc::new(Shared { control, token });
+    let shared = Arc::new(Shared { control, token, fleet });
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; `recv` returns None once all of them are gone.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -471,6 +476,10 @@ async fn route_and_dispatch(
         }
     }
     let path = req.uri().path();
+    let who = requester(req.headers(), &peer.desc);
+    if let Some(answer) = crate::fleet::api::route(shared.fleet.as_ref(), req.method(), path, &who).await {
+        return Ok(json_response(&answer?));
+    }
     let route = Route::parse(path).ok_or_else(|| ApiError::not_found(format!("no such path: {path}")))?;
     let allowed = route.method();
     if req.method() != allowed {
@@ -487,7 +496,10 @@ async fn route_and_dispatch(
 
     let resp = match route {
         Route::Health => json_response(&serde_json::json!({ "ok": true })),
-        Route::Status => json_response(&call(&control, |c| c.status()).await?),
+        Route::Status => {
+            let status = call(&control, |c| c.status()).await?;
+            json_response(&crate::fleet::api::status_with_bgp(status, shared.fleet.as_ref()))
+        }
         Route::Services => json_response(&call(&control, |c| c.status().map(|s| s.services)).await?),
         Route::Service(_) => json_response(&call(&control, move |c| c.service(service.as_deref())).await?),
         Route::Switch(_) => {
@@ -896,12 +908,12 @@ mod tests {
                 let addr = listener.local_addr().unwrap();
                 let unix = bind_unix(&socket).unwrap();
                 let task = tokio::spawn(async move {
-                    serve_on(control, unix, Some((listener, TOKEN.to_owned())), shutdown).await;
+                    serve_on(control, unix, Some((listener, TOKEN.to_owned())), None, shutdown).await;
                     Ok(())
                 });
                 (task, Some(addr))
             } else {
-                let opts = ServeOptions { unix_socket: socket.clone(), tcp: None };
+                let opts = ServeOptions { unix_socket: socket.clone(), tcp: None, fleet: None };
                 let task = tokio::spawn(serve(control, opts, shutdown));
                 for _ in 0..200 {
                     if socket.exists() {

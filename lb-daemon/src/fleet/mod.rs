@@ -1,0 +1,25 @@
+//! Several balancer hosts behind ECMP: this host announces the VIPs it can serve by BGP, spoken
+//! by a local BIRD 2 (see the README's "Fleet (BGP)" section for BIRD's side).
+//!
+//! Completely inert without a `[bgp]` table ([`BgpConfig`]): no file is written, `birdc` is
+//! never run and the host API answers that BGP is not configured.
+//!
+//! - [`config`]: the `[bgp]` table and its rules (also: no `nat` service with BGP).
+//! - [`announce`]: which VIP addresses to announce and why not the others (pure).
+//! - [`bird`]: the BIRD include file and `birdc configure`.
+//! - [`host`]: the running announcer: re-evaluates every [`EVALUATE_EVERY`] (health changes,
+//!   switches and reloads show up in the daemon's status) and at once on `host drain` /
+//!   `host undrain`; persists the maintenance state; withdraws everything on
+//!   `shutdown --detach`. A plain exit, a restart or `kill -9` leaves the include file as it is,
+//!   so BIRD keeps announcing while forwarding continues from the pins.
+//! - [`api`]: `GET /v1/host`, `POST /v1/host/drain`, `POST /v1/host/undrain` and the `bgp`
+//!   part of `GET /v1/status`.
+
+pub mod announce;
+pub mod api;
+pub mod bird;
+pub mod config;
+pub mod host;
+
+pub use config::BgpConfig;
+pub use host::{EVALUATE_EVERY, Fleet};
