@@ -181,7 +181,36 @@ fn a_host_lost_by_bfd_its_flows_keep_their_backend_on_the_other() {
     let again: Vec<String> = conns.ask().into_iter().map(|r| r.expect("answer after failover")).collect();
     assert_eq!(again, first, "40/40 long-lived connections kept their backend");
 
-    // lb2 comes back: its BGP session is re-established and both paths return.
+    // lb2 comes back: its BGP session is re-established and both paths return; the flows that
+    // had moved go back to lb2, which still holds their entries.
     rig.balancers[1].bird.process().signal(libc::SIGCONT).unwrap();
-    rig.wait_next_hops(&both, Duration::from_secs(20)).expect("lb2 back");
+    let took = rig.wait_next_hops(&both, Duration::from_secs(20)).expect("lb2 back");
+    eprintln!("lb2 announced again {took:?} after SIGCONT of its BIRD");
+    let again: Vec<String> = conns.ask().into_iter().map(|r| r.expect("answer after lb2 is back")).collect();
+    assert_eq!(again, first, "40/40 kept their backend when lb2 came back");
+
+    // lb2's link goes down under load: BFD removes its path. Only connections that started
+    // while the router still sent to lb2 (within one connect timeout before the removal) may
+    // fail; the long-lived ones retransmit through lb1 and keep their backend.
+    let running = load(&rig, 100, 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let down_at = running.elapsed();
+    rig.balancers[1].ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    let took = rig.wait_next_hops(&[lb1], Duration::from_secs(5)).expect("BFD removes lb2 on link down");
+    let removed_at = down_at + took;
+    eprintln!("link down: router path through lb2 gone {took:?} after its link went down");
+    let report = running.wait();
+    let timeout = LoadOptions::new(vip_addr()).timeout;
+    let in_window = report.results.iter().filter(|r| r.at + timeout >= down_at && r.at <= removed_at).count();
+    let outside: Vec<_> =
+        report.failures().filter(|r| r.at + timeout < down_at || r.at > removed_at).cloned().collect();
+    eprintln!(
+        "link down under load: {} of {} connections failed, all in flight towards lb2's link \
+         ({in_window} connections started within the window)",
+        report.failed(),
+        report.len()
+    );
+    assert!(outside.is_empty(), "failures outside the detection window: {outside:?}\n{}", report.summary());
+    let again: Vec<String> = conns.ask().into_iter().map(|r| r.expect("answer after link down")).collect();
+    assert_eq!(again, first, "40/40 long-lived connections kept their backend through the link loss");
 }
