@@ -235,12 +235,11 @@ protocol static lb_vips6 {
     fn a_missing_birdc_or_a_silent_one_is_an_error_not_a_hang() {
         let missing = configure(Path::new("/nonexistent/birdc"), Path::new("/tmp/x.ctl"), BIRDC_TIMEOUT);
         assert!(matches!(missing, Err(BirdError::Spawn { .. })), "{missing:?}");
-        // `sleep` ignores its arguments' meaning here: a stand-in for a birdc that never answers.
+        // A birdc that never answers is killed at the timeout.
         let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("birdc");
-        std::fs::write(&fake, "#!/bin/sh\nsleep 5\n").unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let slow = configure(&fake, Path::new("/tmp/x.ctl"), Duration::from_millis(100));
+        std::fs::write(dir.path().join("hang"), "").unwrap();
+        let fake = crate::fleet::fake_birdc();
+        let slow = configure(fake, &dir.path().join("bird.ctl"), Duration::from_millis(100));
         assert_eq!(slow, Err(BirdError::Timeout(Duration::from_millis(100))));
     }
 }

@@ -16,7 +16,7 @@ use super::announce::{HostState, VipDecision, decide, services_of};
 use super::bird::{self, BIRDC_TIMEOUT};
 use super::config::BgpConfig;
 use crate::api::Control;
-use crate::api::model::ApiError;
+use crate::api::model::{ApiError, StatusView};
 
 /// How often the announcer re-reads the daemon's status (health changes, switches, reloads).
 /// Polling keeps the hook into the engine at zero; a health change takes `fall` failed checks
@@ -180,6 +180,11 @@ impl Fleet {
             }
         };
         drop(control);
+        self.apply_status(&status);
+    }
+
+    /// The part of [`evaluate`](Self::evaluate) after reading the status (callers serialize).
+    fn apply_status(&self, status: &StatusView) {
         let host = {
             let st = self.lock();
             HostState {
@@ -188,7 +193,7 @@ impl Fleet {
                 detaching: st.detaching,
             }
         };
-        let decisions = decide(host, &services_of(&status));
+        let decisions = decide(host, &services_of(status));
         let want: BTreeSet<IpAddr> = decisions.iter().filter(|d| d.announce).map(|d| d.vip).collect();
         let previous = {
             let mut st = self.lock();
@@ -319,5 +324,134 @@ impl Fleet {
             flows_established: services.iter().map(|s| s.established).sum(),
             services,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::model::{Active, InterfaceView, PoolView, ServiceView, Traffic};
+
+    fn calls(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join("calls")).map(|t| t.lines().count()).unwrap_or(0)
+    }
+
+    /// A fleet with no daemon behind it: the tests feed it statuses through `apply_status`.
+    fn fleet(dir: &Path) -> Fleet {
+        let control: Weak<dyn Control> = Weak::<crate::engine::Engine>::new();
+        Fleet {
+            cfg: BgpConfig {
+                include_file: dir.join("vips.conf"),
+                birdc_socket: dir.join("bird.ctl"),
+                birdc: crate::fleet::fake_birdc().to_path_buf(),
+            },
+            instance: "t".into(),
+            record_file: dir.join("t.bgp.json"),
+            control,
+            state: Mutex::new(State::default()),
+            apply: Mutex::new(()),
+        }
+    }
+
+    fn status(healthy: u32) -> StatusView {
+        StatusView {
+            instance: "t".into(),
+            version: "0".into(),
+            uptime_s: 0,
+            adopted: false,
+            interfaces: vec![InterfaceView { name: "eth0".into(), mode: "native".into() }],
+            services: vec![ServiceView {
+                name: "web".into(),
+                mode: "dsr".into(),
+                vips: vec!["192.0.2.10:80".into()],
+                active: Active::Pool("pool-a".into()),
+                previous: None,
+                epoch: 0,
+                pools: vec![PoolView {
+                    name: "pool-a".into(),
+                    share: 100,
+                    min_healthy: 1,
+                    healthy,
+                    backends: Vec::new(),
+                    traffic: Traffic::default(),
+                }],
+                watch: None,
+            }],
+            reasons: Vec::new(),
+        }
+    }
+
+    fn file(f: &Fleet) -> String {
+        std::fs::read_to_string(&f.cfg.include_file).unwrap()
+    }
+
+    #[test]
+    fn announces_once_then_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fleet(dir.path());
+        f.apply_status(&status(2));
+        assert!(file(&f).contains("route 192.0.2.10/32 blackhole;"), "{}", file(&f));
+        assert_eq!(calls(dir.path()), 1);
+        let v = f.view();
+        assert!(v.in_sync && v.bird_error.is_none(), "{v:?}");
+        assert_eq!(v.announced, vec!["192.0.2.10".parse::<IpAddr>().unwrap()]);
+        // Nothing changed: BIRD is not asked again.
+        f.apply_status(&status(2));
+        assert_eq!(calls(dir.path()), 1);
+        // The pool falls below min_healthy: withdrawn, with the reason.
+        f.apply_status(&status(0));
+        assert_eq!(calls(dir.path()), 2);
+        assert!(!file(&f).contains("route"), "{}", file(&f));
+        let v = f.view();
+        assert!(v.announced.is_empty() && v.in_sync, "{v:?}");
+        assert!(v.vips[0].why_not.as_deref().unwrap().contains("pool pool-a has 0 healthy"), "{v:?}");
+    }
+
+    #[test]
+    fn a_bird_failure_is_reported_and_retried_until_it_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fleet(dir.path());
+        std::fs::write(dir.path().join("fail"), "").unwrap();
+        f.apply_status(&status(2));
+        let v = f.view();
+        assert!(!v.in_sync, "{v:?}");
+        assert!(v.bird_error.as_deref().unwrap().contains("Connection refused"), "{v:?}");
+        assert!(v.announced.is_empty(), "nothing confirmed: {v:?}");
+        // Same decision, still failing: retried on every evaluation.
+        f.apply_status(&status(2));
+        assert_eq!(calls(dir.path()), 2);
+        std::fs::remove_file(dir.path().join("fail")).unwrap();
+        f.apply_status(&status(2));
+        assert_eq!(calls(dir.path()), 3);
+        let v = f.view();
+        assert!(v.in_sync && v.bird_error.is_none() && v.announced.len() == 1, "{v:?}");
+    }
+
+    #[test]
+    fn drain_is_persisted_before_it_acts_and_detach_withdraws() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fleet(dir.path());
+        f.apply_status(&status(2));
+        f.set_drained(true, "ops").unwrap();
+        let record: HostRecord =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("t.bgp.json")).unwrap()).unwrap();
+        assert!(record.drained && record.by.as_deref() == Some("ops"), "{record:?}");
+        f.apply_status(&status(2));
+        assert!(!file(&f).contains("route"), "drained: {}", file(&f));
+        assert!(f.view().vips[0].why_not.as_deref().unwrap().contains("drained"));
+
+        // A record that cannot be written changes nothing.
+        let mut g = fleet(dir.path());
+        g.record_file = dir.path().join("missing/t.bgp.json");
+        assert!(g.set_drained(true, "ops").is_err());
+        assert!(!g.view().drained);
+
+        f.set_drained(false, "ops").unwrap();
+        f.apply_status(&status(2));
+        assert!(file(&f).contains("route"), "{}", file(&f));
+        f.lock().detaching = true;
+        f.apply_status(&status(2));
+        assert!(!file(&f).contains("route"), "detaching: {}", file(&f));
+        assert!(f.view().in_sync);
     }
 }

@@ -23,3 +23,27 @@ pub mod host;
 
 pub use config::BgpConfig;
 pub use host::{EVALUATE_EVERY, Fleet};
+
+/// A `birdc` stand-in for unit tests, written once per test process (so no test executes a file
+/// another thread still has open for writing). Called as `birdc -s <dir>/bird.ctl configure`, it
+/// appends its arguments to `<dir>/calls`, hangs while `<dir>/hang` exists, fails like an
+/// unreachable BIRD while `<dir>/fail` exists, and answers `Reconfigured` otherwise.
+#[cfg(test)]
+pub(crate) fn fake_birdc() -> &'static std::path::Path {
+    static FAKE: std::sync::OnceLock<(tempfile::TempDir, std::path::PathBuf)> = std::sync::OnceLock::new();
+    &FAKE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let path = dir.path().join("birdc");
+            let script = "#!/bin/sh\nd=$(dirname \"$2\")\necho \"$@\" >> \"$d/calls\"\n\
+                          if [ -e \"$d/hang\" ]; then sleep 5; fi\n\
+                          if [ -e \"$d/fail\" ]; then echo \"Unable to connect to server control socket ($2): \
+                          Connection refused\"; exit 1; fi\n\
+                          echo 'BIRD 2.0.12 ready.'\necho Reconfigured\n";
+            std::fs::write(&path, script).expect("writing the fake birdc");
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("making the fake birdc executable");
+            (dir, path)
+        })
+        .1
+}
