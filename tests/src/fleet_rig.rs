@@ -632,6 +632,23 @@ impl FleetRig {
         }
     }
 
+    /// Starts recording every change of the router's routes (`ip monitor route`), to catch a
+    /// flap too short for polling to see. Returns once the monitor runs.
+    pub fn watch_routes(&self) -> Result<RouteWatch> {
+        let file = tempfile::NamedTempFile::new()?;
+        let child = Command::new("ip")
+            .args(["-n", self.router.name(), "monitor", "route"])
+            .stdin(Stdio::null())
+            .stdout(file.reopen()?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting ip monitor")?;
+        let proc = Proc { child: Some(child), name: "ip monitor".into() };
+        // Let it subscribe before the caller acts (a change made earlier would be missed).
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(RouteWatch { proc, file })
+    }
+
     /// Addresses of both balancers.
     pub fn balancer_addrs(&self) -> Vec<Ipv4Addr> {
         self.balancers.iter().map(|b| b.addr).collect()
@@ -649,6 +666,28 @@ impl FleetRig {
         v.extend(self.balancers.iter().map(|b| b.ns.name().to_owned()));
         v.extend(self.backends.iter().map(|b| b.ns.name().to_owned()));
         v
+    }
+}
+
+/// A running `ip monitor route` of the router ([`FleetRig::watch_routes`]).
+pub struct RouteWatch {
+    proc: Proc,
+    file: tempfile::NamedTempFile,
+}
+
+impl RouteWatch {
+    /// Stops the monitor and returns the lines about the VIP it saw (each an add, a change or a
+    /// `Deleted` of its route).
+    pub fn vip_changes(mut self) -> Result<Vec<String>> {
+        self.proc.signal(libc::SIGTERM)?;
+        self.proc.wait_exit(Duration::from_secs(2))?;
+        let text = std::fs::read_to_string(self.file.path())?;
+        let vip = VIP.to_string();
+        Ok(text
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == vip || w.starts_with(&format!("{vip}/"))))
+            .map(str::to_owned)
+            .collect())
     }
 }
 

@@ -96,9 +96,12 @@ fn announce_drain_undrain_pool_failure_kill9_detach() {
     let after = new_flows(&rig);
     assert_eq!(after[0], before[0], "a drained host gets no new flows");
     // The drain survives a daemon restart (persisted), and the restart withdraws nothing more.
+    let watch = rig.watch_routes().unwrap();
     rig.balancers[0].kill9_daemon().unwrap();
     rig.balancers[0].start_daemon().unwrap();
     route_stays(&rig, &[lb2], Duration::from_secs(2), "restart of a drained host");
+    let changes = watch.vip_changes().unwrap();
+    assert!(changes.is_empty(), "a drained host's restart announced: {changes:?}");
     assert_eq!(bgp(&rig, 0)["drained"], true);
 
     // Undrain: back to two next hops, lb1 takes new flows again.
@@ -123,16 +126,23 @@ fn announce_drain_undrain_pool_failure_kill9_detach() {
     rig.wait_next_hops(&both, Duration::from_secs(10)).expect("announced again when pool-a is back");
     rig.backend("a2").start().unwrap();
 
-    // kill -9 does not withdraw: the route stays and both hosts keep forwarding (from the pins).
+    // kill -9 does not withdraw: the route never changes (not even for a moment: every route
+    // change on the router is recorded) and both hosts keep forwarding (from the pins).
+    let watch = rig.watch_routes().unwrap();
     rig.balancers[1].kill9_daemon().unwrap();
     let running = load(&rig, 100, 2);
     route_stays(&rig, &both, Duration::from_secs(2), "kill -9 of lb2's daemon");
     let report = running.wait();
     assert_clean(&report, "with lb2's daemon killed");
-    // The restarted daemon adopts the pins and keeps announcing (the route never moves).
+    // The restarted daemon adopts the pins and keeps announcing.
     rig.balancers[1].start_daemon().unwrap();
     route_stays(&rig, &both, Duration::from_secs(2), "restart of lb2's daemon");
     assert_eq!(bgp(&rig, 1)["announced"], serde_json::json!([VIP.to_string()]));
+    let changes = watch.vip_changes().unwrap();
+    assert!(
+        changes.is_empty(),
+        "the router's route to {VIP} changed across kill -9 and restart: {changes:?}"
+    );
 
     // shutdown --detach withdraws before forwarding stops: the route is gone once it exits,
     // and traffic goes on through lb1 alone.
