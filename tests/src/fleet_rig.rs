@@ -598,6 +598,9 @@ impl FleetRig {
             client_addrs,
         };
         rig.wait_next_hops(&lb_addrs, CONVERGE_TIMEOUT).context("both balancers announcing the VIP")?;
+        for a in lb_addrs {
+            rig.wait_bfd_up(a, CONVERGE_TIMEOUT)?;
+        }
         Ok(rig)
     }
 
@@ -647,6 +650,24 @@ impl FleetRig {
         // Let it subscribe before the caller acts (a change made earlier would be missed).
         std::thread::sleep(Duration::from_millis(200));
         Ok(RouteWatch { proc, file })
+    }
+
+    /// Waits until the router's BFD session with `peer` is up (BFD comes up after the BGP
+    /// session it guards; until then only hold timers would notice a lost host).
+    pub fn wait_bfd_up(&self, peer: Ipv4Addr, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let out = self.router_bird.birdc(&["show", "bfd", "sessions"])?;
+            let up = out.lines().any(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.first() == Some(&peer.to_string().as_str()) && w.get(2) == Some(&"Up")
+            });
+            if up {
+                return Ok(());
+            }
+            ensure!(start.elapsed() < timeout, "BFD session with {peer} not up within {timeout:?}:\n{out}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Addresses of both balancers.

@@ -196,6 +196,8 @@ fn a_host_lost_by_bfd_its_flows_keep_their_backend_on_the_other() {
     rig.balancers[1].bird.process().signal(libc::SIGCONT).unwrap();
     let took = rig.wait_next_hops(&both, Duration::from_secs(20)).expect("lb2 back");
     eprintln!("lb2 announced again {took:?} after SIGCONT of its BIRD");
+    rig.wait_bfd_up(both[1], Duration::from_secs(10)).expect("BFD with lb2 up again");
+    route_stays(&rig, &both, Duration::from_secs(1), "lb2 back and settled");
     let again: Vec<String> = conns.ask().into_iter().map(|r| r.expect("answer after lb2 is back")).collect();
     assert_eq!(again, first, "40/40 kept their backend when lb2 came back");
 
