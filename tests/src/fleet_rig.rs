@@ -180,16 +180,39 @@ impl Bird {
             String::from_utf8_lossy(&check.stdout),
             String::from_utf8_lossy(&check.stderr)
         );
-        let conf_s = conf.to_string_lossy().into_owned();
-        let sock = dir.join("bird.ctl").to_string_lossy().into_owned();
-        let proc = spawn_nsenter(ns, &bird, &["-f", "-c", &conf_s, "-s", &sock], &dir.join("bird.out"))?;
-        let b = Bird { proc, dir: dir.to_path_buf() };
+        let mut b = Bird { proc: Proc { child: None, name: "bird".into() }, dir: dir.to_path_buf() };
+        b.spawn(ns)?;
+        Ok(b)
+    }
+
+    /// Starts the process (config already in place) and waits for its control socket.
+    fn spawn(&mut self, ns: &NetNs) -> Result<()> {
+        let _ = std::fs::remove_file(self.socket());
+        let conf = self.dir.join("bird.conf").to_string_lossy().into_owned();
+        let sock = self.socket().to_string_lossy().into_owned();
+        self.proc = spawn_nsenter(
+            ns,
+            &bird_program("bird")?,
+            &["-f", "-c", &conf, "-s", &sock],
+            &self.dir.join("bird.out"),
+        )?;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !b.socket().exists() {
-            ensure!(Instant::now() < deadline, "BIRD in {} did not open its socket: {}", ns.name(), b.log());
+        while !self.socket().exists() {
+            ensure!(
+                Instant::now() < deadline,
+                "BIRD in {} did not open its socket: {}",
+                ns.name(),
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(b)
+        Ok(())
+    }
+
+    /// Kills BIRD and starts it again with the same config (it reads the include file afresh).
+    pub fn restart(&mut self, ns: &NetNs) -> Result<()> {
+        self.proc.kill();
+        self.spawn(ns)
     }
 
     /// Control socket.
