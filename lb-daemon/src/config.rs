@@ -135,6 +135,10 @@ pub struct Config {
     /// The services (`[[services]]`, at least one).
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// BGP announcement of the VIPs through BIRD (`[bgp]`, see [`crate::fleet::BgpConfig`]);
+    /// absent: nothing is announced and nothing about BGP runs.
+    #[serde(default)]
+    pub bgp: Option<crate::fleet::BgpConfig>,
 }
 
 /// How the XDP program is attached to the interfaces.
@@ -382,6 +386,9 @@ impl Config {
         self.check_globals(&mut p);
         self.api.check(&mut p);
         self.check_services(&mut p);
+        if let Some(bgp) = &self.bgp {
+            p.0.extend(bgp.problems(&self.services));
+        }
         p.0
     }
 

@@ -6,6 +6,7 @@ pub mod atomic_file;
 pub mod config;
 pub mod dataplane;
 pub mod engine;
+pub mod fleet;
 pub mod health;
 pub mod lock;
 pub mod neighbours;

@@ -15,6 +15,7 @@ use lb_daemon::{
     config::Config,
     dataplane::{Dataplane, DataplaneOptions, PinDir},
     engine::{Engine, ShutdownKind},
+    fleet::Fleet,
     lock::InstanceLock,
     preflight,
 };
@@ -137,11 +138,13 @@ fn run(args: Args) -> Result<()> {
         ),
         _ => None,
     };
-    let serve_opts = ServeOptions {
+    let mut serve_opts = ServeOptions {
         unix_socket: config.api.unix_socket.clone(),
         tcp: config.api.tcp.zip(token),
         limits: ApiLimits::default(),
+        fleet: None,
     };
+    let (bgp, state_dir, instance) = (config.bgp.clone(), config.state_dir.clone(), config.instance.clone());
     let engine = Arc::new(Engine::start(args.config.clone(), config, dp, adopted)?);
     engine.warnings().set("bpffs", bpffs_warning.into_iter().collect());
     // A fresh data plane waits (bounded) for the backends' next hops, so the first packets
@@ -150,6 +153,11 @@ fn run(args: Args) -> Result<()> {
     engine.attach_interfaces()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     engine.start_background(runtime.handle().clone());
+    // BGP announcements (only with [bgp]): from now on, the data plane being attached.
+    let control: Arc<dyn Control> = engine.clone();
+    let mut fleet = Fleet::start(bgp, &state_dir, &instance, &control, runtime.handle())?;
+    drop(control);
+    serve_opts.fleet = fleet.clone();
     let kind = runtime.block_on(async {
         let mut requested = engine.shutdown_requested();
         let stop = {
@@ -183,6 +191,10 @@ fn run(args: Args) -> Result<()> {
     })?;
     drop(runtime);
     if kind == ShutdownKind::Detach {
+        // Routers stop sending here before forwarding stops.
+        if let Some(fleet) = fleet.take() {
+            fleet.withdraw_for_detach();
+        }
         engine.release_neighbours();
         // The engine holds the program and, after adoption, the link: release them first.
         if Arc::try_unwrap(engine).is_err() {

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod e2e;
+pub mod fleet_rig;
 pub mod interrupt;
 pub mod load;
 pub mod netns;

@@ -508,7 +508,7 @@ fn probe_backend(addr: SocketAddr) -> std::io::Result<String> {
 
 /// Creates veth `port` (in the switch, enslaved to `br0`) ↔ `eth0` (in `host`), both up, with TX
 /// checksum offload off on both ends.
-fn plug(switch: &NetNs, port: &str, host: &NetNs) -> Result<()> {
+pub fn plug(switch: &NetNs, port: &str, host: &NetNs) -> Result<()> {
     switch.ip(&["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host.name()])?;
     switch.ip(&["link", "set", port, "master", "br0"])?;
     ethtool(switch, &["-K", port, "tx", "off"])?;
@@ -519,7 +519,7 @@ fn plug(switch: &NetNs, port: &str, host: &NetNs) -> Result<()> {
 }
 
 /// Turns on RPS over every CPU for `eth0` of `host`: each flow is processed on one CPU.
-fn steer_by_flow(host: &NetNs) -> Result<()> {
+pub fn steer_by_flow(host: &NetNs) -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
     let mask = if cpus == 64 { u64::MAX } else { (1u64 << cpus) - 1 };
     // `ip netns exec` mounts the namespace's own /sys, so the path names its eth0.
@@ -530,7 +530,7 @@ fn steer_by_flow(host: &NetNs) -> Result<()> {
 
 /// Loads a two-instruction XDP program (`return XDP_PASS`) and attaches it in native mode to
 /// `dev` of the calling thread's namespace by a BPF link; the link's fd keeps it attached.
-fn attach_xdp_pass(dev: &str) -> Result<OwnedFd> {
+pub fn attach_xdp_pass(dev: &str) -> Result<OwnedFd> {
     // BPF_PROG_LOAD / BPF_LINK_CREATE; prog type XDP; attach type BPF_XDP; XDP_FLAGS_DRV_MODE.
     const BPF_PROG_LOAD: libc::c_long = 5;
     const BPF_LINK_CREATE: libc::c_long = 28;
@@ -598,6 +598,6 @@ fn attach_xdp_pass(dev: &str) -> Result<OwnedFd> {
 }
 
 /// Runs `ethtool` inside `ns`.
-fn ethtool(ns: &NetNs, args: &[&str]) -> Result<()> {
+pub fn ethtool(ns: &NetNs, args: &[&str]) -> Result<()> {
     ns.exec("ethtool", args).map(drop)
 }

@@ -97,6 +97,7 @@ fn main() -> Result<()> {
                 ("ethtool", "ethtool"),
                 ("promtool", "prometheus"),
                 ("systemd-analyze", "systemd"),
+                ("bird", "bird2"),
             ])?;
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;

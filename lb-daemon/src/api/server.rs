@@ -103,6 +103,8 @@ pub struct ServeOptions {
     pub tcp: Option<(SocketAddr, String)>,
     /// Bounds on connections.
     pub limits: ApiLimits,
+    /// The BGP announcer (`[bgp]`), for the `/v1/host` endpoints and `bgp` in the status.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -142,7 +144,7 @@ pub async fn serve(
         }
         None => None,
     };
-    serve_on(control, unix, tcp, opts.limits, shutdown).await;
+    serve_on(control, unix, tcp, opts.limits, opts.fleet, shutdown).await;
     Ok(())
 }
 
@@ -258,6 +260,8 @@ struct Shared {
     /// Connection slots of the Unix listener, then of the TCP one.
     slots: [Arc<Semaphore>; 2],
     stats: ConnStats,
+    /// The BGP announcer, when configured.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// What the connection bounds did, for `/metrics`.
@@ -390,6 +394,7 @@ async fn serve_on(
     unix: UnixSocket,
     tcp: Option<(TcpListener, String)>,
     limits: ApiLimits,
+    fleet: Option<Arc<crate::fleet::Fleet>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let (tcp_listener, token) = match tcp {
@@ -397,8 +402,14 @@ async fn serve_on(
         None => (None, None),
     };
     let slots = || Arc::new(Semaphore::new(limits.max_connections));
-    let shared =
-        Arc::new(Shared { control, token, limits, slots: [slots(), slots()], stats: ConnStats::default() });
+    let shared = Arc::new(Shared {
+        control,
+        token,
+        limits,
+        slots: [slots(), slots()],
+        stats: ConnStats::default(),
+        fleet,
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; `recv` returns None once all of them are gone.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -667,6 +678,10 @@ async fn route_and_dispatch(
     }
     let body_timeout = (shared.limits.body_timeout, &shared.stats.body_timeouts);
     let path = req.uri().path();
+    let who = requester(req.headers(), &peer.desc);
+    if let Some(answer) = crate::fleet::api::route(shared.fleet.as_ref(), req.method(), path, &who).await {
+        return Ok(json_response(&answer?));
+    }
     let route = Route::parse(path).ok_or_else(|| ApiError::not_found(format!("no such path: {path}")))?;
     let allowed = route.method();
     if req.method() != allowed {
@@ -690,7 +705,10 @@ async fn route_and_dispatch(
             }
             resp
         }
-        Route::Status => json_response(&call(&control, |c| c.status()).await?),
+        Route::Status => {
+            let status = call(&control, |c| c.status()).await?;
+            json_response(&crate::fleet::api::status_with_bgp(status, shared.fleet.as_ref()))
+        }
         Route::Services => json_response(&call(&control, |c| c.status().map(|s| s.services)).await?),
         Route::Service(_) => json_response(&call(&control, move |c| c.service(service.as_deref())).await?),
         Route::Switch(_) => {
@@ -1125,12 +1143,12 @@ mod tests {
                 let addr = listener.local_addr().unwrap();
                 let unix = bind_unix(&socket).unwrap();
                 let task = tokio::spawn(async move {
-                    serve_on(control, unix, Some((listener, TOKEN.to_owned())), limits, shutdown).await;
+                    serve_on(control, unix, Some((listener, TOKEN.to_owned())), limits, None, shutdown).await;
                     Ok(())
                 });
                 (task, Some(addr))
             } else {
-                let opts = ServeOptions { unix_socket: socket.clone(), tcp: None, limits };
+                let opts = ServeOptions { unix_socket: socket.clone(), tcp: None, limits, fleet: None };
                 let task = tokio::spawn(serve(control, opts, shutdown));
                 for _ in 0..200 {
                     if socket.exists() {
