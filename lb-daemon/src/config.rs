@@ -53,6 +53,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -168,7 +169,7 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub name: String,
     /// Addresses clients connect to (at least one; port not 0; unique across all services).
-    #[serde(default, deserialize_with = "de_vips")]
+    #[serde(default, deserialize_with = "de_list")]
     pub vips: Vec<SocketAddr>,
     /// Forwarding mode (default [`ForwardMode::Nat`]).
     #[serde(default)]
@@ -201,7 +202,7 @@ pub struct PoolConfig {
     #[serde(skip_deserializing)]
     pub name: String,
     /// The backends (at least one).
-    #[serde(default, deserialize_with = "de_backends")]
+    #[serde(default, deserialize_with = "de_list")]
     pub backends: Vec<BackendConfig>,
     /// A switch to this pool is refused (unless forced) with fewer healthy backends than this
     /// (default 1; at most the number of backends).
@@ -900,84 +901,124 @@ fn de_status_range<'de, D: Deserializer<'de>>(d: D) -> Result<(u16, u16), D::Err
     }
 }
 
-fn index_prefix(what: &str, index: Option<usize>) -> String {
-    match index {
-        Some(i) => format!("{what}[{i}]: "),
-        None => String::new(),
+/// An element of a list in the file (a VIP, a backend) read so that its errors name the list
+/// and the element's index, and point at the element's own line and column.
+trait ListElement: Sized {
+    /// The element as written, before checking (a string, or a string or an inline table).
+    type Raw: de::DeserializeOwned + From<String>;
+    /// The list's key in messages (`vips`, `backends`).
+    const LIST: &'static str;
+    /// What the list looks like, for serde's "expected ..." messages.
+    const LIST_SHAPE: &'static str;
+    /// What one element looks like, for serde's "expected ..." messages.
+    const SHAPE: &'static str;
+    /// The message when an element is not a [`Self::Raw`] at all; `None` keeps serde's.
+    const NOT_RAW: Option<&'static str>;
+    /// Checks and converts the element as written.
+    fn convert(raw: Self::Raw) -> Result<Self, String>;
+}
+
+impl ListElement for SocketAddr {
+    type Raw = String;
+    const LIST: &'static str = "vips";
+    const LIST_SHAPE: &'static str = "an array of \"ip:port\" strings";
+    const SHAPE: &'static str = "a string \"ip:port\"";
+    const NOT_RAW: Option<&'static str> = None;
+    fn convert(raw: String) -> Result<Self, String> {
+        parse_addr(&raw)
     }
 }
 
-/// A list read element by element with a seed that knows the element's index.
-struct IndexedList<F> {
-    expecting: &'static str,
-    seed: F,
+impl ListElement for BackendConfig {
+    type Raw = BackendEntry;
+    const LIST: &'static str = "backends";
+    const LIST_SHAPE: &'static str =
+        "an array of backends (\"ip:port\" or { addr = \"ip:port\", weight = N })";
+    const SHAPE: &'static str = BACKEND_SHAPE;
+    const NOT_RAW: Option<&'static str> = Some(BACKEND_SHAPE);
+    fn convert(raw: BackendEntry) -> Result<Self, String> {
+        BackendConfig::try_from(raw)
+    }
 }
 
-impl<'de, F, S> Visitor<'de> for IndexedList<F>
-where
-    F: Fn(usize) -> S,
-    S: DeserializeSeed<'de>,
-{
-    type Value = Vec<S::Value>;
+/// Reads a list of [`ListElement`]s, each with its index.
+fn de_list<'de, D: Deserializer<'de>, T: ListElement>(d: D) -> Result<Vec<T>, D::Error> {
+    struct List<T>(PhantomData<T>);
 
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.expecting)
-    }
+    impl<'de, T: ListElement> Visitor<'de> for List<T> {
+        type Value = Vec<T>;
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(value) = seq.next_element_seed((self.seed)(out.len()))? {
-            out.push(value);
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(T::LIST_SHAPE)
         }
-        Ok(out)
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+            while let Some(value) = seq.next_element_seed(ElementSeed::<T>::at(Some(out.len())))? {
+                out.push(value);
+            }
+            Ok(out)
+        }
     }
+
+    d.deserialize_seq(List(PhantomData))
 }
 
-fn de_vips<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
-    d.deserialize_seq(IndexedList {
-        expecting: "an array of \"ip:port\" strings",
-        seed: |index| AddrSeed { what: "vips", index: Some(index) },
-    })
-}
-
-fn de_backends<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<BackendConfig>, D::Error> {
-    d.deserialize_seq(IndexedList {
-        expecting: "an array of backends (\"ip:port\" or { addr = \"ip:port\", weight = N })",
-        seed: |index| BackendSeed { index: Some(index) },
-    })
-}
-
-/// Reads one `"ip:port"` string. Goes through `deserialize_newtype_struct` so that errors raised
+/// Reads one [`ListElement`]. Goes through `deserialize_newtype_struct` so that errors raised
 /// here are attributed to the element (its line and column), not to the whole array.
-#[derive(Clone, Copy)]
-struct AddrSeed {
-    what: &'static str,
+struct ElementSeed<T> {
     index: Option<usize>,
+    element: PhantomData<T>,
 }
 
-impl<'de> DeserializeSeed<'de> for AddrSeed {
-    type Value = SocketAddr;
+impl<T: ListElement> ElementSeed<T> {
+    fn at(index: Option<usize>) -> Self {
+        Self { index, element: PhantomData }
+    }
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<SocketAddr, D::Error> {
-        d.deserialize_newtype_struct("SocketAddr", self)
+    /// `reason`, prefixed with the list and index when known.
+    fn error<E: de::Error>(&self, reason: impl fmt::Display) -> E {
+        match self.index {
+            Some(i) => E::custom(format!("{}[{i}]: {reason}", T::LIST)),
+            None => E::custom(reason),
+        }
+    }
+
+    fn convert<E: de::Error>(&self, raw: T::Raw) -> Result<T, E> {
+        T::convert(raw).map_err(|reason| self.error(reason))
     }
 }
 
-impl<'de> Visitor<'de> for AddrSeed {
-    type Value = SocketAddr;
+impl<'de, T: ListElement> DeserializeSeed<'de> for ElementSeed<T> {
+    type Value = T;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        d.deserialize_newtype_struct("ListElement", self)
+    }
+}
+
+impl<'de, T: ListElement> Visitor<'de> for ElementSeed<T> {
+    type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string \"ip:port\"")
+        f.write_str(T::SHAPE)
     }
 
-    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<SocketAddr, D::Error> {
-        let prefix = index_prefix(self.what, self.index);
-        let text = String::deserialize(d).map_err(|e| de::Error::custom(format!("{prefix}{e}")))?;
-        parse_addr(&text).map_err(|reason| de::Error::custom(format!("{prefix}{reason}")))
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        let raw = T::Raw::deserialize(d).map_err(|e| match T::NOT_RAW {
+            Some(shape) => self.error(shape),
+            None => self.error(e),
+        })?;
+        self.convert(raw)
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<SocketAddr, E> {
-        parse_addr(v).map_err(|r| E::custom(format!("{}{r}", index_prefix(self.what, self.index))))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        self.convert(T::Raw::from(v.to_owned()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        let raw = T::Raw::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        self.convert(raw)
     }
 }
 
@@ -987,6 +1028,12 @@ impl<'de> Visitor<'de> for AddrSeed {
 enum BackendEntry {
     Addr(String),
     Table(toml::Table),
+}
+
+impl From<String> for BackendEntry {
+    fn from(text: String) -> Self {
+        Self::Addr(text)
+    }
 }
 
 const BACKEND_SHAPE: &str =
@@ -1026,54 +1073,9 @@ impl TryFrom<BackendEntry> for BackendConfig {
     }
 }
 
-/// Reads one backend; see [`AddrSeed`] for why it goes through `deserialize_newtype_struct`.
-#[derive(Clone, Copy)]
-struct BackendSeed {
-    index: Option<usize>,
-}
-
-impl BackendSeed {
-    fn convert<E: de::Error>(self, entry: BackendEntry) -> Result<BackendConfig, E> {
-        BackendConfig::try_from(entry)
-            .map_err(|reason| E::custom(format!("{}{reason}", index_prefix("backends", self.index))))
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for BackendSeed {
-    type Value = BackendConfig;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<BackendConfig, D::Error> {
-        d.deserialize_newtype_struct("BackendConfig", self)
-    }
-}
-
-impl<'de> Visitor<'de> for BackendSeed {
-    type Value = BackendConfig;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string \"ip:port\" or an inline table { addr = \"ip:port\", weight = N }")
-    }
-
-    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<BackendConfig, D::Error> {
-        let entry = BackendEntry::deserialize(d).map_err(|_| {
-            de::Error::custom(format!("{}{BACKEND_SHAPE}", index_prefix("backends", self.index)))
-        })?;
-        self.convert(entry)
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<BackendConfig, E> {
-        self.convert(BackendEntry::Addr(v.to_owned()))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<BackendConfig, A::Error> {
-        let table = toml::Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        self.convert(BackendEntry::Table(table))
-    }
-}
-
 impl<'de> Deserialize<'de> for BackendConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        BackendSeed { index: None }.deserialize(d)
+        ElementSeed::at(None).deserialize(d)
     }
 }
 

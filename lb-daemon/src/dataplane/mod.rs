@@ -7,4 +7,4 @@ mod objects;
 
 pub use batch::{BATCH, FlowReader};
 pub use handle::{AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir};
-pub use objects::{BENCH_XDP_OBJECT, LB_XDP_OBJECT};
+pub use objects::{BENCH_XDP_OBJECT, LB_XDP_OBJECT, objects_are_stubs, require_real_objects};
