@@ -265,16 +265,56 @@ pub struct BackendConfig {
     pub weight: u32,
 }
 
+/// What [`Config::check_host`] found on this host, when nothing stops a start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCheck {
+    /// The API's bearer token (`api.token`, or the contents of `api.token_file`).
+    pub token: Option<String>,
+    /// Things that work but should be fixed (e.g. a token file readable by others).
+    pub warnings: Vec<String>,
+}
+
+/// Reads a bearer token file: the token (without surrounding whitespace) and a warning when
+/// users other than its owner and group may read it; or why it cannot be used.
+fn read_token_file(file: &Path) -> Result<(String, Option<String>), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let token = text.trim();
+    let n = token.chars().count();
+    if n < MIN_TOKEN_LEN {
+        return Err(format!(
+            "the token in {} is too short ({n} characters); use at least {MIN_TOKEN_LEN}",
+            file.display()
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "the token in {} must be printable ASCII without spaces (it travels in an HTTP header)",
+            file.display()
+        ));
+    }
+    let mode = std::fs::metadata(file).map(|m| m.permissions().mode()).unwrap_or(0);
+    let warning = (mode & 0o004 != 0).then(|| {
+        format!(
+            "api.token_file {} is readable by every user (mode {:o}): `chmod o-r` it",
+            file.display(),
+            mode & 0o7777
+        )
+    });
+    Ok((token.to_owned(), warning))
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// What went wrong.
-        source: std::io::Error,
+        /// What went wrong (in the message, and so not also a `source`: an error chain would
+        /// print it twice).
+        error: std::io::Error,
     },
     /// TOML syntax, type or unknown-key error (with line and column; prefixed with the file path
     /// when loading a file).
@@ -335,7 +375,7 @@ impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+            .map_err(|error| ConfigError::Io { path: path.to_path_buf(), error })?;
         Self::from_toml_str(&text).map_err(|e| match e {
             ConfigError::Parse(msg) => ConfigError::Parse(format!("{}: {msg}", path.display())),
             other => other,
@@ -361,6 +401,36 @@ impl Config {
     /// `<bpffs>/<instance>`: where maps and links are pinned.
     pub fn pin_dir(&self) -> PathBuf {
         self.bpffs.join(&self.instance)
+    }
+
+    /// Checks what the file can only be checked against on this host, as start-up would meet
+    /// it: every interface exists (in this network namespace), and `api.token_file` is
+    /// readable and holds a valid token. Returns the API token (inline or from the file) and
+    /// warnings (a token file others may read). `lb-daemon --check` runs this too, so it
+    /// refuses what start-up would refuse.
+    pub fn check_host(&self) -> Result<HostCheck, ConfigError> {
+        let mut p = Problems::default();
+        for (i, name) in self.interfaces.iter().enumerate() {
+            if let Err(e) = nix::net::if_::if_nametoindex(name.as_str()) {
+                let why = if e == nix::errno::Errno::ENODEV {
+                    "no such interface".to_owned()
+                } else {
+                    e.to_string()
+                };
+                p.push(format!("interfaces[{i}]"), format!("{name:?}: {why} (in this network namespace)"));
+            }
+        }
+        let mut host = HostCheck { token: self.api.token.clone(), warnings: Vec::new() };
+        if let Some(file) = &self.api.token_file {
+            match read_token_file(file) {
+                Ok((token, warning)) => {
+                    host.token = Some(token);
+                    host.warnings.extend(warning);
+                }
+                Err(reason) => p.push("api.token_file", reason),
+            }
+        }
+        if p.0.is_empty() { Ok(host) } else { Err(ConfigError::Invalid(p.0)) }
     }
 
     fn problems(&self) -> Vec<Problem> {
@@ -461,6 +531,19 @@ impl Config {
                         pool.name
                     ),
                 );
+                return;
+            }
+        }
+        // A split builds one table over the backends of all its pools: every split of a
+        // service's pools must fit, so all of them together must.
+        for (i, s) in self.services.iter().enumerate() {
+            if s.pools.len() < 2 {
+                continue;
+            }
+            let backends = s.pools.iter().map(PoolConfig::backends_taking_flows).sum();
+            if let Err(reason) = check_split_fits(ring, backends) {
+                p.push("ring_size", format!("{reason} (all the pools of {})", service_label(i, &s.name)));
+                return;
             }
         }
     }
@@ -559,6 +642,18 @@ impl Config {
                     s.pools.iter().map(|pool| pool.name.as_str()).collect::<Vec<_>>().join(", ")
                 };
                 p.push(&active_key, format!("unknown pool {:?} (this service's pools: {known})", s.active));
+            } else if let Some(pool) = s.pool(&s.active)
+                && !pool.backends.is_empty()
+                && pool.backends_taking_flows() == 0
+            {
+                p.push(
+                    &active_key,
+                    format!(
+                        "pool {:?} has no backend with a weight above 0: it would take no new flows \
+                         (give a backend a weight, or make another pool active)",
+                        s.active
+                    ),
+                );
             }
 
             // Pools.
@@ -683,6 +778,28 @@ impl Config {
                 );
             }
         }
+    }
+}
+
+/// Whether a split over `backends` backends (with a weight above 0) fits a Maglev table of
+/// `ring` slots; the error says how many slots it needs. The engine refuses such a split with
+/// this reason, and validation refuses a `ring_size` that a split of a service could exceed.
+pub fn check_split_fits(ring: u32, backends: usize) -> Result<(), String> {
+    let need = RING_SLOTS_PER_BACKEND * backends as u64;
+    if u64::from(ring) >= need {
+        return Ok(());
+    }
+    let hint = next_prime(need).map(|q| format!("; the next prime is {q}")).unwrap_or_default();
+    Err(format!(
+        "ring_size {ring} is too small for a split over {backends} backends: it needs at least {need} \
+         slots ({RING_SLOTS_PER_BACKEND} per backend){hint}"
+    ))
+}
+
+impl PoolConfig {
+    /// Backends with a weight above 0 (those that take new flows).
+    pub fn backends_taking_flows(&self) -> usize {
+        self.backends.iter().filter(|b| b.weight > 0).count()
     }
 }
 
@@ -1630,8 +1747,13 @@ min_healthy = 2
 
     #[test]
     fn ring_size_too_small_for_largest_pool() {
-        // 211 is prime; pool-a and pool-b have 2 backends each, so 200 are needed.
-        Config::from_toml_str(&format!("ring_size = 211\n{BRIEF_EXAMPLE}")).unwrap();
+        // 211 is prime; pool-a and pool-b have 2 backends each, so 200 are needed for one pool
+        // (and 400 for a split of both: see `ring_size_must_fit_a_split_of_all_pools`).
+        let one_pool = with_pools(
+            "ring_size = 211",
+            "[services.pools.pool-a]\nbackends = [\"10.0.1.1:80\", \"10.0.1.2:80\"]\n",
+        );
+        Config::from_toml_str(&one_pool).unwrap();
         let text = format!("ring_size = 199\n{BRIEF_EXAMPLE}");
         assert_eq!(keys(&text), ["ring_size"]);
         let r = reason(&text, "ring_size");
@@ -1643,6 +1765,95 @@ min_healthy = 2
                [services.pools.p]\nbackends = [\"10.0.9.1:80\", \"10.0.9.2:80\", \"10.0.9.3:80\"]\n";
         let r = reason(&three, "ring_size");
         assert!(r.contains("services[1] (api).pools.p with 3 backends"), "{r}");
+    }
+
+    #[test]
+    fn ring_size_must_fit_a_split_of_all_pools() {
+        // Each pool fits 211 slots alone, but a split of both (4 backends) needs 400.
+        let text = format!("ring_size = 211\n{BRIEF_EXAMPLE}");
+        assert_eq!(keys(&text), ["ring_size"]);
+        let r = reason(&text, "ring_size");
+        assert!(r.contains("split over 4 backends") && r.contains("at least 400"), "{r}");
+        assert!(r.contains("next prime is 401") && r.contains("services[0] (web)"), "{r}");
+        Config::from_toml_str(&format!("ring_size = 401\n{BRIEF_EXAMPLE}")).unwrap();
+        // A backend of weight 0 takes no slot.
+        let light = text
+            .replace("\"10.0.2.2:8080\"]", "{ addr = \"10.0.2.2:8080\", weight = 0 }]")
+            .replace("min_healthy = 2", "min_healthy = 1");
+        let r = reason(&light, "ring_size");
+        assert!(r.contains("split over 3 backends"), "{r}");
+        assert_eq!(check_split_fits(401, 4), Ok(()));
+        assert!(check_split_fits(307, 4).unwrap_err().contains("at least 400"));
+    }
+
+    #[test]
+    fn active_pool_needs_a_backend_with_weight() {
+        let zero = BRIEF_EXAMPLE.replace(
+            "\"10.0.1.1:8080\", { addr = \"10.0.1.2:8080\", weight = 2 }",
+            "{ addr = \"10.0.1.1:8080\", weight = 0 }",
+        );
+        assert_ne!(zero, BRIEF_EXAMPLE);
+        assert_eq!(keys(&zero), ["services[0] (web).active"]);
+        assert!(reason(&zero, "services[0] (web).active").contains("no backend with a weight above 0"));
+        // The same pool is fine when it is not the active one.
+        let inactive = zero.replace("active = \"pool-a\"", "active = \"pool-b\"");
+        Config::from_toml_str(&inactive).unwrap();
+    }
+
+    #[test]
+    fn a_missing_file_names_its_error_once() {
+        let e = Config::load(Path::new("/nonexistent/lb.toml")).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(chain, "reading /nonexistent/lb.toml: No such file or directory (os error 2)");
+    }
+
+    #[test]
+    fn host_check_finds_missing_interfaces() {
+        let mut c = Config::from_toml_str(BRIEF_EXAMPLE).unwrap();
+        c.interfaces = vec!["lo".into(), "nosuch0".into()];
+        match c.check_host() {
+            Err(ConfigError::Invalid(p)) => {
+                assert_eq!(p.len(), 1, "{p:?}");
+                assert_eq!(p[0].key, "interfaces[1]");
+                assert!(p[0].reason.contains("\"nosuch0\": no such interface"), "{p:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        c.interfaces = vec!["lo".into()];
+        assert_eq!(c.check_host().unwrap(), HostCheck { token: None, warnings: vec![] });
+    }
+
+    #[test]
+    fn host_check_reads_the_token_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let mut c = Config::from_toml_str(BRIEF_EXAMPLE).unwrap();
+        c.interfaces = vec!["lo".into()];
+        c.api.token_file = Some(file.clone());
+        let problem = |c: &Config| match c.check_host() {
+            Err(ConfigError::Invalid(p)) if p.len() == 1 && p[0].key == "api.token_file" => {
+                p[0].reason.clone()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(problem(&c).contains("cannot read") && problem(&c).contains("No such file"), "missing");
+        std::fs::write(&file, "short\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(problem(&c).contains("too short (5 characters)"));
+        std::fs::write(&file, "0123456789 abcdef\n").unwrap();
+        assert!(problem(&c).contains("printable ASCII"));
+        std::fs::write(&file, "0123456789abcdef\n").unwrap();
+        let host = c.check_host().unwrap();
+        assert_eq!(host.token.as_deref(), Some("0123456789abcdef"));
+        assert!(host.warnings.is_empty(), "{:?}", host.warnings);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let host = c.check_host().unwrap();
+        assert_eq!(host.warnings.len(), 1);
+        assert!(host.warnings[0].contains("readable by every user (mode 644)"), "{:?}", host.warnings);
+        // A directory cannot be read as a file.
+        c.api.token_file = Some(dir.path().to_path_buf());
+        assert!(problem(&c).contains("cannot read"));
     }
 
     #[test]

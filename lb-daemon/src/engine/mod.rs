@@ -660,6 +660,11 @@ impl Inner {
     ) -> Result<SwitchOutcome, ApiError> {
         let svc = self.service_layout(service)?.clone();
         Self::validate_active(&svc, &target)?;
+        if let Active::Split(ws) = &target {
+            let backends = ws.iter().filter_map(|w| svc.pool(&w.pool)).flat_map(|p| &p.backends);
+            crate::config::check_split_fits(self.ring(), backends.filter(|b| b.weight > 0).count())
+                .map_err(|reason| ApiError::invalid(format!("{reason}; nothing changed")))?;
+        }
         let st = self
             .state
             .services
