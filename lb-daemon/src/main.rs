@@ -75,17 +75,16 @@ fn main() -> ExitCode {
 
 /// Mounts bpffs at `path` unless one is there already.
 fn ensure_bpffs(path: &std::path::Path) -> Result<()> {
-    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    use nix::{
+        mount::{MsFlags, mount},
+        sys::statfs::{BPF_FS_MAGIC, statfs},
+    };
     std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+    if statfs(path).is_ok_and(|st| st.filesystem_type() == BPF_FS_MAGIC) {
         return Ok(());
     }
-    let fstype = c"bpf";
-    if unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
-        anyhow::bail!("mounting bpffs on {}: {}", path.display(), std::io::Error::last_os_error());
-    }
+    mount(Some("bpf"), path, Some("bpf"), MsFlags::empty(), None::<&str>)
+        .with_context(|| format!("mounting bpffs on {}", path.display()))?;
     tracing::info!(path = %path.display(), "mounted bpffs");
     Ok(())
 }

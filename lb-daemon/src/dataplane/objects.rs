@@ -23,3 +23,14 @@ pub fn require_real_objects() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// A build through `cargo xtask` embeds the real programs (a plain `cargo test` on a fresh
+    /// clone fails here, saying so, rather than later in a loader).
+    #[test]
+    fn the_real_objects_are_embedded() {
+        super::require_real_objects().unwrap();
+        assert_eq!(&super::LB_XDP_OBJECT[..4], b"\x7fELF");
+    }
+}
