@@ -51,11 +51,11 @@ pub const fn replace_addr(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
 /// header: used by tests and by userspace tools to check what the data plane produced.
 pub fn checksum(data: &[u8], initial: u64) -> u16 {
     let mut sum = initial;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u16::from_ne_bytes([c[0], c[1]]) as u64;
+    let (pairs, rest) = data.as_chunks::<2>();
+    for pair in pairs {
+        sum += u16::from_ne_bytes(*pair) as u64;
     }
-    if let [last] = chunks.remainder() {
+    if let [last] = rest {
         sum += u16::from_ne_bytes([*last, 0]) as u64;
     }
     !fold(sum)

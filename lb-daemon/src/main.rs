@@ -61,10 +61,15 @@ fn main() -> ExitCode {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    let json = matches!(args.log_format, LogFormat::Json);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        // Once: as a log record for log pipelines, else as a plain line.
+        Err(e) if json => {
             tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
             eprintln!("lb-daemon: {e:#}");
             ExitCode::FAILURE
         }
@@ -73,17 +78,16 @@ fn main() -> ExitCode {
 
 /// Mounts bpffs at `path` unless one is there already; returns whether it mounted one.
 fn ensure_bpffs(path: &std::path::Path) -> Result<bool> {
-    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    use nix::{
+        mount::{MsFlags, mount},
+        sys::statfs::{BPF_FS_MAGIC, statfs},
+    };
     std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+    if statfs(path).is_ok_and(|st| st.filesystem_type() == BPF_FS_MAGIC) {
         return Ok(false);
     }
-    let fstype = c"bpf";
-    if unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
-        anyhow::bail!("mounting bpffs on {}: {}", path.display(), std::io::Error::last_os_error());
-    }
+    mount(Some("bpf"), path, Some("bpf"), MsFlags::empty(), None::<&str>)
+        .with_context(|| format!("mounting bpffs on {}", path.display()))?;
     tracing::info!(path = %path.display(), "mounted bpffs");
     Ok(true)
 }
@@ -94,10 +98,16 @@ fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let config = Config::load(&args.config)?;
+    let host = config.check_host()?;
+    for warning in &host.warnings {
+        tracing::warn!("{warning}");
+    }
     if args.check {
         println!("{}: valid", args.config.display());
         return Ok(());
     }
+    lb_daemon::dataplane::require_real_objects()?;
+    require_privileges()?;
     match preflight::raise_nofile_limit() {
         Ok((before, after)) if after > before => tracing::info!(before, after, "raised the open-file limit"),
         Ok((limit, _)) => tracing::info!(limit, "open-file limit"),
@@ -128,29 +138,24 @@ fn run(args: Args) -> Result<()> {
         &config.state_dir.join(format!("{}.dataplane.json", config.instance)),
     )?;
     tracing::info!(instance = %config.instance, adopted, pins = %pins.0.display(), "data plane loaded");
-    let token = match (&config.api.token, &config.api.token_file) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(f)) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading api.token_file {}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        _ => None,
-    };
     let mut serve_opts = ServeOptions {
         unix_socket: config.api.unix_socket.clone(),
-        tcp: config.api.tcp.zip(token),
+        tcp: config.api.tcp.zip(host.token),
         limits: ApiLimits::default(),
         fleet: None,
     };
     let (bgp, state_dir, instance) = (config.bgp.clone(), config.state_dir.clone(), config.instance.clone());
-    let engine = Arc::new(Engine::start(args.config.clone(), config, dp, adopted)?);
+    let engine = match Engine::start(args.config.clone(), config, dp, adopted) {
+        Ok(engine) => Arc::new(engine),
+        Err(e) => return Err(forget_fresh_pins(e, adopted, &pins, None)),
+    };
     engine.warnings().set("bpffs", bpffs_warning.into_iter().collect());
     // A fresh data plane waits (bounded) for the backends' next hops, so the first packets
     // after attaching find a MAC address; an adopted one is forwarding already.
     engine.keep_neighbours(if adopted { Duration::ZERO } else { Duration::from_secs(2) });
-    engine.attach_interfaces()?;
+    if let Err(e) = engine.attach_interfaces() {
+        return Err(forget_fresh_pins(e, adopted, &pins, Some(engine)));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     engine.start_background(runtime.handle().clone());
     // BGP announcements (only with [bgp]): from now on, the data plane being attached.
@@ -203,5 +208,58 @@ fn run(args: Args) -> Result<()> {
         Dataplane::remove_pins(&pins)?;
         tracing::warn!("program detached and pins removed: forwarding stopped");
     }
+    Ok(())
+}
+
+/// After a failed start: a data plane this daemon created (not adopted) is not forwarding
+/// anything yet, so its pins and neighbour entries are removed rather than left for a later
+/// daemon to adopt; an adopted one stays as it was. Returns `error`.
+fn forget_fresh_pins(
+    error: anyhow::Error,
+    adopted: bool,
+    pins: &PinDir,
+    engine: Option<Arc<Engine>>,
+) -> anyhow::Error {
+    if adopted {
+        return error;
+    }
+    if let Some(engine) = engine {
+        engine.release_neighbours();
+        drop(engine);
+    }
+    if let Err(e) = Dataplane::remove_pins(pins) {
+        tracing::warn!(pins = %pins.0.display(), "could not remove the pins of the failed start: {e:#}");
+    }
+    error
+}
+
+/// Fails with a clear message unless this process may load and attach BPF programs: it needs
+/// CAP_BPF (or CAP_SYS_ADMIN on older kernels) and CAP_NET_ADMIN, which root has. Without
+/// this check a normal user meets "failed to create map SERVICES".
+fn require_privileges() -> Result<()> {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .context("no CapEff line in /proc/self/status")?;
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    anyhow::ensure!(
+        missing.is_empty(),
+        "lb-daemon needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach the XDP program; \
+         running as uid {} without {}",
+        nix::unistd::geteuid(),
+        missing.join(" and ")
+    );
     Ok(())
 }

@@ -71,7 +71,7 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
     if target <= before {
         return Ok((before, before));
     }
-    lim.rlim_cur = target as libc::rlim_t;
+    lim.rlim_cur = target;
     // SAFETY: as above.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
         return Err(std::io::Error::last_os_error());

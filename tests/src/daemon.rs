@@ -123,7 +123,7 @@ impl LbDaemon {
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(limit) = self.nofile_limit {
-            let lim = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: limit as libc::rlim_t };
+            let lim = libc::rlimit { rlim_cur: limit, rlim_max: limit };
             // SAFETY: setrlimit is async-signal-safe; `lim` is copied into the closure.
             unsafe {
                 cmd.pre_exec(move || {

@@ -1,6 +1,7 @@
 //! Fixtures shared by the packet tests, the end-to-end tests and the data-plane benchmark:
 //! network namespaces, crafted packets, and BPF_PROG_TEST_RUN.
 
+pub mod cli;
 pub mod daemon;
 pub mod e2e;
 pub mod fleet_rig;

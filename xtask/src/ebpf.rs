@@ -11,14 +11,14 @@ use crate::{
 /// The eBPF binaries of `lb-ebpf`, copied to `target/bpf/<name>`.
 pub const OBJECTS: [&str; 2] = ["lb-xdp", "lb-bench-xdp"];
 
-/// Builds `lb-ebpf` for `bpfel-unknown-none` with the pinned nightly.
-pub fn build(tc: &Toolchain) -> Result<()> {
-    let root = workspace_root();
-    let crate_dir = root.join("lb-ebpf");
+/// The pinned nightly's cargo running `subcommand` on `lb-ebpf` for `bpfel-unknown-none`
+/// (release, locked, `core` built from source).
+fn nightly_cargo(tc: &Toolchain, subcommand: &str) -> Command {
+    let crate_dir = workspace_root().join("lb-ebpf");
     let path = format!("{}:{}", tc.linker_bin.display(), std::env::var("PATH").unwrap_or_default());
     let mut cmd = Command::new("cargo");
     cmd.arg(format!("+{}", tc.nightly))
-        .args(["build", "--release", "--locked", "-Z", "build-std=core", "--target", "bpfel-unknown-none"])
+        .args([subcommand, "--release", "--locked", "-Z", "build-std=core", "--target", "bpfel-unknown-none"])
         .current_dir(&crate_dir)
         .env("PATH", path)
         .env("LD_LIBRARY_PATH", &tc.nightly_lib)
@@ -29,7 +29,24 @@ pub fn build(tc: &Toolchain) -> Result<()> {
         .env_remove("RUSTC")
         .env_remove("RUSTDOC")
         .env_remove("CARGO_TARGET_DIR");
-    run(&mut cmd)?;
+    cmd
+}
+
+/// Checks the formatting (the userspace toolchain's rustfmt, with `lb-ebpf/rustfmt.toml`) and
+/// lints `lb-ebpf` with the pinned nightly's clippy, warnings denied.
+pub fn lint(tc: &Toolchain) -> Result<()> {
+    let crate_dir = workspace_root().join("lb-ebpf");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // `cargo fmt` only reads files: the userspace toolchain's rustfmt does, no nightly needed.
+    run(Command::new(cargo).args(["fmt", "--all", "--check"]).current_dir(&crate_dir))?;
+    run(nightly_cargo(tc, "clippy").args(["--", "-D", "warnings"]))
+}
+
+/// Builds `lb-ebpf` for `bpfel-unknown-none` with the pinned nightly.
+pub fn build(tc: &Toolchain) -> Result<()> {
+    let root = workspace_root();
+    let crate_dir = root.join("lb-ebpf");
+    run(&mut nightly_cargo(tc, "build"))?;
     let out_dir = root.join("target/bpf");
     fs::create_dir_all(&out_dir)?;
     for name in OBJECTS {

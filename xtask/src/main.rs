@@ -22,8 +22,9 @@ struct Cli {
 enum Command {
     /// Build the XDP objects and every userspace crate (release).
     Build,
-    /// Set up the machine (toolchain pieces, Debian packages), build, and run the whole test
-    /// suite. Needs root: the tests load XDP programs and create network namespaces.
+    /// Set up the machine (toolchain pieces, Debian packages), check formatting and lints
+    /// (`cargo fmt --check`, `cargo clippy -D warnings`, both workspaces), build, and run the
+    /// whole test suite. Needs root: the tests load XDP programs and create network namespaces.
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
         #[arg(last = true)]
@@ -100,6 +101,19 @@ fn main() -> Result<()> {
                 ("bird", "bird2"),
             ])?;
             let tc = toolchain::ensure()?;
+            // Formatting and lints first, both workspaces: they fail in seconds, a build does
+            // not. (Before the XDP object exists lb-daemon embeds a stub, enough for clippy.)
+            system::run(&mut system::cargo_command(&["fmt", "--all", "--check"]))?;
+            system::run(&mut system::cargo_command(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            ebpf::lint(&tc)?;
             ebpf::build(&tc)?;
             // The end-to-end tests run the real lb-daemon, lbctl and test-backend binaries.
             system::cargo(&["build", "--release", "--workspace", "--bins"])?;

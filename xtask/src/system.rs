@@ -21,42 +21,41 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// a signal ended it), for passing it through. While it runs, this process ignores SIGINT: a
 /// Ctrl-C reaches the child too (same process group), which then cleans up and exits by itself.
 pub fn run_passing_status(cmd: &mut Command) -> Result<i32> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
     use std::os::unix::process::ExitStatusExt;
     let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
-    // SAFETY: signal() with SIG_IGN installs no handler code; the previous disposition is put
-    // back below. The child was spawned before, so it keeps the default disposition.
-    let previous = unsafe { libc_signal(SIGINT, SIG_IGN) };
+    // SAFETY: SIG_IGN installs no handler code, and the disposition it replaces is put back
+    // below; no other thread changes SIGINT's disposition. The child was spawned before, so it
+    // keeps the default disposition.
+    let previous = unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) }.context("ignoring SIGINT")?;
     let status = child.wait();
-    unsafe { libc_signal(SIGINT, previous) };
+    // SAFETY: puts back the disposition read above.
+    unsafe { signal(Signal::SIGINT, previous) }.context("restoring SIGINT")?;
     let status = status.with_context(|| format!("waiting for {cmd:?}"))?;
     Ok(status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1))
 }
 
-const SIGINT: i32 = 2;
-const SIG_IGN: usize = 1;
-
-unsafe extern "C" {
-    #[link_name = "signal"]
-    fn libc_signal(signum: i32, handler: usize) -> usize;
+/// Runs the userspace cargo (the toolchain of the workspace's rust-toolchain.toml) for a real
+/// build: `LB_REQUIRE_XDP_OBJ` makes lb-daemon's build script fail rather than embed a stub
+/// when the XDP object is missing.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    run(cargo_command(args).env("LB_REQUIRE_XDP_OBJ", "1"))
 }
 
-/// Runs the userspace cargo (the toolchain of the workspace's rust-toolchain.toml).
-pub fn cargo(args: &[&str]) -> Result<()> {
+/// The userspace cargo with `args`, in the workspace root.
+pub fn cargo_command(args: &[&str]) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args(args).current_dir(workspace_root()))
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(workspace_root());
+    cmd
 }
 
 /// Fails unless running as root.
 pub fn require_root(why: &str) -> Result<()> {
-    if unsafe { libc_geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("run this as root: {why}");
     }
     Ok(())
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 fn on_path(tool: &str) -> bool {

@@ -54,12 +54,13 @@ fn output(cmd: &mut Command) -> Result<String> {
 
 fn ensure_nightly(nightly: &str) -> Result<PathBuf> {
     let installed = output(rustup().args(["toolchain", "list"]))?;
-    let has_src = installed.lines().any(|l| l.starts_with(nightly))
-        && output(rustup().args(["component", "list", "--installed", "--toolchain", nightly]))?
-            .lines()
-            .any(|l| l.starts_with("rust-src"));
-    if !has_src {
-        eprintln!("xtask: installing Rust {nightly} with rust-src for the eBPF build (once)");
+    // rust-src for build-std, clippy for the lint step of `cargo xtask test`.
+    let complete = installed.lines().any(|l| l.starts_with(nightly)) && {
+        let components = output(rustup().args(["component", "list", "--installed", "--toolchain", nightly]))?;
+        ["rust-src", "clippy"].iter().all(|c| components.lines().any(|l| l.starts_with(c)))
+    };
+    if !complete {
+        eprintln!("xtask: installing Rust {nightly} with rust-src and clippy for the eBPF build (once)");
         run(rustup().args([
             "toolchain",
             "install",
@@ -68,6 +69,8 @@ fn ensure_nightly(nightly: &str) -> Result<PathBuf> {
             "minimal",
             "--component",
             "rust-src",
+            "--component",
+            "clippy",
         ]))?;
     }
     let sysroot = output(

@@ -1,9 +1,11 @@
 //! Reading a whole hash map with `BPF_MAP_LOOKUP_BATCH`: one syscall per [`BATCH`] entries
 //! instead of two per entry (next key, then lookup). The flow table has up to millions of
 //! entries and `drain-status`, `--wait-drained` and `/metrics` count it; aya 0.16 has no batch
-//! API, so this is the raw syscall.
+//! API, so this is the raw syscall, with `bpf_attr` and the command number from aya's generated
+//! kernel bindings (`aya_obj::generated`).
 
 use aya::Pod;
+use aya_obj::generated::{bpf_attr, bpf_cmd};
 use lb_common::maps::{FlowKey, FlowValue};
 use std::{
     io,
@@ -27,22 +29,6 @@ impl FlowReader {
 /// Entries per syscall.
 pub const BATCH: u32 = 4096;
 
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// `union bpf_attr`'s `batch` member.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
 /// Calls `f` with every (key, value) of the (non-per-CPU) hash or LRU hash map `map`; returns
 /// how many entries there were. Entries added or removed meanwhile may or may not be seen, as
 /// with any walk of a live map; none is seen twice.
@@ -58,26 +44,30 @@ pub fn for_each<K: Pod, V: Pod>(map: BorrowedFd<'_>, mut f: impl FnMut(&K, &V)) 
     let mut first = true;
     let mut total = 0;
     loop {
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { position_in.as_ptr() as u64 },
-            out_batch: position_out.as_mut_ptr() as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: BATCH,
-            map_fd: map.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
+        // SAFETY: `bpf_attr` is a union of plain integer structs: all zeroes is a valid value
+        // (and the kernel requires every byte past the member in use to be zero).
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.batch.in_batch = if first { 0 } else { position_in.as_ptr() as u64 };
+        attr.batch.out_batch = position_out.as_mut_ptr() as u64;
+        attr.batch.keys = keys.as_mut_ptr() as u64;
+        attr.batch.values = values.as_mut_ptr() as u64;
+        attr.batch.count = BATCH;
+        attr.batch.map_fd = map.as_raw_fd() as u32;
+        // SAFETY: no safe wrapper exists for bpf(2). `attr` is a valid `bpf_attr` of the size
+        // passed; the pointers in it address `BATCH` keys and values and two 8-byte position
+        // tokens that outlive the call, which is all the kernel writes.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>(),
+                bpf_cmd::BPF_MAP_LOOKUP_BATCH as libc::c_long,
+                &mut attr as *mut bpf_attr,
+                size_of::<bpf_attr>(),
             )
         };
         let err = (rc < 0).then(io::Error::last_os_error);
         // The kernel reports how many entries it copied, also with ENOENT (the last batch).
-        let got = (attr.count as usize).min(n);
+        // SAFETY: `batch` is the member written above and by the kernel.
+        let got = (unsafe { attr.batch.count } as usize).min(n);
         if err.as_ref().is_none_or(|e| e.raw_os_error() == Some(libc::ENOENT)) {
             for i in 0..got {
                 // SAFETY: the kernel wrote `got` whole keys and values (Pod: any bytes are valid).

@@ -23,6 +23,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use lb_daemon::api::model::{Active, SwitchOutcome, SwitchRequest};
 use lb_tests::{
+    cli::{check_interrupted, require_root, sleep_until},
     e2e::{self, in_pool_a, in_pool_b, web_vip},
     load::{LoadHandle, LoadOptions, LoadReport, LongLived, request},
 };
@@ -61,24 +62,9 @@ const MAX_CONNECTIONS: u32 = 200_000;
 /// Backend a1, the target of the baseline load.
 const DIRECT_BACKEND: &str = "10.77.2.11:8080";
 
-fn check_interrupted() -> Result<()> {
-    if lb_tests::interrupt::requested() {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
 /// Sleeps `d` in small steps, failing early when interrupted.
 fn sleep(d: Duration) -> Result<()> {
-    let until = Instant::now() + d;
-    loop {
-        check_interrupted()?;
-        let now = Instant::now();
-        if now >= until {
-            return Ok(());
-        }
-        std::thread::sleep((until - now).min(Duration::from_millis(20)));
-    }
+    if sleep_until(Instant::now() + d) { Ok(()) } else { bail!("interrupted") }
 }
 
 /// One reported number.
@@ -443,10 +429,8 @@ fn fmt(v: f64, decimals: usize) -> String {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("controlplane-bench: run as root (network namespaces, XDP)");
-        return ExitCode::from(1);
+    if let Err(code) = require_root("controlplane-bench", "network namespaces, XDP") {
+        return code;
     }
     if let Err(e) = lb_tests::interrupt::install() {
         eprintln!("controlplane-bench: {e:#}");

@@ -15,7 +15,9 @@
 //! of the setup cleans up; the exit code is then 130. Colours only when stdout is a terminal.
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
 use lb_tests::{
+    cli::{Style, Ui, check_interrupted, require_root, sleep_until, stopped},
     e2e::{self, POOL_A, POOL_B, in_pool_a, in_pool_b, web_vip},
     load::{ConnResult, LoadHandle, LoadOptions, LoadReport, LongLived},
     netns::NetNs,
@@ -38,74 +40,6 @@ const LOAD_MAX_CONNECTIONS: u32 = 1500;
 const TICK: Duration = Duration::from_millis(500);
 /// Connect, write and read timeout of one connection of the load.
 const CONN_TIMEOUT: Duration = Duration::from_secs(1);
-
-fn stopped() -> bool {
-    lb_tests::interrupt::requested()
-}
-
-/// Fails with "interrupted" once a signal arrived (the caller's drops then clean up).
-fn check_interrupted() -> Result<()> {
-    if stopped() {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-/// Sleeps until `until`, in small steps; false if interrupted.
-fn sleep_until(until: Instant) -> bool {
-    loop {
-        if stopped() {
-            return false;
-        }
-        let now = Instant::now();
-        if now >= until {
-            return true;
-        }
-        std::thread::sleep((until - now).min(Duration::from_millis(20)));
-    }
-}
-
-/// Terminal styling: ANSI colours when stdout is a terminal, plain text otherwise.
-struct Ui {
-    color: bool,
-}
-
-impl Ui {
-    fn new() -> Self {
-        // SAFETY: isatty only inspects the descriptor.
-        Self { color: unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1 }
-    }
-
-    fn paint(&self, code: &str, text: &str) -> String {
-        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
-    }
-
-    fn bold(&self, t: &str) -> String {
-        self.paint("1", t)
-    }
-    fn dim(&self, t: &str) -> String {
-        self.paint("2", t)
-    }
-    fn pool_a(&self, t: &str) -> String {
-        self.paint("36", t)
-    }
-    fn pool_b(&self, t: &str) -> String {
-        self.paint("35", t)
-    }
-    fn good(&self, t: &str) -> String {
-        self.paint("32", t)
-    }
-    fn bad(&self, t: &str) -> String {
-        self.paint("1;31", t)
-    }
-    fn cmd(&self, t: &str) -> String {
-        self.paint("1;33", t)
-    }
-
-    fn heading(&self, t: &str) {
-        println!("\n{}", self.bold(&format!("── {t}")));
-    }
-}
 
 /// The demo's traffic: a paced, bounded run of short connections from the client namespace,
 /// and how many of its results the live lines have shown.
@@ -166,21 +100,21 @@ fn live_line(ui: &Ui, t: Duration, answers: &[ConnResult]) -> String {
     let mut line = format!(
         "  t={:>5.1}s  {} {} {:>3}% {:<16}  {} {} {:>3}% {:<16}",
         t.as_secs_f64(),
-        ui.pool_a("pool-a"),
-        ui.pool_a(&bar(pa)),
+        ui.paint(Style::PoolA, "pool-a"),
+        ui.paint(Style::PoolA, &bar(pa)),
         pa,
         backend_counts(&by, &POOL_A),
-        ui.pool_b("pool-b"),
-        ui.pool_b(&bar(pb)),
+        ui.paint(Style::PoolB, "pool-b"),
+        ui.paint(Style::PoolB, &bar(pb)),
         pb,
         backend_counts(&by, &POOL_B),
     );
     if failed > 0 {
-        line += &ui.bad(&format!("  FAILED {failed}"));
+        line += &ui.paint(Style::Bad, &format!("  FAILED {failed}"));
     }
     let other = total - in_a - in_b - failed;
     if other > 0 {
-        line += &ui.bad(&format!("  {other} from unknown backends"));
+        line += &ui.paint(Style::Bad, &format!("  {other} from unknown backends"));
     }
     line.trim_end().to_string()
 }
@@ -212,7 +146,11 @@ fn lbctl_shown(
     load: Option<&LiveLoad>,
     args: &[&str],
 ) -> (Duration, Duration, bool) {
-    println!("\n  {} {}", ui.dim("$"), ui.cmd(&format!("lbctl {}", args.join(" "))));
+    println!(
+        "\n  {} {}",
+        ui.paint(Style::Dim, "$"),
+        ui.paint(Style::Command, &format!("lbctl {}", args.join(" ")))
+    );
     let clock = |l: Option<&LiveLoad>| l.map(|l| l.load.elapsed()).unwrap_or_default();
     let began = Instant::now();
     let started = clock(load);
@@ -223,13 +161,16 @@ fn lbctl_shown(
         println!("    {line}");
     }
     for line in String::from_utf8_lossy(&out.stderr).lines() {
-        println!("    {}", ui.bad(line));
+        println!("    {}", ui.paint(Style::Bad, line));
     }
     let ok = out.status.success();
     if ok {
-        println!("  {}", ui.dim(&format!("(lbctl returned in {:.1} ms)", took.as_secs_f64() * 1e3)));
+        println!(
+            "  {}",
+            ui.paint(Style::Dim, &format!("(lbctl returned in {:.1} ms)", took.as_secs_f64() * 1e3))
+        );
     } else {
-        println!("  {}", ui.bad(&format!("lbctl failed: {}", out.status)));
+        println!("  {}", ui.paint(Style::Bad, &format!("lbctl failed: {}", out.status)));
     }
     (started, returned, ok)
 }
@@ -272,10 +213,10 @@ fn tour(ui: &Ui, setup: &e2e::Setup) -> Result<bool> {
 
     A switch is one update of the service's entry in a BPF map: new flows go to the other
     pool at once; established flows stay on their backend (drain).",
-        client_ns = ui.dim(&format!("(netns {})", topo.client().name())),
-        lb_ns = ui.dim(&format!("(netns {})", topo.balancer().name())),
-        pa = ui.pool_a("pool-a"),
-        pb = ui.pool_b("pool-b"),
+        client_ns = ui.paint(Style::Dim, &format!("(netns {})", topo.client().name())),
+        lb_ns = ui.paint(Style::Dim, &format!("(netns {})", topo.balancer().name())),
+        pa = ui.paint(Style::PoolA, "pool-a"),
+        pb = ui.paint(Style::PoolB, "pool-b"),
         a1 = spec("a1"),
         a2 = spec("a2"),
         b1 = spec("b1"),
@@ -286,7 +227,7 @@ fn tour(ui: &Ui, setup: &e2e::Setup) -> Result<bool> {
     ui.heading(&format!("The daemon's config file: {}", config_path.display()));
     let config = std::fs::read_to_string(&config_path).context("reading the config file")?;
     for line in config.lines() {
-        println!("    {}", ui.dim(line));
+        println!("    {}", ui.paint(Style::Dim, line));
     }
     println!("\n  (every lbctl below really runs as `lbctl --socket {} …`)", setup.daemon.socket().display());
     check_interrupted()?;
@@ -305,7 +246,7 @@ fn tour(ui: &Ui, setup: &e2e::Setup) -> Result<bool> {
     let (before, _) = ask_long_lived(&mut ll, None);
     println!(
         "\n  four long-lived connections opened now talk to {} — watch them through the switch",
-        ui.bold(&before.join(", "))
+        ui.paint(Style::Bold, &before.join(", "))
     );
     if !live(ui, &mut load, 2) {
         bail!("interrupted");
@@ -324,8 +265,12 @@ fn tour(ui: &Ui, setup: &e2e::Setup) -> Result<bool> {
     checks.long_lived_kept &= same;
     println!(
         "\n  the long-lived connections still talk to {} {}",
-        ui.bold(&now.join(", ")),
-        if same { ui.good("(drain: established flows stay)") } else { ui.bad("(moved or broken!)") }
+        ui.paint(Style::Bold, &now.join(", ")),
+        if same {
+            ui.paint(Style::Good, "(drain: established flows stay)")
+        } else {
+            ui.paint(Style::Bad, "(moved or broken!)")
+        }
     );
 
     let (rollback_started, rollback_returned, ok) = lbctl_shown(ui, setup, Some(&load), &["rollback"]);
@@ -337,8 +282,12 @@ fn tour(ui: &Ui, setup: &e2e::Setup) -> Result<bool> {
     checks.long_lived_kept &= same;
     println!(
         "\n  the long-lived connections still talk to {} {}",
-        ui.bold(&now.join(", ")),
-        if same { ui.good("(never moved)") } else { ui.bad("(moved or broken!)") }
+        ui.paint(Style::Bold, &now.join(", ")),
+        if same {
+            ui.paint(Style::Good, "(never moved)")
+        } else {
+            ui.paint(Style::Bad, "(moved or broken!)")
+        }
     );
     let all = load.load.stop();
     drop(ll);
@@ -359,12 +308,16 @@ fn summary(ui: &Ui, all: &LoadReport, checks: &Checks, times: [Duration; 4]) -> 
     println!(
         "  connections: {}   failed: {}",
         all.len(),
-        if failed.is_empty() { ui.good("0") } else { ui.bad(&failed.len().to_string()) }
+        if failed.is_empty() {
+            ui.paint(Style::Good, "0")
+        } else {
+            ui.paint(Style::Bad, &failed.len().to_string())
+        }
     );
     println!("  answered by: {}", per.join(", "));
     for f in failed.iter().take(3) {
         let why = f.error.as_deref().unwrap_or_default();
-        println!("    {}", ui.bad(&format!("at {:.3}s: {why}", f.at.as_secs_f64())));
+        println!("    {}", ui.paint(Style::Bad, &format!("at {:.3}s: {why}", f.at.as_secs_f64())));
     }
 
     // Connections that started after a command returned must all follow it.
@@ -372,7 +325,7 @@ fn summary(ui: &Ui, all: &LoadReport, checks: &Checks, times: [Duration; 4]) -> 
         let inside: Vec<&ConnResult> = all.results.iter().filter(|a| a.at >= from && a.at < to).collect();
         let right = inside.iter().filter(|a| a.backend.as_deref().is_some_and(wanted)).count();
         let ok = right == inside.len() && !inside.is_empty();
-        let mark = if ok { ui.good("✓") } else { ui.bad("✗") };
+        let mark = if ok { ui.paint(Style::Good, "✓") } else { ui.paint(Style::Bad, "✗") };
         println!("  {right:>4} of {:>4} new connections went to {pool}  {mark}", inside.len());
         ok
     };
@@ -385,15 +338,15 @@ fn summary(ui: &Ui, all: &LoadReport, checks: &Checks, times: [Duration; 4]) -> 
     let kept = checks.long_lived_kept;
     println!(
         "\n  long-lived connections kept their backend through switch and rollback: {}",
-        if kept { ui.good("yes") } else { ui.bad("no") }
+        if kept { ui.paint(Style::Good, "yes") } else { ui.paint(Style::Bad, "no") }
     );
     let all_ok = failed.is_empty() && a1 && b && a2 && kept && checks.lbctl_failures == 0;
     println!(
         "\n  {}",
         if all_ok {
-            ui.good("All good: one command moved new traffic to pool-b, one command brought it back, no connection failed.")
+            ui.paint(Style::Good, "All good: one command moved new traffic to pool-b, one command brought it back, no connection failed.")
         } else {
-            ui.bad("Something did not hold (see above).")
+            ui.paint(Style::Bad, "Something did not hold (see above).")
         }
     );
     Ok(all_ok)
@@ -413,16 +366,22 @@ impl Leftovers {
         if ns_left.is_empty() && !pins_left {
             println!(
                 "{}",
-                ui.dim(&format!(
-                    "cleaned up: daemon stopped, {} namespaces deleted, {} removed",
-                    self.namespaces.len(),
-                    self.pins.display()
-                ))
+                ui.paint(
+                    Style::Dim,
+                    &format!(
+                        "cleaned up: daemon stopped, {} namespaces deleted, {} removed",
+                        self.namespaces.len(),
+                        self.pins.display()
+                    )
+                )
             );
         } else {
             println!(
                 "{}",
-                ui.bad(&format!("cleanup incomplete: namespaces {ns_left:?}, pins left: {pins_left}"))
+                ui.paint(
+                    Style::Bad,
+                    &format!("cleanup incomplete: namespaces {ns_left:?}, pins left: {pins_left}")
+                )
             );
         }
     }
@@ -432,12 +391,18 @@ impl Leftovers {
 fn run(ui: &Ui) -> Result<bool> {
     println!(
         "{}",
-        ui.bold("lb-demo: switching a service between two deployment pools with one command, and back")
+        ui.paint(
+            Style::Bold,
+            "lb-demo: switching a service between two deployment pools with one command, and back"
+        )
     );
-    println!("{}", ui.dim("setting up network namespaces, 4 backends and lb-daemon (a few seconds)…"));
+    println!(
+        "{}",
+        ui.paint(Style::Dim, "setting up network namespaces, 4 backends and lb-daemon (a few seconds)…")
+    );
     let began = Instant::now();
     let setup = e2e::setup("demo", "nat").context("building the demo topology")?;
-    println!("{}", ui.dim(&format!("ready in {:.1} s", began.elapsed().as_secs_f64())));
+    println!("{}", ui.paint(Style::Dim, &format!("ready in {:.1} s", began.elapsed().as_secs_f64())));
     let leftovers = Leftovers { namespaces: setup.topo.namespace_names(), pins: setup.daemon.pin_dir() };
     let result = tour(ui, &setup);
     if result.is_err() || stopped() {
@@ -456,12 +421,24 @@ fn run(ui: &Ui) -> Result<bool> {
     result
 }
 
+/// The command line: no options, but `--help` says what the demo does before it does it.
+#[derive(Parser)]
+#[command(
+    name = "lb-demo",
+    about = "A guided tour of the load balancer in about half a minute (run by `cargo xtask demo`)",
+    long_about = "A guided tour of the load balancer in about half a minute (run by `cargo xtask demo`).\n\n\
+        Builds throw-away network namespaces (a client, the balancer with lb-daemon, pool-a and \
+        pool-b), sends a trickle of connections to the VIP and shows which pool answers while it \
+        runs `lbctl switch pool-b` and `lbctl rollback`. Everything is removed at the end, also \
+        on Ctrl-C. Exits 0 only if no connection failed. Needs root."
+)]
+struct Args {}
+
 fn main() -> ExitCode {
+    let Args {} = Args::parse();
     let ui = Ui::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("lb-demo: run as root (it creates network namespaces and loads an XDP program)");
-        return ExitCode::from(1);
+    if let Err(code) = require_root("lb-demo", "it creates network namespaces and loads an XDP program") {
+        return code;
     }
     if let Err(e) = lb_tests::interrupt::install() {
         eprintln!("lb-demo: {e:#}");

@@ -114,13 +114,16 @@ pub enum Command {
         /// Pool to make active.
         #[arg(value_name = "POOL")]
         pool: String,
-        // Drain or hard, forced or not.
+        // Drain or hard, forced or not. (a plain comment: clap would show a doc comment as help)
+        #[allow(missing_docs)]
         #[command(flatten)]
         how: SwitchHow,
-        // Dry run and compare-and-swap.
+        // Dry run and compare-and-swap. (a plain comment: clap would show a doc comment as help)
+        #[allow(missing_docs)]
         #[command(flatten)]
         change: ChangeFlags,
-        // What to wait for afterwards.
+        // What to wait for afterwards. (a plain comment: clap would show a doc comment as help)
+        #[allow(missing_docs)]
         #[command(flatten)]
         waits: WaitFlags,
     },
@@ -136,7 +139,8 @@ pub enum Command {
         /// Move established flows too.
         #[arg(long)]
         hard: bool,
-        // Dry run and compare-and-swap.
+        // Dry run and compare-and-swap. (a plain comment: clap would show a doc comment as help)
+        #[allow(missing_docs)]
         #[command(flatten)]
         change: ChangeFlags,
     },
@@ -152,10 +156,12 @@ pub enum Command {
         /// POOL=PERCENT pairs, e.g. pool-a=90 pool-b=10.
         #[arg(value_name = "POOL=PCT", num_args = 2.., required = true)]
         weights: Vec<String>,
-        // Forced or not.
+        // Forced or not. (a plain comment: clap would show a doc comment as help)
+        #[allow(missing_docs)]
         #[command(flatten)]
         force: ForceFlag,
-        // Dry run and compare-and-swap.
+        // Dry run and compare-and-swap. (a plain comment: clap would show a doc comment as help)
+        #[allow(missing_docs)]
         #[command(flatten)]
         change: ChangeFlags,
     },
@@ -212,7 +218,8 @@ pub struct SwitchHow {
     /// Move established flows too.
     #[arg(long)]
     pub hard: bool,
-    // Forced or not.
+    // Forced or not. (a plain comment: clap would show a doc comment as help)
+    #[allow(missing_docs)]
     #[command(flatten)]
     pub force: ForceFlag,
 }
