@@ -300,7 +300,7 @@ impl<M: Maps> Core<M> {
         if let Active::Split(ws) = &target {
             let backends = ws.iter().filter_map(|w| svc.pool(&w.pool)).flat_map(|p| &p.backends);
             crate::config::check_split_fits(self.ring(), backends.filter(|b| b.weight > 0).count())
-                .map_err(|reason| ApiError::invalid(format!("{reason}; nothing changed")))?;
+                .map_err(|reason| ApiError::refused(format!("{reason}; nothing changed")))?;
         }
         let st = self
             .state

@@ -121,8 +121,11 @@ fn bad_splits_are_refused_before_any_write() {
 
 #[test]
 fn a_split_the_table_size_cannot_hold_is_refused_with_nothing_changed() {
-    // 211 slots hold either pool (2 backends) but not both at once (4 backends need 400).
-    let mut r = Rig::new(&CONFIG.replace("ring_size = 401", "ring_size = 211"));
+    // 211 slots hold either pool (2 backends) but not both at once (4 backends need 400). The
+    // config (401) passes validation; the maps are the smaller ones a daemon keeps when it adopts
+    // pins created before ring_size was raised (a new size needs `shutdown --detach`).
+    let maps = FakeMaps::new(DataplaneOptions { ring_size: 211, ..options(CONFIG) });
+    let mut r = Rig::start(CONFIG, maps, empty_state(), false);
     let before = r.core.state.clone();
     let saves = r.store.count();
     let req = SplitRequest { weights: weights(&[("pool-a", 50), ("pool-b", 50)]), ..Default::default() };
