@@ -2,8 +2,12 @@
 //!
 //! Per packet: parse (`parse`), then
 //! 1. a packet to a VIP: reuse its flow's backend (`FLOWS`) unless the service epoch moved on
-//!    (hard switch) or the backend went down; otherwise pick from the service's active Maglev
-//!    table and record the flow;
+//!    (hard switch), the backend went down, or the entry is stale (closed, or a handshake that
+//!    never completed, idle past its timeout); otherwise pick from the service's active Maglev
+//!    table and record the flow. A bare SYN records its flow unless this CPU is in flood mode
+//!    (more new flows per second than `Settings::new_flow_limit`): then it is forwarded by the
+//!    hash and the flow is recorded on its first ACK. Segments that can neither start nor
+//!    continue a connection are dropped; a RST without a flow is forwarded by the hash only;
 //! 2. in NAT mode, a backend's reply (its VIPs found in `NAT_BACKENDS`, its flow in `FLOWS`) is
 //!    rewritten back to the VIP and returned the way the client's packets came;
 //! 3. anything else goes to the kernel untouched.
@@ -24,8 +28,9 @@ use aya_ebpf::{
 use lb_common::{
     hash::flow_hash,
     maps::{
-        BACKEND_UP, EndpointKey, FLOW_FIN, FLOW_RST, FLOW_TOUCH_NS, FlowKey, FlowValue, MAX_VIPS_PER_BACKEND,
-        NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED, Service, VipValue,
+        BACKEND_UP, EndpointKey, FLOOD_WINDOW_NS, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FLOW_TOUCH_TICKS,
+        FlowKey, FlowValue, MAX_VIPS_PER_BACKEND, NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR,
+        SERVICE_ENABLED, Service, VipValue, flow_ticks,
     },
     packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::{Reason, backend_counter, backend_new_flow_counter, reason_counter, vip_counter},
@@ -34,7 +39,8 @@ use lb_common::{
 use crate::{
     forward::{End, egress_action, rewrite, set_macs},
     maps::{
-        BACKEND_FILTER, BACKENDS, FLOWS, NAT_BACKENDS, NEXTHOPS, SERVICES, STATS, TABLES, VIP_FILTER, VIPS,
+        BACKEND_FILTER, BACKENDS, FLOOD, FLOWS, NAT_BACKENDS, NEXTHOPS, SERVICES, SETTINGS, STATS, SYN_FLOWS,
+        TABLES, VIP_FILTER, VIPS,
     },
     parse::{Packet, parse},
 };
@@ -110,26 +116,26 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
     let key = &pkt.key;
     if filter_hit(&VIP_FILTER, &key.dst, key.dport) {
         let now = now_ns();
-        // A bare SYN almost always starts a new flow: it skips the lookup and records the flow
-        // only if none exists (a retransmitted or port-reusing SYN then takes the path below).
-        let bare_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         let vip_key = EndpointKey { addr: key.dst, port: key.dport, proto: PROTO_TCP, family: key.family };
-        if bare_syn {
+        let flags = pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST);
+        if flags == TCP_SYN {
             if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
-                if let Some(action) = new_flow(ctx, pkt, vip, now, bytes, BPF_NOEXIST) {
+                return syn(ctx, pkt, vip, now, bytes);
+            }
+        } else if flags & TCP_SYN == 0 && flags & (TCP_ACK | TCP_RST) != 0 {
+            if let Some(flow) = FLOWS.get_ptr_mut(key) {
+                if let Some(action) = established(ctx, pkt, unsafe { &mut *flow }, now, bytes) {
                     return action;
                 }
             }
-        }
-        if let Some(flow) = FLOWS.get_ptr_mut(key) {
-            if let Some(action) = established(ctx, pkt, unsafe { &mut *flow }, now, bytes) {
-                return action;
+            if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
+                return without_flow(ctx, pkt, vip, now, bytes);
             }
-        }
-        if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
-            if let Some(action) = new_flow(ctx, pkt, vip, now, bytes, BPF_ANY) {
-                return action;
-            }
+        } else if unsafe { VIPS.get(&vip_key) }.is_some() {
+            // No SYN, ACK or RST (null, FIN or XMAS scans), or SYN with FIN, RST or ACK: no
+            // stack opens a connection to a server that way and none continues one without ACK
+            // or RST. Nothing to forward, nothing to record.
+            return drop(Reason::DropInvalidFlags, bytes);
         }
     }
     if filter_hit(&BACKEND_FILTER, &key.src, key.sport) {
@@ -142,6 +148,117 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
         }
     }
     pass(Reason::PassNotVip, bytes)
+}
+
+/// A bare SYN to a VIP. Outside flood mode it records its flow with `BPF_NOEXIST` (no lookup
+/// first: almost every SYN is new); a retransmitted or port-reusing SYN then takes the lookup.
+/// In flood mode a SYN of a recorded flow still follows its entry; any other is forwarded by the
+/// hash without touching `FLOWS`.
+#[inline(always)]
+fn syn(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64) -> u32 {
+    let limit = match SETTINGS.get(0) {
+        Some(s) => s.new_flow_limit,
+        None => 0,
+    };
+    let flood = limit != 0 && under_flood(now, limit);
+    if !flood {
+        if let Some(action) = new_flow(ctx, pkt, vip, now, bytes, BPF_NOEXIST) {
+            return action;
+        }
+    }
+    if let Some(flow) = FLOWS.get_ptr_mut(&pkt.key) {
+        if let Some(action) = established(ctx, pkt, unsafe { &mut *flow }, now, bytes) {
+            return action;
+        }
+    }
+    if flood {
+        return flood_syn(ctx, pkt, vip, now, bytes);
+    }
+    match new_flow(ctx, pkt, vip, now, bytes, BPF_ANY) {
+        Some(action) => action,
+        None => drop(Reason::DropBadState, bytes),
+    }
+}
+
+/// The per-CPU new-flow rate guard: counts this attempt and says whether this CPU is in flood
+/// mode. A window over the limit keeps flood mode engaged for the whole next window too.
+#[inline(always)]
+fn under_flood(now: u64, limit: u32) -> bool {
+    let Some(state) = FLOOD.get_ptr_mut(0) else {
+        return false;
+    };
+    let state = unsafe { &mut *state };
+    let age = now.wrapping_sub(state.window_start_ns);
+    if age > FLOOD_WINDOW_NS {
+        state.engaged = (age <= 2 * FLOOD_WINDOW_NS && state.new_flows > limit) as u32;
+        state.window_start_ns = now;
+        state.new_flows = 0;
+    }
+    state.new_flows += 1;
+    state.engaged != 0 || state.new_flows > limit
+}
+
+/// Flood mode: forwards a SYN by the hash without recording it in `FLOWS`. A NAT service's
+/// half-open flow goes to the small `SYN_FLOWS` (its SYN-ACK must be rewritten back to the
+/// client, and its first ACK should find the same backend); a DSR service records nothing.
+#[inline(always)]
+fn flood_syn(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64) -> u32 {
+    let Some(svc) = SERVICES.get(vip.service) else {
+        return drop(Reason::DropBadState, bytes);
+    };
+    if svc.flags & SERVICE_ENABLED == 0 {
+        return drop(Reason::DropNoBackend, bytes);
+    }
+    let Some(backend) = pick(svc, pkt) else {
+        return drop(Reason::DropNoBackend, bytes);
+    };
+    if svc.flags & SERVICE_DSR == 0 {
+        let value = flow_value(ctx, pkt, vip, svc, backend, now, 0);
+        let _ = SYN_FLOWS.insert(&pkt.key, &value, BPF_ANY);
+    }
+    count(reason_counter(Reason::FloodNotRecorded), bytes);
+    to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes)
+}
+
+/// A segment with ACK or RST (no SYN) to a VIP without a usable flow entry. A RST is forwarded by
+/// the hash and records nothing. An ACK is the first ACK of a handshake whose SYN was not
+/// recorded (flood mode), or a connection whose entry was evicted or expired: it goes where its
+/// half-open entry (`SYN_FLOWS`) says, else by the hash, and is recorded as established.
+#[inline(always)]
+fn without_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64) -> u32 {
+    let Some(svc) = SERVICES.get(vip.service) else {
+        return drop(Reason::DropBadState, bytes);
+    };
+    if svc.flags & SERVICE_ENABLED == 0 {
+        return drop(Reason::DropNoBackend, bytes);
+    }
+    let mut chosen = None;
+    if let Some(half) = unsafe { SYN_FLOWS.get(&pkt.key) } {
+        let up = match BACKENDS.get(half.backend as u32) {
+            Some(b) => b.flags & BACKEND_UP != 0,
+            None => false,
+        };
+        if up && half.epoch == svc.epoch && half.service as u32 == vip.service {
+            chosen = Some(half.backend as u32);
+        }
+    }
+    let backend = match chosen {
+        Some(b) => b,
+        None => match pick(svc, pkt) {
+            Some(b) => b,
+            None => return drop(Reason::DropNoBackend, bytes),
+        },
+    };
+    if pkt.tcp_flags & TCP_RST != 0 {
+        count(reason_counter(Reason::StatelessRst), bytes);
+        return to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes);
+    }
+    let flags = FLOW_ESTABLISHED | if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 };
+    let value = flow_value(ctx, pkt, vip, svc, backend, now, flags);
+    let _ = FLOWS.insert(&pkt.key, &value, BPF_ANY);
+    count(backend_new_flow_counter(backend), bytes);
+    count(reason_counter(Reason::NewFlow), bytes);
+    to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes)
 }
 
 /// Picks the backend for a flow from the service's active table.
@@ -170,42 +287,64 @@ fn note_client(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue) {
     }
 }
 
+/// Whether an entry no longer decides its connection's backend: closed (FIN/RST) or never
+/// established, and idle for longer than that state's timeout.
+#[inline(always)]
+fn is_stale(flow: &FlowValue, now: u64) -> bool {
+    let closed = flow.flags & (FLOW_FIN | FLOW_RST) != 0;
+    if !closed && flow.flags & FLOW_ESTABLISHED != 0 {
+        return false;
+    }
+    let Some(s) = SETTINGS.get(0) else {
+        return false;
+    };
+    let timeout = if closed { s.closed_timeout_ns } else { s.handshake_timeout_ns };
+    flow.idle_ns(now) > timeout
+}
+
 /// A packet of a known flow. `None` when the flow's service is gone (the caller then treats
 /// the packet as new).
 #[inline(always)]
 fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, bytes: u64) -> Option<u32> {
-    let svc = SERVICES.get(flow.service)?;
+    let svc = SERVICES.get(flow.service as u32)?;
     if svc.flags & SERVICE_ENABLED == 0 {
         let _ = FLOWS.remove(&pkt.key);
         return None;
     }
-    let backend_up = match BACKENDS.get(flow.backend) {
+    let backend_up = match BACKENDS.get(flow.backend as u32) {
         Some(b) => b.flags & BACKEND_UP != 0,
         None => false,
     };
     // A bare SYN on a flow that already closed is a new connection reusing the 5-tuple: it
     // follows the current table like any new flow (a retransmitted SYN of a live flow does not).
-    let reopened = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.flags & (FLOW_FIN | FLOW_RST) != 0;
+    // So does any packet meeting a stale entry.
+    let bare_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let expired = is_stale(flow, now);
+    let reopened = expired || (bare_syn && flow.flags & (FLOW_FIN | FLOW_RST) != 0);
     if flow.epoch != svc.epoch || !backend_up || reopened {
         let Some(backend) = pick(svc, pkt) else {
             return Some(drop(Reason::DropNoBackend, bytes));
         };
         if reopened {
             flow.flags = 0;
+            if expired {
+                count(reason_counter(Reason::FlowExpired), bytes);
+            }
             count(reason_counter(Reason::NewFlow), bytes);
             count(backend_new_flow_counter(backend), bytes);
         } else {
             let why = if flow.epoch != svc.epoch { Reason::FlowRebalanced } else { Reason::FlowBackendDown };
             count(reason_counter(why), bytes);
         }
-        flow.backend = backend;
+        flow.backend = backend as u16;
         flow.epoch = svc.epoch;
     }
     if svc.flags & SERVICE_DSR == 0 {
         note_client(ctx, pkt, flow);
     }
-    if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
-        flow.last_seen_ns = now;
+    let t = flow_ticks(now);
+    if t.wrapping_sub(flow.last_seen) > FLOW_TOUCH_TICKS || reopened {
+        flow.last_seen = t;
     }
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         if pkt.tcp_flags & TCP_FIN != 0 {
@@ -215,7 +354,10 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
             flow.flags |= FLOW_RST;
         }
     }
-    Some(to_backend(ctx, pkt, svc, flow.backend, flow.vip_index, now, bytes))
+    if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK && flow.flags & FLOW_ESTABLISHED == 0 {
+        flow.flags |= FLOW_ESTABLISHED;
+    }
+    Some(to_backend(ctx, pkt, svc, flow.backend as u32, flow.vip_index as u32, now, bytes))
 }
 
 /// `FLOWS` update flag: create or replace.
@@ -223,8 +365,34 @@ const BPF_ANY: u64 = 0;
 /// `FLOWS` update flag: create only.
 const BPF_NOEXIST: u64 = 1;
 
-/// The first packet of a flow to a VIP: records the flow (with `update_flags`) and forwards.
-/// `None` when `BPF_NOEXIST` finds the flow already recorded.
+/// A flow entry for a packet of a new flow pinned to `backend`.
+#[inline(always)]
+fn flow_value(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    vip: &VipValue,
+    svc: &Service,
+    backend: u32,
+    now: u64,
+    flags: u8,
+) -> FlowValue {
+    let (client_mac, lb_mac) = unsafe { ((*pkt.eth).src, (*pkt.eth).dst) };
+    FlowValue {
+        backend: backend as u16,
+        service: vip.service as u8,
+        vip_index: vip.vip_index as u8,
+        epoch: svc.epoch,
+        client_ifindex: ctx.ingress_ifindex() as u32,
+        last_seen: flow_ticks(now),
+        client_mac,
+        lb_mac,
+        flags,
+        _pad: [0; 3],
+    }
+}
+
+/// The first packet (a bare SYN) of a flow to a VIP: records the flow (with `update_flags`) and
+/// forwards. `None` when `BPF_NOEXIST` finds the flow already recorded.
 #[inline(always)]
 fn new_flow(
     ctx: &XdpContext,
@@ -243,21 +411,7 @@ fn new_flow(
     let Some(backend) = pick(svc, pkt) else {
         return Some(drop(Reason::DropNoBackend, bytes));
     };
-    let flags = (if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 })
-        | (if pkt.tcp_flags & TCP_RST != 0 { FLOW_RST } else { 0 });
-    let (client_mac, lb_mac) = unsafe { ((*pkt.eth).src, (*pkt.eth).dst) };
-    let value = FlowValue {
-        backend,
-        service: vip.service,
-        vip_index: vip.vip_index,
-        epoch: svc.epoch,
-        flags,
-        client_ifindex: ctx.ingress_ifindex() as u32,
-        last_seen_ns: now,
-        client_mac,
-        lb_mac,
-        _pad: [0; 4],
-    };
+    let value = flow_value(ctx, pkt, vip, svc, backend, now, 0);
     if FLOWS.insert(&pkt.key, &value, update_flags).is_err() && update_flags == BPF_NOEXIST {
         return None;
     }
@@ -338,9 +492,15 @@ fn reply(ctx: &XdpContext, pkt: &Packet, nat: &NatBackend, bytes: u64) -> Option
             family: key.family,
             _pad: [0; 2],
         };
-        let Some(flow) = FLOWS.get_ptr_mut(&flow_key) else { continue };
+        // A SYN-ACK may answer a SYN that flood mode kept out of `FLOWS`.
+        let found = match FLOWS.get_ptr_mut(&flow_key) {
+            Some(f) => Some(f),
+            None if pkt.tcp_flags & TCP_SYN != 0 => SYN_FLOWS.get_ptr_mut(&flow_key),
+            None => None,
+        };
+        let Some(flow) = found else { continue };
         let flow = unsafe { &mut *flow };
-        match BACKENDS.get(flow.backend) {
+        match BACKENDS.get(flow.backend as u32) {
             Some(b) if b.addr == key.src && b.port == key.sport => {}
             _ => continue,
         }
@@ -364,7 +524,7 @@ fn reply(ctx: &XdpContext, pkt: &Packet, nat: &NatBackend, bytes: u64) -> Option
             return Some(pass(Reason::PassEgressUnknown, bytes));
         }
         set_macs(pkt, flow.client_mac, flow.lb_mac);
-        count(vip_counter(flow.vip_index), bytes);
+        count(vip_counter(flow.vip_index as u32), bytes);
         count(reason_counter(Reason::FwdReply), bytes);
         return Some(action);
     }

@@ -6,5 +6,7 @@ mod handle;
 mod objects;
 
 pub use batch::{BATCH, FlowReader};
-pub use handle::{AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir};
+pub use handle::{
+    AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir, syn_flow_entries,
+};
 pub use objects::{BENCH_XDP_OBJECT, LB_XDP_OBJECT};

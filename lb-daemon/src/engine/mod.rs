@@ -1038,10 +1038,10 @@ impl FlowCounts {
         let idle = DRAIN_IDLE_TIMEOUT.as_nanos() as u64;
         let scanned = reader
             .for_each(|_, f| {
-                let c = counts.by_backend.entry(f.backend).or_default();
+                let c = counts.by_backend.entry(u32::from(f.backend)).or_default();
                 if f.flags & (lb_common::maps::FLOW_FIN | lb_common::maps::FLOW_RST) != 0 {
                     c.closing += 1;
-                } else if now.saturating_sub(f.last_seen_ns) <= idle {
+                } else if f.idle_ns(now) <= idle {
                     c.established += 1;
                 }
             })
