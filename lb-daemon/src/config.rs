@@ -118,6 +118,9 @@ pub struct Config {
     /// The management API (`[api]`, all defaults when left out).
     #[serde(default)]
     pub api: ApiConfig,
+    /// Flow-table protection (`[flows]`, all defaults when left out).
+    #[serde(default)]
+    pub flows: FlowsConfig,
     /// The services (`[[services]]`, at least one).
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -157,6 +160,74 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         Self { unix_socket: default_unix_socket(), tcp: None, token: None, token_file: None }
+    }
+}
+
+/// Flow-table protection (`[flows]`): the flood-mode guard and how long entries that no longer
+/// describe a live connection are trusted. Changed by `lbctl reload`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsConfig {
+    /// New connections per second and CPU above which that CPU stops recording SYNs (flood
+    /// mode: forwarded by the hash, recorded on their first ACK), so a SYN flood cannot evict
+    /// established flows. 0 turns the guard off. Default
+    /// [`lb_common::maps::DEFAULT_NEW_FLOW_LIMIT`].
+    #[serde(default = "default_new_flow_limit")]
+    pub new_flow_limit: u32,
+    /// A handshake that did not complete is forgotten after this long without a packet
+    /// (`MIN_FLOW_TIMEOUT..=MAX_FLOW_TIMEOUT`, default 5 s).
+    #[serde(default = "default_flow_timeout", deserialize_with = "de_duration")]
+    pub handshake_timeout: Duration,
+    /// A connection closed by FIN or RST is forgotten after this long without a packet
+    /// (`MIN_FLOW_TIMEOUT..=MAX_FLOW_TIMEOUT`, default 5 s).
+    #[serde(default = "default_flow_timeout", deserialize_with = "de_duration")]
+    pub closed_timeout: Duration,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        Self {
+            new_flow_limit: default_new_flow_limit(),
+            handshake_timeout: default_flow_timeout(),
+            closed_timeout: default_flow_timeout(),
+        }
+    }
+}
+
+/// Shortest accepted `flows.handshake_timeout` / `flows.closed_timeout` (SYN and FIN
+/// retransmissions need the entry for at least this long).
+pub const MIN_FLOW_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest accepted `flows.handshake_timeout` / `flows.closed_timeout`.
+pub const MAX_FLOW_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl FlowsConfig {
+    /// The data plane's `SETTINGS` entry for this config.
+    pub fn settings(&self) -> lb_common::maps::Settings {
+        lb_common::maps::Settings {
+            new_flow_limit: self.new_flow_limit,
+            _pad: 0,
+            handshake_timeout_ns: self.handshake_timeout.as_nanos() as u64,
+            closed_timeout_ns: self.closed_timeout.as_nanos() as u64,
+        }
+    }
+
+    fn check(&self, p: &mut Problems) {
+        for (key, value) in [
+            ("flows.handshake_timeout", self.handshake_timeout),
+            ("flows.closed_timeout", self.closed_timeout),
+        ] {
+            if !(MIN_FLOW_TIMEOUT..=MAX_FLOW_TIMEOUT).contains(&value) {
+                p.push(
+                    key,
+                    format!(
+                        "{} is out of range ({}..={})",
+                        humantime::format_duration(value),
+                        humantime::format_duration(MIN_FLOW_TIMEOUT),
+                        humantime::format_duration(MAX_FLOW_TIMEOUT)
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -426,6 +497,8 @@ impl Config {
                 ),
             );
         }
+
+        self.flows.check(p);
 
         let ring = self.ring_size;
         if !is_prime(ring) {
@@ -863,6 +936,12 @@ fn default_flow_table_size() -> u32 {
 fn default_ring_size() -> u32 {
     DEFAULT_RING_SIZE
 }
+fn default_new_flow_limit() -> u32 {
+    lb_common::maps::DEFAULT_NEW_FLOW_LIMIT
+}
+fn default_flow_timeout() -> Duration {
+    Duration::from_nanos(lb_common::maps::DEFAULT_HANDSHAKE_TIMEOUT_NS)
+}
 fn default_unix_socket() -> PathBuf {
     PathBuf::from("/run/lb/lb.sock")
 }
@@ -1134,6 +1213,18 @@ flow_table_size = 1048576
 # pool. Larger tables spread load more evenly and cost memory (16 tables of 4 bytes per slot).
 ring_size = 65537
 
+# Flow-table protection (changed by `lbctl reload`).
+[flows]
+# New connections per second and CPU above which that CPU stops recording SYNs (flood mode: they
+# are forwarded by the hash and recorded on their first ACK), so a SYN flood cannot push
+# established connections out of the flow table. 0 turns the guard off.
+new_flow_limit = 125000
+# A handshake that did not complete, and a connection closed by FIN or RST, are forgotten after
+# this long without a packet (1s ..= 10m), so an old entry never decides where a later
+# connection reusing the same addresses and ports goes.
+handshake_timeout = "5s"
+closed_timeout = "5s"
+
 # Management API.
 [api]
 # Unix socket (mode 0600, root only). lbctl talks to it by default.
@@ -1389,6 +1480,9 @@ min_healthy = 2
             "fall",
             "http_path",
             "http_status",
+            "new_flow_limit",
+            "handshake_timeout",
+            "closed_timeout",
         ] {
             assert!(EXAMPLE_CONFIG.contains(key), "{key} missing from EXAMPLE_CONFIG");
         }
@@ -1649,6 +1743,28 @@ min_healthy = 2
         let text = format!("ring_size = 2147483647\n{BRIEF_EXAMPLE}");
         assert_eq!(keys(&text), ["ring_size"]);
         assert!(reason(&text, "ring_size").contains("too large"));
+    }
+
+    #[test]
+    fn flows_settings_are_read_and_checked() {
+        let c = Config::from_toml_str(BRIEF_EXAMPLE).unwrap();
+        assert_eq!(c.flows, FlowsConfig::default());
+        assert_eq!(c.flows.settings(), lb_common::maps::Settings::default());
+        let text = BRIEF_EXAMPLE.replace(
+            "[api]",
+            "[flows]\nnew_flow_limit = 0\nhandshake_timeout = \"2s\"\nclosed_timeout = \"30s\"\n\n[api]",
+        );
+        let s = Config::from_toml_str(&text).unwrap().flows.settings();
+        assert_eq!(
+            (s.new_flow_limit, s.handshake_timeout_ns, s.closed_timeout_ns),
+            (0, 2_000_000_000, 30_000_000_000)
+        );
+        let text = BRIEF_EXAMPLE
+            .replace("[api]", "[flows]\nhandshake_timeout = \"100ms\"\nclosed_timeout = \"1h\"\n\n[api]");
+        assert_eq!(keys(&text), ["flows.handshake_timeout", "flows.closed_timeout"]);
+        assert!(reason(&text, "flows.closed_timeout").contains("out of range"));
+        let text = BRIEF_EXAMPLE.replace("[api]", "[flows]\nsyn_limit = 3\n\n[api]");
+        assert!(parse_error(&text).contains("syn_limit"), "unknown keys are errors");
     }
 
     #[test]

@@ -150,6 +150,7 @@ fn mutation_fuzz_gives_only_valid_verdicts_and_checksums() {
             );
         }
     }
-    // The fuzz must actually reach the forwarding paths.
-    assert!(forwarded > 20_000 && checked > 20_000, "forwarded {forwarded}, checked {checked}");
+    // The fuzz must actually reach the forwarding paths (random flags that can neither start nor
+    // continue a connection are dropped, about a third of the structured frames).
+    assert!(forwarded > 20_000 && checked > 10_000, "forwarded {forwarded}, checked {checked}");
 }

@@ -160,6 +160,7 @@ impl Engine {
             reserved,
         };
         let mut history = Vec::new();
+        inner.dp.set_settings(&inner.config.flows.settings())?;
         inner
             .apply_layout(layout, &adopted_epochs, "daemon start", &mut history)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -1229,6 +1230,9 @@ impl Control for Engine {
             )));
         }
         let mut changes = Vec::new();
+        if new.flows != old.flows {
+            changes.push(format!("flows settings: {:?}", new.flows));
+        }
         for s in &new.services {
             match old.service(&s.name) {
                 None => changes.push(format!("service {} added", s.name)),
@@ -1264,6 +1268,9 @@ impl Control for Engine {
             return Err(e);
         }
         changes.extend(notes);
+        if new.flows != inner.config.flows {
+            inner.dp.set_settings(&new.flows.settings()).map_err(dp_err)?;
+        }
         inner.config = new;
         tracing::info!(requester, changes = ?changes, "config reloaded");
         if let Some(m) = self.health.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
