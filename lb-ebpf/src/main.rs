@@ -150,34 +150,25 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
     pass(Reason::PassNotVip, bytes)
 }
 
-/// A bare SYN to a VIP. Outside flood mode it records its flow with `BPF_NOEXIST` (no lookup
-/// first: almost every SYN is new); a retransmitted or port-reusing SYN then takes the lookup.
-/// In flood mode a SYN of a recorded flow still follows its entry; any other is forwarded by the
-/// hash without touching `FLOWS`.
+/// A bare SYN to a VIP. A SYN of a recorded flow (a retransmit, or a reused 5-tuple) follows
+/// its entry; it is looked up first because a failing `BPF_NOEXIST` insert into a full LRU map
+/// still takes (and so evicts) an entry. A new one is recorded, unless this CPU is in flood
+/// mode: then it is forwarded by the hash without touching `FLOWS`.
 #[inline(always)]
 fn syn(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64) -> u32 {
-    let limit = match SETTINGS.get(0) {
-        Some(s) => s.new_flow_limit,
-        None => 0,
-    };
-    let flood = limit != 0 && under_flood(now, limit);
-    if !flood {
-        if let Some(action) = new_flow(ctx, pkt, vip, now, bytes, BPF_NOEXIST) {
-            return action;
-        }
-    }
     if let Some(flow) = FLOWS.get_ptr_mut(&pkt.key) {
         if let Some(action) = established(ctx, pkt, unsafe { &mut *flow }, now, bytes) {
             return action;
         }
     }
-    if flood {
+    let limit = match SETTINGS.get(0) {
+        Some(s) => s.new_flow_limit,
+        None => 0,
+    };
+    if limit != 0 && under_flood(now, limit) {
         return flood_syn(ctx, pkt, vip, now, bytes);
     }
-    match new_flow(ctx, pkt, vip, now, bytes, BPF_ANY) {
-        Some(action) => action,
-        None => drop(Reason::DropBadState, bytes),
-    }
+    new_flow(ctx, pkt, vip, now, bytes)
 }
 
 /// The per-CPU new-flow rate guard: counts this attempt and says whether this CPU is in flood
@@ -362,8 +353,6 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
 
 /// `FLOWS` update flag: create or replace.
 const BPF_ANY: u64 = 0;
-/// `FLOWS` update flag: create only.
-const BPF_NOEXIST: u64 = 1;
 
 /// A flow entry for a packet of a new flow pinned to `backend`.
 #[inline(always)]
@@ -391,33 +380,23 @@ fn flow_value(
     }
 }
 
-/// The first packet (a bare SYN) of a flow to a VIP: records the flow (with `update_flags`) and
-/// forwards. `None` when `BPF_NOEXIST` finds the flow already recorded.
+/// The first packet (a bare SYN) of a flow to a VIP: records the flow and forwards.
 #[inline(always)]
-fn new_flow(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    vip: &VipValue,
-    now: u64,
-    bytes: u64,
-    update_flags: u64,
-) -> Option<u32> {
+fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64) -> u32 {
     let Some(svc) = SERVICES.get(vip.service) else {
-        return Some(drop(Reason::DropBadState, bytes));
+        return drop(Reason::DropBadState, bytes);
     };
     if svc.flags & SERVICE_ENABLED == 0 {
-        return Some(drop(Reason::DropNoBackend, bytes));
+        return drop(Reason::DropNoBackend, bytes);
     }
     let Some(backend) = pick(svc, pkt) else {
-        return Some(drop(Reason::DropNoBackend, bytes));
+        return drop(Reason::DropNoBackend, bytes);
     };
     let value = flow_value(ctx, pkt, vip, svc, backend, now, 0);
-    if FLOWS.insert(&pkt.key, &value, update_flags).is_err() && update_flags == BPF_NOEXIST {
-        return None;
-    }
+    let _ = FLOWS.insert(&pkt.key, &value, BPF_ANY);
     count(reason_counter(Reason::NewFlow), bytes);
     count(backend_new_flow_counter(backend), bytes);
-    Some(to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes))
+    to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes)
 }
 
 /// Sends a client packet to its backend.
