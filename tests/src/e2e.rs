@@ -28,6 +28,12 @@ pub struct Setup {
 
 /// Builds the standard setup with `mode` (`nat` or `dsr`) and starts every backend.
 pub fn setup(prefix: &str, mode: &str) -> Result<Setup> {
+    setup_with(prefix, mode, |config| config)
+}
+
+/// [`setup`] with the daemon's config text passed through `edit` first (e.g. a smaller flow
+/// table, a `[flows]` table).
+pub fn setup_with(prefix: &str, mode: &str, edit: impl FnOnce(String) -> String) -> Result<Setup> {
     let port = if mode == "dsr" { 80 } else { 8080 };
     let specs = vec![
         BackendSpec::new("a1", Ipv4Addr::new(10, 77, 2, 11), port),
@@ -46,7 +52,7 @@ pub fn setup(prefix: &str, mode: &str) -> Result<Setup> {
         topo.start_backend(name)?;
     }
     let daemon = LbDaemon::start(&topo, |instance, dir| {
-        config_toml(
+        edit(config_toml(
             instance,
             dir,
             LB_IFACE,
@@ -57,7 +63,7 @@ pub fn setup(prefix: &str, mode: &str) -> Result<Setup> {
                 pools: vec![("pool-a", addrs[..2].to_vec()), ("pool-b", addrs[2..].to_vec())],
                 active: "pool-a",
             }],
-        )
+        ))
     })?;
     Ok(Setup { daemon, topo })
 }

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod e2e;
+pub mod flood;
 pub mod interrupt;
 pub mod load;
 pub mod netns;
