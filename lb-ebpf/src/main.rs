@@ -118,17 +118,20 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
         let now = now_ns();
         let vip_key = EndpointKey { addr: key.dst, port: key.dport, proto: PROTO_TCP, family: key.family };
         let flags = pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST);
-        if flags == TCP_SYN {
-            if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
-                return syn(ctx, pkt, vip, now, bytes);
-            }
-        } else if flags & TCP_SYN == 0 && flags & (TCP_ACK | TCP_RST) != 0 {
+        let bare_syn = flags == TCP_SYN;
+        if bare_syn || (flags & TCP_SYN == 0 && flags & (TCP_ACK | TCP_RST) != 0) {
+            // A SYN of a recorded flow (a retransmit, or a reused 5-tuple) follows its entry
+            // too. The lookup comes before any insert: a failing `BPF_NOEXIST` insert into a full
+            // LRU map still takes (and so evicts) an entry.
             if let Some(flow) = FLOWS.get_ptr_mut(key) {
                 if let Some(action) = established(ctx, pkt, unsafe { &mut *flow }, now, bytes) {
                     return action;
                 }
             }
             if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
+                if bare_syn {
+                    return syn(ctx, pkt, vip, now, bytes);
+                }
                 return without_flow(ctx, pkt, vip, now, bytes);
             }
         } else if unsafe { VIPS.get(&vip_key) }.is_some() {
@@ -150,17 +153,10 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
     pass(Reason::PassNotVip, bytes)
 }
 
-/// A bare SYN to a VIP. A SYN of a recorded flow (a retransmit, or a reused 5-tuple) follows
-/// its entry; it is looked up first because a failing `BPF_NOEXIST` insert into a full LRU map
-/// still takes (and so evicts) an entry. A new one is recorded, unless this CPU is in flood
-/// mode: then it is forwarded by the hash without touching `FLOWS`.
+/// A bare SYN to a VIP without a flow entry: recorded, unless this CPU is in flood mode; then
+/// it is forwarded by the hash without touching `FLOWS`.
 #[inline(always)]
 fn syn(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64) -> u32 {
-    if let Some(flow) = FLOWS.get_ptr_mut(&pkt.key) {
-        if let Some(action) = established(ctx, pkt, unsafe { &mut *flow }, now, bytes) {
-            return action;
-        }
-    }
     let limit = match SETTINGS.get(0) {
         Some(s) => s.new_flow_limit,
         None => 0,

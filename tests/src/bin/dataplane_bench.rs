@@ -228,7 +228,11 @@ fn bench_table_size(
     ];
 
     if !args.json {
-        println!("\nflow table {flow_entries} entries, Maglev ring {}", bed.dp.options().ring_size);
+        let insns = bed.dp.program().info().ok().and_then(|i| i.size_translated()).unwrap_or(0) / 8;
+        println!(
+            "\nflow table {flow_entries} entries, Maglev ring {}, lb_xdp {insns} translated instructions",
+            bed.dp.options().ring_size
+        );
         println!("{:<58} {:>7} {:>7} {:>7} {:>6}  verdict", "case", "min", "median", "max", "÷ pass");
     }
     for case in cases.iter().filter(|c| all_cases || c.vary_offset != 0) {
