@@ -5,8 +5,8 @@
 //!    (hard switch), the backend went down, or the entry is stale (closed, or a handshake that
 //!    never completed, idle past its timeout); otherwise pick from the service's active Maglev
 //!    table and record the flow. A bare SYN records its flow unless this CPU is in flood mode
-//!    (more new flows per second than `Settings::new_flow_limit`): then it is forwarded by the
-//!    hash and the flow is recorded on its first ACK. Segments that can neither start nor
+//!    (more SYNs per second than `Settings::new_flow_limit`): then it is forwarded by the hash
+//!    without a flow lookup and the flow is recorded on its first ACK. Segments that can neither start nor
 //!    continue a connection are dropped; a RST without a flow is forwarded by the hash only;
 //! 2. in NAT mode, a backend's reply (its VIPs found in `NAT_BACKENDS`, its flow in `FLOWS`) is
 //!    rewritten back to the VIP and returned the way the client's packets came;
@@ -120,6 +120,13 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
         let flags = pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST);
         let bare_syn = flags == TCP_SYN;
         if bare_syn || (flags & TCP_SYN == 0 && flags & (TCP_ACK | TCP_RST) != 0) {
+            // Flood mode: a SYN is forwarded by the hash before any flow lookup (on a large
+            // table a lookup of a new 5-tuple is a cache and TLB miss, most of this path's cost).
+            if bare_syn && flood_mode(now) {
+                if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
+                    return flood_syn(ctx, pkt, vip, now, bytes);
+                }
+            }
             // A SYN of a recorded flow (a retransmit, or a reused 5-tuple) follows its entry
             // too. The lookup comes before any insert: a failing `BPF_NOEXIST` insert into a full
             // LRU map still takes (and so evicts) an entry.
@@ -130,7 +137,7 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
             }
             if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
                 if bare_syn {
-                    return syn(ctx, pkt, vip, now, bytes);
+                    return new_flow(ctx, pkt, vip, now, bytes);
                 }
                 return without_flow(ctx, pkt, vip, now, bytes);
             }
@@ -153,18 +160,14 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
     pass(Reason::PassNotVip, bytes)
 }
 
-/// A bare SYN to a VIP without a flow entry: recorded, unless this CPU is in flood mode; then
-/// it is forwarded by the hash without touching `FLOWS`.
+/// Counts a SYN in this CPU's new-flow rate guard and says whether the CPU is in flood mode.
 #[inline(always)]
-fn syn(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64) -> u32 {
+fn flood_mode(now: u64) -> bool {
     let limit = match SETTINGS.get(0) {
         Some(s) => s.new_flow_limit,
         None => 0,
     };
-    if limit != 0 && under_flood(now, limit) {
-        return flood_syn(ctx, pkt, vip, now, bytes);
-    }
-    new_flow(ctx, pkt, vip, now, bytes)
+    limit != 0 && under_flood(now, limit)
 }
 
 /// The per-CPU new-flow rate guard: counts this attempt and says whether this CPU is in flood
@@ -200,8 +203,15 @@ fn flood_syn(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u6
         return drop(Reason::DropNoBackend, bytes);
     };
     if svc.flags & SERVICE_DSR == 0 {
-        let value = flow_value(ctx, pkt, vip, svc, backend, now, 0);
-        let _ = SYN_FLOWS.insert(&pkt.key, &value, BPF_ANY);
+        // A retransmitted SYN finds its half-open entry and writes nothing.
+        let known = match unsafe { SYN_FLOWS.get(&pkt.key) } {
+            Some(half) => half.backend as u32 == backend && half.epoch == svc.epoch,
+            None => false,
+        };
+        if !known {
+            let value = flow_value(ctx, pkt, vip, svc, backend, now, 0);
+            let _ = SYN_FLOWS.insert(&pkt.key, &value, BPF_ANY);
+        }
     }
     count(reason_counter(Reason::FloodNotRecorded), bytes);
     to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes)

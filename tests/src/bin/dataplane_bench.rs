@@ -191,11 +191,25 @@ fn bench_table_size(
             new_flow_limit: DEFAULT_LIMIT,
         },
         Case {
-            name: "SYN same 5-tuple, nat v4 (its entry is found)",
+            name: "SYN same 5-tuple, nat v4, flood mode off (entry found)",
             frame: Frame::syn(client, nat).build(),
             target: Target::Lb,
             vary_offset: 0,
-            new_flow_limit: DEFAULT_LIMIT,
+            new_flow_limit: 0,
+        },
+        Case {
+            name: "SYN same 5-tuple, nat v4, flood mode engaged",
+            frame: Frame::syn(client, nat).build(),
+            target: Target::Lb,
+            vary_offset: 0,
+            new_flow_limit: 1,
+        },
+        Case {
+            name: "SYN same 5-tuple, dsr v4, flood mode engaged",
+            frame: Frame::syn(client, dsr).build(),
+            target: Target::Lb,
+            vary_offset: 0,
+            new_flow_limit: 1,
         },
         Case {
             name: "SYN new source, nat v4, flood mode off (recorded)",
