@@ -120,26 +120,21 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
         let flags = pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST);
         let bare_syn = flags == TCP_SYN;
         if bare_syn || (flags & TCP_SYN == 0 && flags & (TCP_ACK | TCP_RST) != 0) {
-            // Flood mode: a SYN is forwarded by the hash before any flow lookup (on a large
-            // table a lookup of a new 5-tuple is a cache and TLB miss, most of this path's cost).
-            if bare_syn && flood_mode(now) {
-                if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
-                    return flood_syn(ctx, pkt, vip, now, bytes);
-                }
-            }
-            // A SYN of a recorded flow (a retransmit, or a reused 5-tuple) follows its entry
-            // too. The lookup comes before any insert: a failing `BPF_NOEXIST` insert into a full
-            // LRU map still takes (and so evicts) an entry.
-            if let Some(flow) = FLOWS.get_ptr_mut(key) {
-                if let Some(action) = established(ctx, pkt, unsafe { &mut *flow }, now, bytes) {
-                    return action;
+            // Flood mode: a SYN is forwarded by the hash without a flow lookup (on a large table
+            // the lookup of a new 5-tuple is a cache and TLB miss, most of this path's cost).
+            let flood = bare_syn && flood_mode(now);
+            // Otherwise the lookup comes first, also for a SYN (a retransmit, or a reused
+            // 5-tuple, follows its entry): a failing `BPF_NOEXIST` insert into a full LRU map
+            // would still take, and so evict, an entry.
+            if !flood {
+                if let Some(flow) = FLOWS.get_ptr_mut(key) {
+                    if let Some(action) = established(ctx, pkt, unsafe { &mut *flow }, now, bytes) {
+                        return action;
+                    }
                 }
             }
             if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
-                if bare_syn {
-                    return new_flow(ctx, pkt, vip, now, bytes);
-                }
-                return without_flow(ctx, pkt, vip, now, bytes);
+                return without_entry(ctx, pkt, vip, now, bytes, flood);
             }
         } else if unsafe { VIPS.get(&vip_key) }.is_some() {
             // No SYN, ACK or RST (null, FIN or XMAS scans), or SYN with FIN, RST or ACK: no
@@ -188,57 +183,37 @@ fn under_flood(now: u64, limit: u32) -> bool {
     state.engaged != 0 || state.new_flows > limit
 }
 
-/// Flood mode: forwards a SYN by the hash without recording it in `FLOWS`. A NAT service's
-/// half-open flow goes to the small `SYN_FLOWS` (its SYN-ACK must be rewritten back to the
-/// client, and its first ACK should find the same backend); a DSR service records nothing.
+/// A bare SYN, ACK or RST to a VIP without a usable flow entry (one place, so the forwarding
+/// code is inlined once):
+/// - a SYN is recorded in `FLOWS`; in flood mode it is not (NAT keeps it in the small
+///   `SYN_FLOWS`, which its SYN-ACK and first ACK need; DSR records nothing);
+/// - an ACK is the first ACK of a handshake whose SYN was not recorded (flood mode), or a
+///   connection whose entry was evicted or expired: it goes where its half-open entry says, else
+///   by the hash, and is recorded as established;
+/// - a RST goes the same way and records nothing.
 #[inline(always)]
-fn flood_syn(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64) -> u32 {
+fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64, flood: bool) -> u32 {
     let Some(svc) = SERVICES.get(vip.service) else {
         return drop(Reason::DropBadState, bytes);
     };
     if svc.flags & SERVICE_ENABLED == 0 {
         return drop(Reason::DropNoBackend, bytes);
     }
-    let Some(backend) = pick(svc, pkt) else {
-        return drop(Reason::DropNoBackend, bytes);
-    };
-    if svc.flags & SERVICE_DSR == 0 {
-        // A retransmitted SYN finds its half-open entry and writes nothing.
-        let known = match unsafe { SYN_FLOWS.get(&pkt.key) } {
-            Some(half) => half.backend as u32 == backend && half.epoch == svc.epoch,
-            None => false,
-        };
-        if !known {
-            let value = flow_value(ctx, pkt, vip, svc, backend, now, 0);
-            let _ = SYN_FLOWS.insert(&pkt.key, &value, BPF_ANY);
-        }
-    }
-    count(reason_counter(Reason::FloodNotRecorded), bytes);
-    to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes)
-}
-
-/// A segment with ACK or RST (no SYN) to a VIP without a usable flow entry. A RST is forwarded by
-/// the hash and records nothing. An ACK is the first ACK of a handshake whose SYN was not
-/// recorded (flood mode), or a connection whose entry was evicted or expired: it goes where its
-/// half-open entry (`SYN_FLOWS`) says, else by the hash, and is recorded as established.
-#[inline(always)]
-fn without_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64) -> u32 {
-    let Some(svc) = SERVICES.get(vip.service) else {
-        return drop(Reason::DropBadState, bytes);
-    };
-    if svc.flags & SERVICE_ENABLED == 0 {
-        return drop(Reason::DropNoBackend, bytes);
-    }
+    let syn = pkt.tcp_flags & TCP_SYN != 0;
+    let nat = svc.flags & SERVICE_DSR == 0;
     let mut chosen = None;
-    if let Some(half) = unsafe { SYN_FLOWS.get(&pkt.key) } {
-        let up = match BACKENDS.get(half.backend as u32) {
-            Some(b) => b.flags & BACKEND_UP != 0,
-            None => false,
-        };
-        if up && half.epoch == svc.epoch && half.service as u32 == vip.service {
-            chosen = Some(half.backend as u32);
+    if !syn || (flood && nat) {
+        if let Some(half) = unsafe { SYN_FLOWS.get(&pkt.key) } {
+            let up = match BACKENDS.get(half.backend as u32) {
+                Some(b) => b.flags & BACKEND_UP != 0,
+                None => false,
+            };
+            if up && half.epoch == svc.epoch && half.service as u32 == vip.service {
+                chosen = Some(half.backend as u32);
+            }
         }
     }
+    let known_half_open = chosen.is_some();
     let backend = match chosen {
         Some(b) => b,
         None => match pick(svc, pkt) {
@@ -246,15 +221,23 @@ fn without_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes:
             None => return drop(Reason::DropNoBackend, bytes),
         },
     };
-    if pkt.tcp_flags & TCP_RST != 0 {
+    if syn && flood {
+        // A retransmitted SYN finds its half-open entry and writes nothing.
+        if nat && !known_half_open {
+            let value = flow_value(ctx, pkt, vip, svc, backend, now, 0);
+            let _ = SYN_FLOWS.insert(&pkt.key, &value, BPF_ANY);
+        }
+        count(reason_counter(Reason::FloodNotRecorded), bytes);
+    } else if pkt.tcp_flags & TCP_RST != 0 {
         count(reason_counter(Reason::StatelessRst), bytes);
-        return to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes);
+    } else {
+        let flags =
+            if syn { 0 } else { FLOW_ESTABLISHED | if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 } };
+        let value = flow_value(ctx, pkt, vip, svc, backend, now, flags);
+        let _ = FLOWS.insert(&pkt.key, &value, BPF_ANY);
+        count(reason_counter(Reason::NewFlow), bytes);
+        count(backend_new_flow_counter(backend), bytes);
     }
-    let flags = FLOW_ESTABLISHED | if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 };
-    let value = flow_value(ctx, pkt, vip, svc, backend, now, flags);
-    let _ = FLOWS.insert(&pkt.key, &value, BPF_ANY);
-    count(backend_new_flow_counter(backend), bytes);
-    count(reason_counter(Reason::NewFlow), bytes);
     to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes)
 }
 
@@ -384,25 +367,6 @@ fn flow_value(
         flags,
         _pad: [0; 3],
     }
-}
-
-/// The first packet (a bare SYN) of a flow to a VIP: records the flow and forwards.
-#[inline(always)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64) -> u32 {
-    let Some(svc) = SERVICES.get(vip.service) else {
-        return drop(Reason::DropBadState, bytes);
-    };
-    if svc.flags & SERVICE_ENABLED == 0 {
-        return drop(Reason::DropNoBackend, bytes);
-    }
-    let Some(backend) = pick(svc, pkt) else {
-        return drop(Reason::DropNoBackend, bytes);
-    };
-    let value = flow_value(ctx, pkt, vip, svc, backend, now, 0);
-    let _ = FLOWS.insert(&pkt.key, &value, BPF_ANY);
-    count(reason_counter(Reason::NewFlow), bytes);
-    count(backend_new_flow_counter(backend), bytes);
-    to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes)
 }
 
 /// Sends a client packet to its backend.

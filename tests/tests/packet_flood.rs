@@ -224,11 +224,29 @@ fn syn_retransmit_in_flood_mode_follows_the_hash_without_a_lookup() {
         .with(SYN | ACK, b"");
     let out = run(bed.dp.program(), &synack.build(), Some(bed.v0)).unwrap();
     assert_eq!((out.verdict, out.packet), (XDP_TX, bed.reply_to_client(&synack, SVC_NAT).build()));
-    // The window: a retransmit that crosses a drain switch while in flood mode follows the new
-    // table, while its entry (from before flood mode) still names the old backend for the ACK.
+    // NAT: a retransmit that crosses a drain switch keeps the backend of its half-open entry,
+    // as its ACK keeps the one of its flow entry.
     bed.switch(SVC_NAT, 1, false).unwrap();
-    assert_to_backend(&bed, &Frame::syn(client, vip), SVC_NAT, bed.expected_backend(1, client, vip));
+    assert_to_backend(&bed, &Frame::syn(client, vip), SVC_NAT, on_a);
     assert_to_backend(&bed, &Frame::syn(client, vip).with(ACK, b""), SVC_NAT, on_a);
+
+    // DSR keeps nothing in flood mode. The window: a retransmit that crosses a drain switch
+    // follows the new table, while the entry recorded before flood mode (and so the ACK) still
+    // names the old backend.
+    let vip = sa(DSR_VIP);
+    with_limit(&mut bed, 0);
+    let client = sa(&format!("{CLIENT_V4}:48500"));
+    let first = bed.expected_backend(2, client, vip);
+    let other = if first == 4 { 5 } else { 4 };
+    bed.dp.write_table(6, &vec![other; RING as usize]).unwrap();
+    bed.tables.insert(6, vec![other; RING as usize]);
+    assert_to_backend(&bed, &Frame::syn(client, vip), SVC_DSR, first);
+    with_limit(&mut bed, 1);
+    let engage = sa(&format!("{CLIENT_V4}:48501"));
+    run(bed.dp.program(), &Frame::syn(engage, vip).build(), Some(bed.v0)).unwrap();
+    bed.switch(SVC_DSR, 6, false).unwrap();
+    assert_to_backend(&bed, &Frame::syn(client, vip), SVC_DSR, other);
+    assert_to_backend(&bed, &Frame::syn(client, vip).with(ACK, b""), SVC_DSR, first);
 }
 
 #[test]
