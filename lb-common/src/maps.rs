@@ -196,9 +196,9 @@ pub const DEFAULT_CLOSED_TIMEOUT_NS: u64 = 5_000_000_000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// New flows (bare SYNs without an entry) per second and CPU above which that CPU is in flood
-    /// mode: SYNs are forwarded by the hash and not recorded in `FLOWS` (NAT: recorded in the
-    /// small `SYN_FLOWS` instead, which its replies need). 0: never.
+    /// Bare SYNs per second and CPU (retransmits included) above which that CPU is in flood
+    /// mode: SYNs are forwarded by the hash without a flow lookup and not recorded in `FLOWS`
+    /// (NAT: kept in the small `SYN_FLOWS` instead, which their replies need). 0: never.
     pub new_flow_limit: u32,
     /// Explicit padding, always zero.
     pub _pad: u32,
@@ -228,7 +228,7 @@ pub const FLOOD_WINDOW_NS: u64 = 1_000_000_000;
 pub struct FloodState {
     /// `bpf_ktime_get_coarse_ns` when the current window started.
     pub window_start_ns: u64,
-    /// New flows attempted in the current window (recorded or not).
+    /// Bare SYNs seen in the current window (recorded or not).
     pub new_flows: u32,
     /// 1 when the previous window went over the limit: flood mode then stays engaged for the
     /// whole current window, so a sustained flood records nothing at the start of each second.
