@@ -30,6 +30,8 @@ pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
 /// A flow's `last_seen_ns` is rewritten only when it is older than this, to keep the hot path
 /// from dirtying a shared cache line on every packet.
 pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
+/// `FLOW_TOUCH_NS` in flow clock ticks (`flow_ticks`).
+pub const FLOW_TOUCH_TICKS: u32 = (FLOW_TOUCH_NS >> FLOW_TICK_SHIFT) as u32;
 
 /// Value of a `TABLES` slot that no backend owns (the pool is empty): new flows are dropped.
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -117,37 +119,133 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// `FlowValue::flags`: a FIN was seen from the client.
-pub const FLOW_FIN: u32 = 1 << 0;
-/// `FlowValue::flags`: a RST was seen from the client.
-pub const FLOW_RST: u32 = 1 << 1;
+/// `FlowValue::flags`: a FIN was seen (from the client, or from a NAT backend).
+pub const FLOW_FIN: u8 = 1 << 0;
+/// `FlowValue::flags`: a RST was seen (from the client, or from a NAT backend).
+pub const FLOW_RST: u8 = 1 << 1;
+/// `FlowValue::flags`: the client sent a segment with ACK and without SYN, so the handshake
+/// completed. An entry without it is a handshake in progress (or one that never completed) and
+/// expires after `Settings::handshake_timeout_ns`.
+pub const FLOW_ESTABLISHED: u8 = 1 << 2;
+
+/// `FlowValue::last_seen` counts in ticks of 2^`FLOW_TICK_SHIFT` ns (about 1.05 ms), so the
+/// time fits 32 bits (it wraps after about 52 days; ages are computed with wrapping arithmetic).
+pub const FLOW_TICK_SHIFT: u32 = 20;
+
+/// A `bpf_ktime_get_coarse_ns` / `CLOCK_MONOTONIC_COARSE` time as a flow clock tick.
+#[inline(always)]
+pub const fn flow_ticks(ns: u64) -> u32 {
+    (ns >> FLOW_TICK_SHIFT) as u32
+}
 
 /// Value of `FLOWS`: where an established flow goes, and (NAT mode) how its replies get back to
 /// the client without a route lookup: to the MAC the client's packets came from, from the MAC
-/// they were sent to, out of the interface they came in on.
+/// they were sent to, out of the interface they came in on. 32 bytes (was 48): indexes are as
+/// narrow as their maps (`MAX_BACKENDS`, `MAX_SERVICES`, `MAX_VIPS`) and the clock is 32-bit, so
+/// a 1M-entry table is 16 MB smaller and an insert copies less.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
-    /// Backend index the flow is pinned to.
-    pub backend: u32,
-    /// Service the flow belongs to.
-    pub service: u32,
-    /// Counter index of the VIP the flow was addressed to.
-    pub vip_index: u32,
+    /// Backend index the flow is pinned to (`< MAX_BACKENDS`).
+    pub backend: u16,
+    /// Service the flow belongs to (`< MAX_SERVICES`).
+    pub service: u8,
+    /// Counter index of the VIP the flow was addressed to (`< MAX_VIPS`).
+    pub vip_index: u8,
     /// Service epoch when the backend was chosen.
     pub epoch: u32,
-    /// `FLOW_*` bits.
-    pub flags: u32,
     /// Interface the client's packets arrive on.
     pub client_ifindex: u32,
-    /// `bpf_ktime_get_coarse_ns` of the last packet, at `FLOW_TOUCH_NS` granularity.
-    pub last_seen_ns: u64,
+    /// `flow_ticks(bpf_ktime_get_coarse_ns())` of the last packet, refreshed at `FLOW_TOUCH_NS`
+    /// granularity.
+    pub last_seen: u32,
     /// Source MAC of the client's packets (the client or its router).
     pub client_mac: [u8; 6],
     /// Destination MAC of the client's packets (the balancer's own, on that interface).
     pub lb_mac: [u8; 6],
+    /// `FLOW_*` bits.
+    pub flags: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 3],
+}
+
+impl FlowValue {
+    /// Nanoseconds since the flow's last packet, at `now_ns` (same clock as the data plane's).
+    pub const fn idle_ns(&self, now_ns: u64) -> u64 {
+        (flow_ticks(now_ns).wrapping_sub(self.last_seen) as u64) << FLOW_TICK_SHIFT
+    }
+
+    /// The flow saw a FIN or a RST.
+    pub const fn is_closed(&self) -> bool {
+        self.flags & (FLOW_FIN | FLOW_RST) != 0
+    }
+}
+
+/// Default `Settings::new_flow_limit`: new flows per second and CPU above which flood mode
+/// engages (Katran's guard uses 125,000 per CPU).
+pub const DEFAULT_NEW_FLOW_LIMIT: u32 = 125_000;
+/// Default `Settings::handshake_timeout_ns`: a handshake that did not complete within this is
+/// not trusted any more (SYN retransmits come after 1, 3, 7 s).
+pub const DEFAULT_HANDSHAKE_TIMEOUT_NS: u64 = 5_000_000_000;
+/// Default `Settings::closed_timeout_ns`: a flow this long idle after a FIN or RST is not trusted
+/// any more (the closing handshake and its retransmissions are done by then).
+pub const DEFAULT_CLOSED_TIMEOUT_NS: u64 = 5_000_000_000;
+
+/// Value of `SETTINGS` (one entry): tunables of the data plane, written by the daemon from its
+/// config.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Bare SYNs per second and CPU (retransmits included) above which that CPU is in flood
+    /// mode: SYNs are forwarded by the hash without a flow lookup and not recorded in `FLOWS`
+    /// (NAT: kept in the small `SYN_FLOWS` instead, which their replies need). 0: never.
+    pub new_flow_limit: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+    /// An entry whose handshake never completed is ignored after this long without a packet.
+    pub handshake_timeout_ns: u64,
+    /// An entry closed by FIN or RST is ignored after this long without a packet.
+    pub closed_timeout_ns: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            new_flow_limit: DEFAULT_NEW_FLOW_LIMIT,
+            _pad: 0,
+            handshake_timeout_ns: DEFAULT_HANDSHAKE_TIMEOUT_NS,
+            closed_timeout_ns: DEFAULT_CLOSED_TIMEOUT_NS,
+        }
+    }
+}
+
+/// How long one flood-mode window lasts: the guard counts new flows per CPU over it.
+pub const FLOOD_WINDOW_NS: u64 = 1_000_000_000;
+
+/// Value of `FLOOD` (per CPU, one entry): the new-flow rate guard's window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodState {
+    /// `bpf_ktime_get_coarse_ns` when the current window started.
+    pub window_start_ns: u64,
+    /// Bare SYNs seen in the current window (recorded or not).
+    pub new_flows: u32,
+    /// 1 when the previous window went over the limit: flood mode then stays engaged for the
+    /// whole current window, so a sustained flood records nothing at the start of each second.
+    pub engaged: u32,
+}
+
+impl FloodState {
+    /// Whether this CPU is in flood mode at `now_ns` with `limit` (as the data plane decides it).
+    pub fn in_flood(&self, now_ns: u64, limit: u32) -> bool {
+        if limit == 0 || now_ns.saturating_sub(self.window_start_ns) > 2 * FLOOD_WINDOW_NS {
+            return false;
+        }
+        if now_ns.saturating_sub(self.window_start_ns) > FLOOD_WINDOW_NS {
+            return self.new_flows > limit;
+        }
+        self.engaged != 0 || self.new_flows > limit
+    }
 }
 
 /// A resolved next hop: value of `NEXTHOPS` (per CPU, indexed by backend).
@@ -230,6 +328,8 @@ mod pod {
     unsafe impl aya::Pod for NatBackend {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for BenchPacket {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for FloodState {}
 }
 
 #[cfg(test)]
@@ -245,11 +345,36 @@ mod tests {
         assert_eq!((size_of::<Service>(), align_of::<Service>()), (16, 4));
         assert_eq!((size_of::<Backend>(), align_of::<Backend>()), (20, 4));
         assert_eq!((size_of::<FlowKey>(), align_of::<FlowKey>()), (40, 4));
-        assert_eq!((size_of::<FlowValue>(), align_of::<FlowValue>()), (48, 8));
+        assert_eq!((size_of::<FlowValue>(), align_of::<FlowValue>()), (32, 4));
+        assert_eq!((size_of::<Settings>(), align_of::<Settings>()), (24, 8));
+        assert_eq!((size_of::<FloodState>(), align_of::<FloodState>()), (16, 8));
         assert_eq!((size_of::<NextHop>(), align_of::<NextHop>()), (24, 8));
         assert_eq!((size_of::<NatBackend>(), align_of::<NatBackend>()), (84, 4));
         assert_eq!((size_of::<Counter>(), align_of::<Counter>()), (16, 8));
         assert_eq!(size_of::<BenchPacket>(), BENCH_PACKET_MAX + 8);
+    }
+
+    #[test]
+    fn flow_idle_time_survives_the_clock_wrapping() {
+        let f = FlowValue { last_seen: u32::MAX, ..FlowValue::default() };
+        // Two ticks later the 32-bit clock has wrapped.
+        let now = (u32::MAX as u64 + 2) << FLOW_TICK_SHIFT;
+        assert_eq!(f.idle_ns(now), 2 << FLOW_TICK_SHIFT);
+        let f = FlowValue { last_seen: flow_ticks(10_000_000_000), ..FlowValue::default() };
+        assert!(f.idle_ns(13_000_000_000).abs_diff(3_000_000_000) < 2 << FLOW_TICK_SHIFT);
+    }
+
+    #[test]
+    fn flood_state_reads_like_the_data_plane_decides() {
+        let s = FloodState { window_start_ns: 10_000_000_000, new_flows: 5, engaged: 0 };
+        assert!(!s.in_flood(10_500_000_000, 10));
+        assert!(s.in_flood(10_500_000_000, 4));
+        assert!(!s.in_flood(10_500_000_000, 0), "limit 0: never");
+        let engaged = FloodState { engaged: 1, ..s };
+        assert!(engaged.in_flood(10_500_000_000, 10), "engaged for the whole window");
+        // The next window starts engaged only when this one went over the limit.
+        assert!(s.in_flood(11_500_000_000, 4) && !engaged.in_flood(11_500_000_000, 10));
+        assert!(!s.in_flood(12_500_000_000, 4), "no new flow for two windows: over");
     }
 
     #[test]
@@ -261,7 +386,8 @@ mod tests {
         assert_eq!(&k.proto as *const _ as usize - base, 36);
         let f = FlowValue::default();
         let base = &f as *const _ as usize;
-        assert_eq!(&f.last_seen_ns as *const _ as usize - base, 24);
-        assert_eq!(&f.lb_mac as *const _ as usize - base, 38);
+        assert_eq!(&f.last_seen as *const _ as usize - base, 12);
+        assert_eq!(&f.lb_mac as *const _ as usize - base, 22);
+        assert_eq!(&f.flags as *const _ as usize - base, 28);
     }
 }

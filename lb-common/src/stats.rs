@@ -41,10 +41,21 @@ pub enum Reason {
     FlowBackendDown = 15,
     /// DSR packet whose backend's next hop is not resolved: dropped (the client retransmits).
     DropNoNextHop = 16,
+    /// A TCP segment to a VIP that can neither start nor continue a connection (no SYN, ACK or
+    /// RST; SYN with FIN, RST or ACK): dropped, no flow (scans and floods; no stack sends them).
+    DropInvalidFlags = 17,
+    /// Flood mode: a SYN forwarded by the hash without being recorded in `FLOWS`.
+    FloodNotRecorded = 18,
+    /// A RST without a flow: forwarded by the hash, not recorded (it cannot start a connection,
+    /// and the backend that has the connection, if the hash finds it, should see it).
+    StatelessRst = 19,
+    /// A closed or never-established entry older than its timeout was ignored and the packet
+    /// balanced anew.
+    FlowExpired = 20,
 }
 
 /// Number of reason counters (`Reason` values are `0..REASONS`).
-pub const REASONS: u32 = 17;
+pub const REASONS: u32 = 21;
 
 /// Every reason, in counter order (for userspace reporting).
 pub const ALL_REASONS: [Reason; REASONS as usize] = [
@@ -65,6 +76,10 @@ pub const ALL_REASONS: [Reason; REASONS as usize] = [
     Reason::FlowRebalanced,
     Reason::FlowBackendDown,
     Reason::DropNoNextHop,
+    Reason::DropInvalidFlags,
+    Reason::FloodNotRecorded,
+    Reason::StatelessRst,
+    Reason::FlowExpired,
 ];
 
 impl Reason {
@@ -88,6 +103,10 @@ impl Reason {
             Reason::FlowRebalanced => "flow_rebalanced",
             Reason::FlowBackendDown => "flow_backend_down",
             Reason::DropNoNextHop => "drop_no_next_hop",
+            Reason::DropInvalidFlags => "drop_invalid_flags",
+            Reason::FloodNotRecorded => "flood_not_recorded",
+            Reason::StatelessRst => "fwd_stateless_rst",
+            Reason::FlowExpired => "flow_expired",
         }
     }
 }
@@ -138,7 +157,7 @@ mod tests {
 
     #[test]
     fn counter_ranges_do_not_overlap() {
-        assert!(reason_counter(Reason::DropNoNextHop) < vip_counter(0));
+        assert!(reason_counter(Reason::FlowExpired) < vip_counter(0));
         assert!(vip_counter(MAX_VIPS - 1) < backend_counter(0));
         assert!(backend_counter(MAX_BACKENDS - 1) < backend_new_flow_counter(0));
         assert_eq!(backend_new_flow_counter(MAX_BACKENDS - 1), STATS_ENTRIES - 1);

@@ -2,8 +2,12 @@
 //!
 //! Per packet: parse (`parse`), then
 //! 1. a packet to a VIP: reuse its flow's backend (`FLOWS`) unless the service epoch moved on
-//!    (hard switch) or the backend went down; otherwise pick from the service's active Maglev
-//!    table and record the flow;
+//!    (hard switch), the backend went down, or the entry is stale (closed, or a handshake that
+//!    never completed, idle past its timeout); otherwise pick from the service's active Maglev
+//!    table and record the flow. A bare SYN records its flow unless this CPU is in flood mode
+//!    (more SYNs per second than `Settings::new_flow_limit`): then it is forwarded by the hash
+//!    without a flow lookup and the flow is recorded on its first ACK. Segments that can neither start nor
+//!    continue a connection are dropped; a RST without a flow is forwarded by the hash only;
 //! 2. in NAT mode, a backend's reply (its VIPs found in `NAT_BACKENDS`, its flow in `FLOWS`) is
 //!    rewritten back to the VIP and returned the way the client's packets came;
 //! 3. anything else goes to the kernel untouched.
@@ -24,8 +28,9 @@ use aya_ebpf::{
 use lb_common::{
     hash::flow_hash,
     maps::{
-        BACKEND_UP, EndpointKey, FLOW_FIN, FLOW_RST, FLOW_TOUCH_NS, FlowKey, FlowValue, MAX_VIPS_PER_BACKEND,
-        NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED, Service, VipValue,
+        BACKEND_UP, EndpointKey, FLOOD_WINDOW_NS, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FLOW_TOUCH_TICKS,
+        FlowKey, FlowValue, MAX_VIPS_PER_BACKEND, NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR,
+        SERVICE_ENABLED, Service, VipValue, flow_ticks,
     },
     packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::{Reason, backend_counter, backend_new_flow_counter, reason_counter, vip_counter},
@@ -34,7 +39,8 @@ use lb_common::{
 use crate::{
     forward::{End, egress_action, rewrite, set_macs},
     maps::{
-        BACKEND_FILTER, BACKENDS, FLOWS, NAT_BACKENDS, NEXTHOPS, SERVICES, STATS, TABLES, VIP_FILTER, VIPS,
+        BACKEND_FILTER, BACKENDS, FLOOD, FLOWS, NAT_BACKENDS, NEXTHOPS, SERVICES, SETTINGS, STATS, SYN_FLOWS,
+        TABLES, VIP_FILTER, VIPS,
     },
     parse::{Packet, parse},
 };
@@ -110,26 +116,31 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
     let key = &pkt.key;
     if filter_hit(&VIP_FILTER, &key.dst, key.dport) {
         let now = now_ns();
-        // A bare SYN almost always starts a new flow: it skips the lookup and records the flow
-        // only if none exists (a retransmitted or port-reusing SYN then takes the path below).
-        let bare_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         let vip_key = EndpointKey { addr: key.dst, port: key.dport, proto: PROTO_TCP, family: key.family };
-        if bare_syn {
-            if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
-                if let Some(action) = new_flow(ctx, pkt, vip, now, bytes, BPF_NOEXIST) {
-                    return action;
+        let flags = pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST);
+        let bare_syn = flags == TCP_SYN;
+        if bare_syn || (flags & TCP_SYN == 0 && flags & (TCP_ACK | TCP_RST) != 0) {
+            // Flood mode: a SYN is forwarded by the hash without a flow lookup (on a large table
+            // the lookup of a new 5-tuple is a cache and TLB miss, most of this path's cost).
+            let flood = bare_syn && flood_mode(now);
+            // Otherwise the lookup comes first, also for a SYN (a retransmit, or a reused
+            // 5-tuple, follows its entry): a failing `BPF_NOEXIST` insert into a full LRU map
+            // would still take, and so evict, an entry.
+            if !flood {
+                if let Some(flow) = FLOWS.get_ptr_mut(key) {
+                    if let Some(action) = established(ctx, pkt, unsafe { &mut *flow }, now, bytes) {
+                        return action;
+                    }
                 }
             }
-        }
-        if let Some(flow) = FLOWS.get_ptr_mut(key) {
-            if let Some(action) = established(ctx, pkt, unsafe { &mut *flow }, now, bytes) {
-                return action;
+            if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
+                return without_entry(ctx, pkt, vip, now, bytes, flood);
             }
-        }
-        if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
-            if let Some(action) = new_flow(ctx, pkt, vip, now, bytes, BPF_ANY) {
-                return action;
-            }
+        } else if unsafe { VIPS.get(&vip_key) }.is_some() {
+            // No SYN, ACK or RST (null, FIN or XMAS scans), or SYN with FIN, RST or ACK: no
+            // stack opens a connection to a server that way and none continues one without ACK
+            // or RST. Nothing to forward, nothing to record.
+            return drop(Reason::DropInvalidFlags, bytes);
         }
     }
     if filter_hit(&BACKEND_FILTER, &key.src, key.sport) {
@@ -142,6 +153,92 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
         }
     }
     pass(Reason::PassNotVip, bytes)
+}
+
+/// Counts a SYN in this CPU's new-flow rate guard and says whether the CPU is in flood mode.
+#[inline(always)]
+fn flood_mode(now: u64) -> bool {
+    let limit = match SETTINGS.get(0) {
+        Some(s) => s.new_flow_limit,
+        None => 0,
+    };
+    limit != 0 && under_flood(now, limit)
+}
+
+/// The per-CPU new-flow rate guard: counts this attempt and says whether this CPU is in flood
+/// mode. A window over the limit keeps flood mode engaged for the whole next window too.
+#[inline(always)]
+fn under_flood(now: u64, limit: u32) -> bool {
+    let Some(state) = FLOOD.get_ptr_mut(0) else {
+        return false;
+    };
+    let state = unsafe { &mut *state };
+    let age = now.wrapping_sub(state.window_start_ns);
+    if age > FLOOD_WINDOW_NS {
+        state.engaged = (age <= 2 * FLOOD_WINDOW_NS && state.new_flows > limit) as u32;
+        state.window_start_ns = now;
+        state.new_flows = 0;
+    }
+    state.new_flows += 1;
+    state.engaged != 0 || state.new_flows > limit
+}
+
+/// A bare SYN, ACK or RST to a VIP without a usable flow entry (one place, so the forwarding
+/// code is inlined once):
+/// - a SYN is recorded in `FLOWS`; in flood mode it is not (NAT keeps it in the small
+///   `SYN_FLOWS`, which its SYN-ACK and first ACK need; DSR records nothing);
+/// - an ACK is the first ACK of a handshake whose SYN was not recorded (flood mode), or a
+///   connection whose entry was evicted or expired: it goes where its half-open entry says, else
+///   by the hash, and is recorded as established;
+/// - a RST goes the same way and records nothing.
+#[inline(always)]
+fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64, flood: bool) -> u32 {
+    let Some(svc) = SERVICES.get(vip.service) else {
+        return drop(Reason::DropBadState, bytes);
+    };
+    if svc.flags & SERVICE_ENABLED == 0 {
+        return drop(Reason::DropNoBackend, bytes);
+    }
+    let syn = pkt.tcp_flags & TCP_SYN != 0;
+    let nat = svc.flags & SERVICE_DSR == 0;
+    let mut chosen = None;
+    if !syn || (flood && nat) {
+        if let Some(half) = unsafe { SYN_FLOWS.get(&pkt.key) } {
+            let up = match BACKENDS.get(half.backend as u32) {
+                Some(b) => b.flags & BACKEND_UP != 0,
+                None => false,
+            };
+            if up && half.epoch == svc.epoch && half.service as u32 == vip.service {
+                chosen = Some(half.backend as u32);
+            }
+        }
+    }
+    let known_half_open = chosen.is_some();
+    let backend = match chosen {
+        Some(b) => b,
+        None => match pick(svc, pkt) {
+            Some(b) => b,
+            None => return drop(Reason::DropNoBackend, bytes),
+        },
+    };
+    if syn && flood {
+        // A retransmitted SYN finds its half-open entry and writes nothing.
+        if nat && !known_half_open {
+            let value = flow_value(ctx, pkt, vip, svc, backend, now, 0);
+            let _ = SYN_FLOWS.insert(&pkt.key, &value, BPF_ANY);
+        }
+        count(reason_counter(Reason::FloodNotRecorded), bytes);
+    } else if pkt.tcp_flags & TCP_RST != 0 {
+        count(reason_counter(Reason::StatelessRst), bytes);
+    } else {
+        let flags =
+            if syn { 0 } else { FLOW_ESTABLISHED | if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 } };
+        let value = flow_value(ctx, pkt, vip, svc, backend, now, flags);
+        let _ = FLOWS.insert(&pkt.key, &value, BPF_ANY);
+        count(reason_counter(Reason::NewFlow), bytes);
+        count(backend_new_flow_counter(backend), bytes);
+    }
+    to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes)
 }
 
 /// Picks the backend for a flow from the service's active table.
@@ -170,42 +267,64 @@ fn note_client(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue) {
     }
 }
 
+/// Whether an entry no longer decides its connection's backend: closed (FIN/RST) or never
+/// established, and idle for longer than that state's timeout.
+#[inline(always)]
+fn is_stale(flow: &FlowValue, now: u64) -> bool {
+    let closed = flow.flags & (FLOW_FIN | FLOW_RST) != 0;
+    if !closed && flow.flags & FLOW_ESTABLISHED != 0 {
+        return false;
+    }
+    let Some(s) = SETTINGS.get(0) else {
+        return false;
+    };
+    let timeout = if closed { s.closed_timeout_ns } else { s.handshake_timeout_ns };
+    flow.idle_ns(now) > timeout
+}
+
 /// A packet of a known flow. `None` when the flow's service is gone (the caller then treats
 /// the packet as new).
 #[inline(always)]
 fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, bytes: u64) -> Option<u32> {
-    let svc = SERVICES.get(flow.service)?;
+    let svc = SERVICES.get(flow.service as u32)?;
     if svc.flags & SERVICE_ENABLED == 0 {
         let _ = FLOWS.remove(&pkt.key);
         return None;
     }
-    let backend_up = match BACKENDS.get(flow.backend) {
+    let backend_up = match BACKENDS.get(flow.backend as u32) {
         Some(b) => b.flags & BACKEND_UP != 0,
         None => false,
     };
     // A bare SYN on a flow that already closed is a new connection reusing the 5-tuple: it
     // follows the current table like any new flow (a retransmitted SYN of a live flow does not).
-    let reopened = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.flags & (FLOW_FIN | FLOW_RST) != 0;
+    // So does any packet meeting a stale entry.
+    let bare_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let expired = is_stale(flow, now);
+    let reopened = expired || (bare_syn && flow.flags & (FLOW_FIN | FLOW_RST) != 0);
     if flow.epoch != svc.epoch || !backend_up || reopened {
         let Some(backend) = pick(svc, pkt) else {
             return Some(drop(Reason::DropNoBackend, bytes));
         };
         if reopened {
             flow.flags = 0;
+            if expired {
+                count(reason_counter(Reason::FlowExpired), bytes);
+            }
             count(reason_counter(Reason::NewFlow), bytes);
             count(backend_new_flow_counter(backend), bytes);
         } else {
             let why = if flow.epoch != svc.epoch { Reason::FlowRebalanced } else { Reason::FlowBackendDown };
             count(reason_counter(why), bytes);
         }
-        flow.backend = backend;
+        flow.backend = backend as u16;
         flow.epoch = svc.epoch;
     }
     if svc.flags & SERVICE_DSR == 0 {
         note_client(ctx, pkt, flow);
     }
-    if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
-        flow.last_seen_ns = now;
+    let t = flow_ticks(now);
+    if t.wrapping_sub(flow.last_seen) > FLOW_TOUCH_TICKS || reopened {
+        flow.last_seen = t;
     }
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         if pkt.tcp_flags & TCP_FIN != 0 {
@@ -215,55 +334,39 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
             flow.flags |= FLOW_RST;
         }
     }
-    Some(to_backend(ctx, pkt, svc, flow.backend, flow.vip_index, now, bytes))
+    if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK && flow.flags & FLOW_ESTABLISHED == 0 {
+        flow.flags |= FLOW_ESTABLISHED;
+    }
+    Some(to_backend(ctx, pkt, svc, flow.backend as u32, flow.vip_index as u32, now, bytes))
 }
 
 /// `FLOWS` update flag: create or replace.
 const BPF_ANY: u64 = 0;
-/// `FLOWS` update flag: create only.
-const BPF_NOEXIST: u64 = 1;
 
-/// The first packet of a flow to a VIP: records the flow (with `update_flags`) and forwards.
-/// `None` when `BPF_NOEXIST` finds the flow already recorded.
+/// A flow entry for a packet of a new flow pinned to `backend`.
 #[inline(always)]
-fn new_flow(
+fn flow_value(
     ctx: &XdpContext,
     pkt: &Packet,
     vip: &VipValue,
+    svc: &Service,
+    backend: u32,
     now: u64,
-    bytes: u64,
-    update_flags: u64,
-) -> Option<u32> {
-    let Some(svc) = SERVICES.get(vip.service) else {
-        return Some(drop(Reason::DropBadState, bytes));
-    };
-    if svc.flags & SERVICE_ENABLED == 0 {
-        return Some(drop(Reason::DropNoBackend, bytes));
-    }
-    let Some(backend) = pick(svc, pkt) else {
-        return Some(drop(Reason::DropNoBackend, bytes));
-    };
-    let flags = (if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 })
-        | (if pkt.tcp_flags & TCP_RST != 0 { FLOW_RST } else { 0 });
+    flags: u8,
+) -> FlowValue {
     let (client_mac, lb_mac) = unsafe { ((*pkt.eth).src, (*pkt.eth).dst) };
-    let value = FlowValue {
-        backend,
-        service: vip.service,
-        vip_index: vip.vip_index,
+    FlowValue {
+        backend: backend as u16,
+        service: vip.service as u8,
+        vip_index: vip.vip_index as u8,
         epoch: svc.epoch,
-        flags,
         client_ifindex: ctx.ingress_ifindex() as u32,
-        last_seen_ns: now,
+        last_seen: flow_ticks(now),
         client_mac,
         lb_mac,
-        _pad: [0; 4],
-    };
-    if FLOWS.insert(&pkt.key, &value, update_flags).is_err() && update_flags == BPF_NOEXIST {
-        return None;
+        flags,
+        _pad: [0; 3],
     }
-    count(reason_counter(Reason::NewFlow), bytes);
-    count(backend_new_flow_counter(backend), bytes);
-    Some(to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes))
 }
 
 /// Sends a client packet to its backend.
@@ -338,9 +441,15 @@ fn reply(ctx: &XdpContext, pkt: &Packet, nat: &NatBackend, bytes: u64) -> Option
             family: key.family,
             _pad: [0; 2],
         };
-        let Some(flow) = FLOWS.get_ptr_mut(&flow_key) else { continue };
+        // A SYN-ACK may answer a SYN that flood mode kept out of `FLOWS`.
+        let found = match FLOWS.get_ptr_mut(&flow_key) {
+            Some(f) => Some(f),
+            None if pkt.tcp_flags & TCP_SYN != 0 => SYN_FLOWS.get_ptr_mut(&flow_key),
+            None => None,
+        };
+        let Some(flow) = found else { continue };
         let flow = unsafe { &mut *flow };
-        match BACKENDS.get(flow.backend) {
+        match BACKENDS.get(flow.backend as u32) {
             Some(b) if b.addr == key.src && b.port == key.sport => {}
             _ => continue,
         }
@@ -364,7 +473,7 @@ fn reply(ctx: &XdpContext, pkt: &Packet, nat: &NatBackend, bytes: u64) -> Option
             return Some(pass(Reason::PassEgressUnknown, bytes));
         }
         set_macs(pkt, flow.client_mac, flow.lb_mac);
-        count(vip_counter(flow.vip_index), bytes);
+        count(vip_counter(flow.vip_index as u32), bytes);
         count(reason_counter(Reason::FwdReply), bytes);
         return Some(action);
     }

@@ -8,8 +8,9 @@ use aya_ebpf::{
 use lb_common::{
     filter::FILTER_WORDS,
     maps::{
-        Backend, Counter, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, EndpointKey, FlowKey,
-        FlowValue, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, NatBackend, NextHop, Service, VipValue,
+        Backend, Counter, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, EndpointKey,
+        FloodState, FlowKey, FlowValue, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, NatBackend, NextHop, Service,
+        Settings, VipValue,
     },
     stats::STATS_ENTRIES,
 };
@@ -38,6 +39,24 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// Resized at load.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+
+/// Flood mode, NAT services only: half-open flows whose SYN was not recorded in `FLOWS`, kept
+/// so the backend's SYN-ACK can be rewritten back to the client and the first ACK finds the
+/// backend its SYN went to. Small: a flood churns this map, never `FLOWS`. Written by the XDP
+/// program. Resized at load.
+#[map]
+pub static SYN_FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES / 8, 0);
+
+/// Tunables (index 0): flood-mode limit, timeouts of closed and never-established entries.
+/// Written by the daemon from its config.
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// The new-flow rate guard's window, per CPU (index 0). Written by the XDP program; the daemon
+/// reads it for `lb_flood_mode`.
+#[map]
+pub static FLOOD: PerCpuArray<FloodState> = PerCpuArray::with_max_entries(1, 0);
 
 /// NAT backend (address, port) → the VIPs it serves, to rewrite its replies. Written by the
 /// daemon.

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod daemon;
 pub mod e2e;
 pub mod fleet_rig;
+pub mod flood;
 pub mod interrupt;
 pub mod load;
 pub mod netns;

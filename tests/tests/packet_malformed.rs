@@ -102,7 +102,7 @@ fn mutation_fuzz_gives_only_valid_verdicts_and_checksums() {
     let bed = PacketBed::new().unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let seeds: Vec<Vec<u8>> = seeds().into_iter().map(|(_, f)| f.build()).collect();
-    let (mut forwarded, mut checked) = (0u32, 0u32);
+    let (mut forwarded, mut checked, mut drops) = (0u32, 0u32, 0u64);
     for i in 0..100_000u32 {
         let frame = if i % 2 == 0 {
             structured(&mut rng, &bed).build()
@@ -141,9 +141,16 @@ fn mutation_fuzz_gives_only_valid_verdicts_and_checksums() {
             }
         }
         if out.verdict == XDP_DROP {
-            panic!("case {i}: nothing in this bed should be dropped: {frame:02x?}");
+            // Only TCP segments to a VIP that can neither start nor continue a connection.
+            drops += 1;
+            assert_eq!(
+                bed.packets(reason_counter(Reason::DropInvalidFlags)),
+                drops,
+                "case {i}: dropped for another reason: {frame:02x?}"
+            );
         }
     }
-    // The fuzz must actually reach the forwarding paths.
-    assert!(forwarded > 20_000 && checked > 20_000, "forwarded {forwarded}, checked {checked}");
+    // The fuzz must actually reach the forwarding paths (random flags that can neither start nor
+    // continue a connection are dropped, about a third of the structured frames).
+    assert!(forwarded > 20_000 && checked > 10_000, "forwarded {forwarded}, checked {checked}");
 }

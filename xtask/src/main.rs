@@ -46,6 +46,9 @@ enum Command {
         /// Control plane: runs, each on a fresh setup (medians, min and max are over these).
         #[arg(long, default_value_t = 3)]
         cp_runs: u32,
+        /// Data plane only, as JSON (one object per case: name, min, median, max, floor_median).
+        #[arg(long)]
+        json: bool,
     },
     /// A guided tour in about 20 seconds: namespaces with a client, the balancer and two
     /// pools, live traffic, `lbctl switch pool-b` and `lbctl rollback`; cleans up after itself
@@ -124,7 +127,7 @@ fn main() -> Result<()> {
             }
             system::cargo(&args)?;
         }
-        Command::Bench { repeat, runs, switches, cp_runs } => {
+        Command::Bench { repeat, runs, switches, cp_runs, json } => {
             system::require_root(
                 "test_run needs CAP_BPF and CAP_NET_ADMIN; the control-plane bench creates network namespaces",
             )?;
@@ -134,12 +137,13 @@ fn main() -> Result<()> {
             // The control-plane bench runs the real lb-daemon, lbctl and test-backend binaries.
             system::cargo(&["build", "--release", "--workspace", "--bins"])?;
             let bin = system::workspace_root().join("target/release");
-            system::run(Process::new(bin.join("dataplane-bench")).args([
-                "--repeat",
-                &repeat.to_string(),
-                "--runs",
-                &runs.to_string(),
-            ]))?;
+            let mut dataplane = Process::new(bin.join("dataplane-bench"));
+            dataplane.args(["--repeat", &repeat.to_string(), "--runs", &runs.to_string()]);
+            if json {
+                system::run(dataplane.arg("--json"))?;
+                return Ok(());
+            }
+            system::run(&mut dataplane)?;
             println!();
             system::run(Process::new(bin.join("controlplane-bench")).args([
                 "--switches",

@@ -36,6 +36,18 @@ ring_size = 65537
 # or a balancer host lost without FIN or RST). 5s ..= 24h.
 drain_idle_timeout = "5m"
 
+# Flow-table protection (changed by `lbctl reload`).
+[flows]
+# New connections per second and CPU above which that CPU stops recording SYNs (flood mode: they
+# are forwarded by the hash and recorded on their first ACK), so a SYN flood cannot push
+# established connections out of the flow table. 0 turns the guard off.
+new_flow_limit = 125000
+# A handshake that did not complete, and a connection closed by FIN or RST, are forgotten after
+# this long without a packet (1s ..= 10m), so an old entry never decides where a later
+# connection reusing the same addresses and ports goes.
+handshake_timeout = "5s"
+closed_timeout = "5s"
+
 # Management API.
 [api]
 # Unix socket (mode 0600, root only). lbctl talks to it by default.

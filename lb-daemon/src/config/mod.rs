@@ -138,6 +138,9 @@ pub struct Config {
     /// The management API (`[api]`, all defaults when left out).
     #[serde(default)]
     pub api: ApiConfig,
+    /// Flow-table protection (`[flows]`, all defaults when left out).
+    #[serde(default)]
+    pub flows: FlowsConfig,
     /// The services (`[[services]]`, at least one).
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -182,6 +185,55 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         Self { unix_socket: default_unix_socket(), tcp: None, token: None, token_file: None }
+    }
+}
+
+/// Flow-table protection (`[flows]`): the flood-mode guard and how long entries that no longer
+/// describe a live connection are trusted. Changed by `lbctl reload`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsConfig {
+    /// New connections per second and CPU above which that CPU stops recording SYNs (flood
+    /// mode: forwarded by the hash, recorded on their first ACK), so a SYN flood cannot evict
+    /// established flows. 0 turns the guard off. Default
+    /// [`lb_common::maps::DEFAULT_NEW_FLOW_LIMIT`].
+    #[serde(default = "default_new_flow_limit")]
+    pub new_flow_limit: u32,
+    /// A handshake that did not complete is forgotten after this long without a packet
+    /// (`MIN_FLOW_TIMEOUT..=MAX_FLOW_TIMEOUT`, default 5 s).
+    #[serde(default = "default_flow_timeout", deserialize_with = "de::de_duration")]
+    pub handshake_timeout: Duration,
+    /// A connection closed by FIN or RST is forgotten after this long without a packet
+    /// (`MIN_FLOW_TIMEOUT..=MAX_FLOW_TIMEOUT`, default 5 s).
+    #[serde(default = "default_flow_timeout", deserialize_with = "de::de_duration")]
+    pub closed_timeout: Duration,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        Self {
+            new_flow_limit: default_new_flow_limit(),
+            handshake_timeout: default_flow_timeout(),
+            closed_timeout: default_flow_timeout(),
+        }
+    }
+}
+
+/// Shortest accepted `flows.handshake_timeout` / `flows.closed_timeout` (SYN and FIN
+/// retransmissions need the entry for at least this long).
+pub const MIN_FLOW_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest accepted `flows.handshake_timeout` / `flows.closed_timeout`.
+pub const MAX_FLOW_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl FlowsConfig {
+    /// The data plane's `SETTINGS` entry for this config.
+    pub fn settings(&self) -> lb_common::maps::Settings {
+        lb_common::maps::Settings {
+            new_flow_limit: self.new_flow_limit,
+            _pad: 0,
+            handshake_timeout_ns: self.handshake_timeout.as_nanos() as u64,
+            closed_timeout_ns: self.closed_timeout.as_nanos() as u64,
+        }
     }
 }
 
@@ -406,6 +458,12 @@ fn default_ring_size() -> u32 {
 }
 fn default_drain_idle_timeout() -> Duration {
     DEFAULT_DRAIN_IDLE_TIMEOUT
+}
+fn default_new_flow_limit() -> u32 {
+    lb_common::maps::DEFAULT_NEW_FLOW_LIMIT
+}
+fn default_flow_timeout() -> Duration {
+    Duration::from_nanos(lb_common::maps::DEFAULT_HANDSHAKE_TIMEOUT_NS)
 }
 fn default_unix_socket() -> PathBuf {
     PathBuf::from("/run/lb/lb.sock")

@@ -164,6 +164,28 @@ fn drain_idle_timeout_defaults_parses_and_is_bounded() {
 }
 
 #[test]
+fn flows_settings_are_read_and_checked() {
+    let c = Config::from_toml_str(BRIEF_EXAMPLE).unwrap();
+    assert_eq!(c.flows, FlowsConfig::default());
+    assert_eq!(c.flows.settings(), lb_common::maps::Settings::default());
+    let text = BRIEF_EXAMPLE.replace(
+        "[api]",
+        "[flows]\nnew_flow_limit = 0\nhandshake_timeout = \"2s\"\nclosed_timeout = \"30s\"\n\n[api]",
+    );
+    let s = Config::from_toml_str(&text).unwrap().flows.settings();
+    assert_eq!(
+        (s.new_flow_limit, s.handshake_timeout_ns, s.closed_timeout_ns),
+        (0, 2_000_000_000, 30_000_000_000)
+    );
+    let text = BRIEF_EXAMPLE
+        .replace("[api]", "[flows]\nhandshake_timeout = \"100ms\"\nclosed_timeout = \"1h\"\n\n[api]");
+    assert_eq!(keys(&text), ["flows.handshake_timeout", "flows.closed_timeout"]);
+    assert!(reason(&text, "flows.closed_timeout").contains("out of range"));
+    let text = BRIEF_EXAMPLE.replace("[api]", "[flows]\nsyn_limit = 3\n\n[api]");
+    assert!(parse_error(&text).contains("syn_limit"), "unknown keys are errors");
+}
+
+#[test]
 fn example_config_mentions_every_key() {
     for key in [
         "instance",
@@ -196,6 +218,9 @@ fn example_config_mentions_every_key() {
         "fall",
         "http_path",
         "http_status",
+        "new_flow_limit",
+        "handshake_timeout",
+        "closed_timeout",
     ] {
         assert!(EXAMPLE_CONFIG.contains(key), "{key} missing from EXAMPLE_CONFIG");
     }

@@ -83,6 +83,8 @@ impl Config {
             );
         }
 
+        self.flows.check(p);
+
         let ring = self.ring_size;
         if !is_prime(ring) {
             p.push("ring_size", format!("{ring} is not a prime number (Maglev needs a prime)"));
@@ -379,6 +381,27 @@ pub fn check_split_fits(ring: u32, backends: usize) -> Result<(), String> {
         "ring_size {ring} is too small for a split over {backends} backends: it needs at least {need} \
          slots ({RING_SLOTS_PER_BACKEND} per backend){hint}"
     ))
+}
+
+impl FlowsConfig {
+    fn check(&self, p: &mut Problems) {
+        for (key, value) in [
+            ("flows.handshake_timeout", self.handshake_timeout),
+            ("flows.closed_timeout", self.closed_timeout),
+        ] {
+            if !(MIN_FLOW_TIMEOUT..=MAX_FLOW_TIMEOUT).contains(&value) {
+                p.push(
+                    key,
+                    format!(
+                        "{} is out of range ({}..={})",
+                        humantime::format_duration(value),
+                        humantime::format_duration(MIN_FLOW_TIMEOUT),
+                        humantime::format_duration(MAX_FLOW_TIMEOUT)
+                    ),
+                );
+            }
+        }
+    }
 }
 
 impl PoolConfig {

@@ -8,7 +8,7 @@ use super::{
 };
 use lb_common::maps::{
     Backend, Counter, EndpointKey, FlowKey, FlowValue, MAX_BACKENDS, MAX_SERVICES, NatBackend, Service,
-    VipValue,
+    Settings, VipValue,
 };
 use std::{
     collections::BTreeMap,
@@ -34,6 +34,8 @@ pub enum MapWrite {
     NatBackendRemoved(EndpointKey),
     /// Both filters rewritten (VIP count, NAT backend count).
     Filters(usize, usize),
+    /// `SETTINGS` rewritten.
+    Settings(Settings),
 }
 
 /// The flow table and the clock of the fake data plane, shared with its [`FlowSource`].
@@ -90,6 +92,8 @@ pub struct FakeMaps {
     pub fail_service_writes: u32,
     /// The flow table.
     pub flows: Arc<Mutex<FakeFlows>>,
+    /// `SETTINGS` as last written.
+    pub settings: Settings,
 }
 
 fn key(k: &EndpointKey) -> KeyBytes {
@@ -110,6 +114,7 @@ impl FakeMaps {
             writes: Vec::new(),
             fail_service_writes: 0,
             flows: Arc::new(Mutex::new(FakeFlows::default())),
+            settings: Settings::default(),
         }
     }
 
@@ -215,5 +220,15 @@ impl Maps for FakeMaps {
 
     fn flow_source(&self) -> Arc<dyn FlowSource> {
         self.flows.clone()
+    }
+
+    fn set_settings(&mut self, settings: &Settings) -> Result<(), DataplaneError> {
+        self.settings = *settings;
+        self.writes.push(MapWrite::Settings(*settings));
+        Ok(())
+    }
+
+    fn cpus_in_flood(&self, _now_ns: u64) -> Result<u32, DataplaneError> {
+        Ok(0)
     }
 }

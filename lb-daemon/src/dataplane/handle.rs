@@ -8,14 +8,15 @@ use aya::{
 use lb_common::{
     filter::{FILTER_WORDS, filter_bit, word_and_mask},
     maps::{
-        Backend, Counter, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, EndpointKey, FlowKey,
-        FlowValue, MAX_BACKENDS, NatBackend, NextHop, Service, VipValue,
+        Backend, Counter, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, EndpointKey,
+        FloodState, FlowKey, FlowValue, MAX_BACKENDS, NatBackend, NextHop, Service, Settings, VipValue,
     },
     stats::STATS_ENTRIES,
 };
 use serde::{Deserialize, Serialize};
 use std::{
     fs,
+    mem::size_of,
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
     sync::Arc,
@@ -27,7 +28,7 @@ use super::objects::LB_XDP_OBJECT;
 pub const PROGRAM_NAME: &str = "lb_xdp";
 
 /// Every map of the program, by name (all are pinned together).
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 14] = [
     "VIPS",
     "SERVICES",
     "TABLES",
@@ -39,6 +40,9 @@ pub const MAP_NAMES: [&str; 11] = [
     "VIP_FILTER",
     "BACKEND_FILTER",
     "STATS",
+    "SYN_FLOWS",
+    "SETTINGS",
+    "FLOOD",
 ];
 
 /// Sizes fixed when the program is loaded.
@@ -140,8 +144,17 @@ pub struct Dataplane {
     vip_filter: Array<MapData, u64>,
     backend_filter: Array<MapData, u64>,
     stats: PerCpuArray<MapData, Counter>,
+    settings: Array<MapData, Settings>,
+    flood: PerCpuArray<MapData, FloodState>,
     /// The program's XDP attachments (see [`super::links`]).
     links: super::links::Links,
+}
+
+/// Entries of `SYN_FLOWS` (flood mode's half-open NAT flows) for a flow table of `flow_entries`:
+/// an eighth, at least 1024. A flood churns it; a real handshake needs its entry for one round
+/// trip.
+pub fn syn_flow_entries(flow_entries: u32) -> u32 {
+    (flow_entries / 8).max(1024)
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -212,7 +225,8 @@ impl Dataplane {
         loader
             .override_global("RING_SIZE", &options.ring_size, true)
             .map_max_entries("TABLES", table_entries)
-            .map_max_entries("FLOWS", options.flow_entries);
+            .map_max_entries("FLOWS", options.flow_entries)
+            .map_max_entries("SYN_FLOWS", syn_flow_entries(options.flow_entries));
         let map_paths: Vec<(&str, PathBuf)> = match &pins {
             Some(p) => MAP_NAMES.iter().map(|n| (*n, p.maps().join(n))).collect(),
             None => Vec::new(),
@@ -237,7 +251,23 @@ impl Dataplane {
                 .map_err(|e| DataplaneError::Map("FLOWS", format!("duplicating its descriptor: {e}")))?,
             _ => return Err(DataplaneError::Map("FLOWS", "missing or not a hash map".into())),
         };
-        Ok(Self {
+        let value_size = match ebpf.map("FLOWS") {
+            Some(aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) => {
+                data.info().map(|i| i.value_size()).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        if value_size as usize != size_of::<FlowValue>() {
+            return Err(DataplaneError::Map(
+                "FLOWS",
+                format!(
+                    "entries of {value_size} bytes, this version uses {}: pins of an older version; \
+                     remove them with `lbctl shutdown --detach` (forwarding stops) and start again",
+                    size_of::<FlowValue>()
+                ),
+            ));
+        }
+        let mut dp = Self {
             flows_fd: Arc::new(flows_fd),
             vips: take(&mut ebpf, "VIPS")?,
             services: take(&mut ebpf, "SERVICES")?,
@@ -250,11 +280,19 @@ impl Dataplane {
             vip_filter: take(&mut ebpf, "VIP_FILTER")?,
             backend_filter: take(&mut ebpf, "BACKEND_FILTER")?,
             stats: take(&mut ebpf, "STATS")?,
+            settings: take(&mut ebpf, "SETTINGS")?,
+            flood: take(&mut ebpf, "FLOOD")?,
             options,
             ebpf,
             pins,
             links: Default::default(),
-        })
+        };
+        // A fresh SETTINGS entry is all zero: give it the defaults until the daemon writes its
+        // config (adopted settings are kept).
+        if op("SETTINGS", "lookup", dp.settings.get(&0, 0))?.handshake_timeout_ns == 0 {
+            dp.set_settings(&Settings::default())?;
+        }
+        Ok(dp)
     }
 
     /// Attaches the program to `iface` in the mode `mode` asks for (`auto` is generic on a veth,
@@ -449,6 +487,29 @@ impl Dataplane {
     /// Every recorded flow, one lookup per entry (the reference for [`Self::for_each_flow`]).
     pub fn flows_one_by_one(&self) -> Vec<(FlowKey, FlowValue)> {
         self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Writes a flow entry (the daemon never does; tests age entries with it).
+    pub fn set_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DataplaneError> {
+        op("FLOWS", "update", self.flows.insert(key, value, 0))
+    }
+
+    /// Writes the data plane's tunables (flood-mode limit, stale-entry timeouts).
+    pub fn set_settings(&mut self, settings: &Settings) -> Result<(), DataplaneError> {
+        op("SETTINGS", "update", self.settings.set(0, settings, 0))
+    }
+
+    /// The tunables in force.
+    pub fn settings(&self) -> Result<Settings, DataplaneError> {
+        op("SETTINGS", "lookup", self.settings.get(&0, 0))
+    }
+
+    /// How many CPUs are in flood mode at `now_ns` (`CLOCK_MONOTONIC_COARSE`), by their
+    /// new-flow rate guards.
+    pub fn cpus_in_flood(&self, now_ns: u64) -> Result<u32, DataplaneError> {
+        let limit = self.settings()?.new_flow_limit;
+        let states = op("FLOOD", "lookup", self.flood.get(&0, 0))?;
+        Ok(states.iter().filter(|s| s.in_flood(now_ns, limit)).count() as u32)
     }
 
     /// Sets the VIPs whose replies a NAT backend (address, port) carries.

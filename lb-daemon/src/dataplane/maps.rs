@@ -4,7 +4,9 @@
 //! which need no root and can assert the exact map writes.
 
 use super::{DataplaneError, DataplaneOptions, handle::Dataplane};
-use lb_common::maps::{Backend, Counter, EndpointKey, FlowKey, FlowValue, NatBackend, Service, VipValue};
+use lb_common::maps::{
+    Backend, Counter, EndpointKey, FlowKey, FlowValue, NatBackend, Service, Settings, VipValue,
+};
 use std::sync::Arc;
 
 /// A view of `FLOWS` that can be read without holding the engine (counting a million flows takes
@@ -54,6 +56,10 @@ pub trait Maps: Send {
     fn counter(&self, index: u32) -> Result<Counter, DataplaneError>;
     /// A reader of `FLOWS` usable without `self`.
     fn flow_source(&self) -> Arc<dyn FlowSource>;
+    /// Writes the data plane's tunables (`SETTINGS`: flood-mode limit, stale-entry timeouts).
+    fn set_settings(&mut self, settings: &Settings) -> Result<(), DataplaneError>;
+    /// How many CPUs are in flood mode at `now_ns` (`CLOCK_MONOTONIC_COARSE`).
+    fn cpus_in_flood(&self, now_ns: u64) -> Result<u32, DataplaneError>;
 }
 
 impl FlowSource for super::FlowReader {
@@ -117,6 +123,12 @@ impl Maps for Dataplane {
     }
     fn counter(&self, index: u32) -> Result<Counter, DataplaneError> {
         Dataplane::counter(self, index)
+    }
+    fn set_settings(&mut self, settings: &Settings) -> Result<(), DataplaneError> {
+        Dataplane::set_settings(self, settings)
+    }
+    fn cpus_in_flood(&self, now_ns: u64) -> Result<u32, DataplaneError> {
+        Dataplane::cpus_in_flood(self, now_ns)
     }
     fn flow_source(&self) -> Arc<dyn FlowSource> {
         Arc::new(self.flow_reader())

@@ -13,6 +13,8 @@ mod objects;
 mod options_file;
 
 pub use batch::{BATCH, FlowReader};
-pub use handle::{AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir};
+pub use handle::{
+    AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir, syn_flow_entries,
+};
 pub use maps::{FlowSource, Maps};
 pub use objects::{BENCH_XDP_OBJECT, LB_XDP_OBJECT, objects_are_stubs, require_real_objects};

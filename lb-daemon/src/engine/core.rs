@@ -107,6 +107,7 @@ impl<M: Maps> Core<M> {
             clock,
         };
         let mut history = Vec::new();
+        core.maps.set_settings(&core.config.flows.settings())?;
         core.apply_layout(layout, &adopted_epochs, "daemon start", &mut history)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         core.reserved.clear();

@@ -39,10 +39,10 @@ impl FlowCounts {
         let idle = idle_timeout.as_nanos() as u64;
         let scanned = source
             .for_each_flow(&mut |_, f| {
-                let c = counts.by_backend.entry(f.backend).or_default();
+                let c = counts.by_backend.entry(u32::from(f.backend)).or_default();
                 if f.flags & (FLOW_FIN | FLOW_RST) != 0 {
                     c.closing += 1;
-                } else if now.saturating_sub(f.last_seen_ns) <= idle {
+                } else if f.idle_ns(now) <= idle {
                     c.established += 1;
                 }
             })

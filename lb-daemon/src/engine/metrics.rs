@@ -38,6 +38,15 @@ pub fn render(
         let _ = writeln!(out, "lb_packets_total{{reason=\"{}\"}} {}", r.name(), c.packets);
     }
 
+    header(
+        &mut out,
+        "lb_flood_mode",
+        "gauge",
+        "CPUs whose new-flow rate is over flows.new_flow_limit: their SYNs are forwarded without being recorded (counted in lb_packets_total{reason=\"flood_not_recorded\"}).",
+    );
+    let flood = dp.cpus_in_flood(crate::dataplane::maps::monotonic_coarse_ns()).unwrap_or(0);
+    let _ = writeln!(out, "lb_flood_mode {flood}");
+
     header(&mut out, "lb_vip_packets_total", "counter", "Packets forwarded for a VIP (both directions).");
     for s in &layout.services {
         for v in &s.vips {

@@ -90,7 +90,14 @@ impl<M: Maps> Core<M> {
                 humantime::format_duration(now)
             ));
         }
+        let flows_changed = new.flows != self.config.flows;
+        if flows_changed {
+            changes.push(format!("flows settings: {:?}", new.flows));
+        }
         if !services_changed {
+            if flows_changed {
+                self.maps.set_settings(&new.flows.settings()).map_err(dp_err)?;
+            }
             self.config = new;
             return Ok(ReloadOutcome { changed: !changes.is_empty(), changes });
         }
@@ -114,6 +121,9 @@ impl<M: Maps> Core<M> {
             return Err(e);
         }
         changes.extend(notes);
+        if flows_changed {
+            self.maps.set_settings(&new.flows.settings()).map_err(dp_err)?;
+        }
         self.config = new;
         tracing::info!(requester, changes = ?changes, "config reloaded");
         self.persist()?;

@@ -11,7 +11,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use clap::Parser;
-use lb_common::maps::{BENCH_PACKET_MAX, BenchPacket};
+use lb_common::maps::{BENCH_PACKET_MAX, BenchPacket, Settings};
 use lb_daemon::dataplane::{BENCH_XDP_OBJECT, DataplaneOptions};
 use lb_tests::{
     packets::{ACK, Frame, PSH},
@@ -36,6 +36,25 @@ struct Args {
     /// colder in cache and TLB).
     #[arg(long, value_delimiter = ',', default_values_t = [lb_common::maps::DEFAULT_FLOW_ENTRIES, 65_536])]
     flow_entries: Vec<u32>,
+    /// Print one JSON array (an object per case: name, flow_entries, min, median, max,
+    /// floor_median, ratio) instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One measured case, as `--json` prints it.
+#[derive(serde::Serialize)]
+struct Row {
+    name: String,
+    flow_entries: u32,
+    min: u64,
+    median: u64,
+    max: u64,
+    /// Median of the trivial XDP_PASS program in the same run.
+    floor_median: u64,
+    /// `median / floor_median`.
+    ratio: f64,
+    verdict: &'static str,
 }
 
 fn sa(s: &str) -> SocketAddr {
@@ -50,7 +69,13 @@ struct Case {
     frame: Vec<u8>,
     target: Target,
     vary_offset: u32,
+    /// `Settings::new_flow_limit` while the case runs (flood mode: 1 engages it after the first
+    /// new flow, 0 turns the guard off).
+    new_flow_limit: u32,
 }
+
+/// Flood-mode limit of the cases that do not depend on it.
+const DEFAULT_LIMIT: u32 = lb_common::maps::DEFAULT_NEW_FLOW_LIMIT;
 
 #[derive(Clone, Copy)]
 enum Target {
@@ -61,19 +86,32 @@ enum Target {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    println!(
-        "BPF_PROG_TEST_RUN, repeat {} x {} runs, one CPU, kernel-reported ns/packet",
-        args.repeat, args.runs
-    );
+    if !args.json {
+        println!(
+            "BPF_PROG_TEST_RUN, repeat {} x {} runs, one CPU, kernel-reported ns/packet",
+            args.repeat, args.runs
+        );
+    }
+    let mut rows = Vec::new();
+    let mut floor = 0;
     for (i, flow_entries) in args.flow_entries.iter().enumerate() {
         // The trivial and established cases do not depend on the table size: run them once.
-        bench_table_size(&args, *flow_entries, i == 0)?;
+        bench_table_size(&args, *flow_entries, i == 0, &mut floor, &mut rows)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
     }
     Ok(())
 }
 
-fn bench_table_size(args: &Args, flow_entries: u32, all_cases: bool) -> Result<()> {
-    let bed = PacketBed::with_options(DataplaneOptions {
+fn bench_table_size(
+    args: &Args,
+    flow_entries: u32,
+    all_cases: bool,
+    floor: &mut u64,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let mut bed = PacketBed::with_options(DataplaneOptions {
         table_slots: 8,
         flow_entries,
         ..DataplaneOptions::default()
@@ -96,66 +134,123 @@ fn bench_table_size(args: &Args, flow_entries: u32, all_cases: bool) -> Result<(
         .with(ACK, b"");
     let client6 = sa("[fd00::100]:40000");
     let cases = [
-        Case { name: "trivial XDP_PASS", frame: established.build(), target: Target::Pass, vary_offset: 0 },
+        Case {
+            name: "trivial XDP_PASS",
+            frame: established.build(),
+            target: Target::Pass,
+            vary_offset: 0,
+            new_flow_limit: DEFAULT_LIMIT,
+        },
         Case {
             name: "trivial MAC swap + XDP_TX",
             frame: established.build(),
             target: Target::Tx,
             vary_offset: 0,
+            new_flow_limit: DEFAULT_LIMIT,
         },
         Case {
             name: "non-VIP (host traffic, port 22)",
             frame: Frame::syn(client, sa("10.0.0.1:22")).build(),
             target: Target::Lb,
             vary_offset: 0,
+            new_flow_limit: DEFAULT_LIMIT,
         },
         Case {
             name: "non-VIP (VIP port, other address)",
             frame: Frame::syn(client, sa("10.0.0.1:80")).build(),
             target: Target::Lb,
             vary_offset: 0,
+            new_flow_limit: DEFAULT_LIMIT,
         },
         Case {
             name: "established flow, nat v4",
             frame: established.build(),
             target: Target::Lb,
             vary_offset: 0,
+            new_flow_limit: DEFAULT_LIMIT,
         },
         Case {
             name: "established flow, dsr v4",
             frame: Frame::syn(client, dsr).with(ACK, b"").build(),
             target: Target::Lb,
             vary_offset: 0,
+            new_flow_limit: DEFAULT_LIMIT,
         },
         Case {
             name: "established flow, nat v6",
             frame: Frame::syn(client6, sa("[fd00::200]:80")).with(ACK, b"").build(),
             target: Target::Lb,
             vary_offset: 0,
+            new_flow_limit: DEFAULT_LIMIT,
         },
         Case {
             name: "nat reply (backend to client)",
             frame: reply.build(),
             target: Target::Lb,
             vary_offset: 0,
+            new_flow_limit: DEFAULT_LIMIT,
         },
         Case {
-            name: "new flow SYN, nat v4 (flow recorded)",
+            name: "SYN same 5-tuple, nat v4, flood mode off (entry found)",
+            frame: Frame::syn(client, nat).build(),
+            target: Target::Lb,
+            vary_offset: 0,
+            new_flow_limit: 0,
+        },
+        Case {
+            name: "SYN same 5-tuple, nat v4, flood mode engaged",
+            frame: Frame::syn(client, nat).build(),
+            target: Target::Lb,
+            vary_offset: 0,
+            new_flow_limit: 1,
+        },
+        Case {
+            name: "SYN same 5-tuple, dsr v4, flood mode engaged",
+            frame: Frame::syn(client, dsr).build(),
+            target: Target::Lb,
+            vary_offset: 0,
+            new_flow_limit: 1,
+        },
+        Case {
+            name: "SYN new source, nat v4, flood mode off (recorded)",
             frame: Frame::syn(client, nat).build(),
             target: Target::Lb,
             vary_offset: IPV4_SRC_OFFSET,
+            new_flow_limit: 0,
         },
         Case {
-            name: "new flow SYN, dsr v4 (flow recorded)",
+            name: "SYN new source, dsr v4, flood mode off (recorded)",
             frame: Frame::syn(client, dsr).build(),
             target: Target::Lb,
             vary_offset: IPV4_SRC_OFFSET,
+            new_flow_limit: 0,
+        },
+        Case {
+            name: "SYN new source, dsr v4, flood mode engaged",
+            frame: Frame::syn(client, dsr).build(),
+            target: Target::Lb,
+            vary_offset: IPV4_SRC_OFFSET,
+            new_flow_limit: 1,
+        },
+        Case {
+            name: "SYN new source, nat v4, flood mode engaged (SYN_FLOWS)",
+            frame: Frame::syn(client, nat).build(),
+            target: Target::Lb,
+            vary_offset: IPV4_SRC_OFFSET,
+            new_flow_limit: 1,
         },
     ];
 
-    println!("\nflow table {flow_entries} entries, Maglev ring {}", bed.dp.options().ring_size);
-    println!("{:<50} {:>7} {:>7} {:>7}  verdict", "case", "min", "median", "max");
+    if !args.json {
+        let insns = bed.dp.program().info().ok().and_then(|i| i.size_translated()).unwrap_or(0) / 8;
+        println!(
+            "\nflow table {flow_entries} entries, Maglev ring {}, lb_xdp {insns} translated instructions",
+            bed.dp.options().ring_size
+        );
+        println!("{:<58} {:>7} {:>7} {:>7} {:>6}  verdict", "case", "min", "median", "max", "÷ pass");
+    }
     for case in cases.iter().filter(|c| all_cases || c.vary_offset != 0) {
+        bed.dp.set_settings(&Settings { new_flow_limit: case.new_flow_limit, ..Settings::default() })?;
         // One plain run first: records the flow (established cases) and resolves next hops.
         let warm = run(bed.dp.program(), &case.frame, Some(bed.v0))?;
         let target = match case.target {
@@ -192,15 +287,33 @@ fn bench_table_size(args: &Args, flow_entries: u32, all_cases: bool) -> Result<(
             times.push(r.duration.as_nanos() as u64);
         }
         times.sort_unstable();
-        println!(
-            "{:<50} {:>7} {:>7} {:>7}  {} (plain run: {})",
-            case.name,
-            times[0],
-            times[times.len() / 2],
-            times[times.len() - 1],
-            verdict_name(verdict),
-            verdict_name(warm.verdict)
-        );
+        let (min, median, max) = (times[0], times[times.len() / 2], times[times.len() - 1]);
+        if matches!(case.target, Target::Pass) {
+            *floor = median;
+        }
+        let ratio = if *floor > 0 { median as f64 / *floor as f64 } else { 0.0 };
+        if !args.json {
+            println!(
+                "{:<58} {min:>7} {median:>7} {max:>7} {ratio:>5.1}x  {} (plain run: {})",
+                case.name,
+                verdict_name(verdict),
+                verdict_name(warm.verdict)
+            );
+        }
+        rows.push(Row {
+            name: case.name.to_string(),
+            flow_entries,
+            min,
+            median,
+            max,
+            floor_median: *floor,
+            ratio,
+            verdict: verdict_name(verdict),
+        });
+    }
+    bed.dp.set_settings(&Settings::default())?;
+    if args.json {
+        return Ok(());
     }
     scan_flow_table(&bed, args.runs)
 }

@@ -4,14 +4,14 @@
 
 use super::*;
 use crate::engine::{drain::FlowCounts, metrics};
-use lb_common::maps::{FLOW_FIN, FLOW_RST, FlowKey, FlowValue};
+use lb_common::maps::{FLOW_FIN, FLOW_RST, FlowKey, FlowValue, flow_ticks};
 use std::time::Duration;
 
 const S: u64 = 1_000_000_000;
 
 /// Puts flows (backend, seconds since the last packet, flags) into the fake flow table, with the
 /// data-plane clock at 10,000 s.
-fn flows(r: &Rig, list: &[(u32, u64, u32)]) {
+fn flows(r: &Rig, list: &[(u32, u64, u8)]) {
     let mut f = r.core.maps.flows.lock().unwrap();
     f.now_ns = 10_000 * S;
     f.flows = list
@@ -19,7 +19,8 @@ fn flows(r: &Rig, list: &[(u32, u64, u32)]) {
         .enumerate()
         .map(|(i, &(backend, idle_s, flags))| {
             let key = FlowKey { sport: i as u16, ..FlowKey::default() };
-            (key, FlowValue { backend, flags, last_seen_ns: f.now_ns - idle_s * S, ..FlowValue::default() })
+            let last_seen = flow_ticks(f.now_ns - idle_s * S);
+            (key, FlowValue { backend: backend as u16, flags, last_seen, ..FlowValue::default() })
         })
         .collect();
 }

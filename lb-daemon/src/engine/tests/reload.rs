@@ -14,6 +14,17 @@ fn an_unchanged_config_writes_nothing() {
 }
 
 #[test]
+fn changed_flow_settings_are_one_settings_write_and_no_flip() {
+    let mut r = Rig::new(CONFIG);
+    let text = CONFIG.replace("ring_size = 401", "ring_size = 401\n[flows]\nnew_flow_limit = 500");
+    let out = r.core.reload(config(&text), "test").unwrap();
+    assert!(out.changed && out.changes[0].starts_with("flows settings"), "{:?}", out.changes);
+    let expected = lb_common::maps::Settings { new_flow_limit: 500, ..Default::default() };
+    assert_eq!(r.writes(), vec![MapWrite::Settings(expected)]);
+    assert_eq!(r.core.maps.settings, expected);
+}
+
+#[test]
 fn keys_that_need_a_restart_are_refused_with_nothing_changed() {
     let mut r = Rig::new(CONFIG);
     let before = r.core.state.clone();
