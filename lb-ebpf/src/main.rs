@@ -6,7 +6,9 @@
 //!    table and record the flow;
 //! 2. in NAT mode, a backend's reply (its VIPs found in `NAT_BACKENDS`, its flow in `FLOWS`) is
 //!    rewritten back to the VIP and returned the way the client's packets came;
-//! 3. anything else goes to the kernel untouched.
+//! 3. an ICMP "too big" about a VIP flow goes to that flow's backend (`icmp`);
+//! 4. anything else goes to the kernel untouched, as does every frame not sent to the receiving
+//!    interface's own MAC (`l2`).
 //!
 //! Forwarding rewrites the destination (NAT) or only the MACs (DSR) and leaves by `XDP_TX` or a
 //! DEVMAP redirect, with the next hop cached per backend (`NEXTHOPS`).
@@ -14,6 +16,8 @@
 #![no_main]
 
 mod forward;
+mod icmp;
+mod l2;
 mod maps;
 mod nexthop;
 mod parse;
@@ -59,6 +63,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     match parse(&ctx) {
         Ok(pkt) => handle(&ctx, &pkt, bytes),
+        Err(Reason::PassNotTcp) => icmp::handle(&ctx, bytes).unwrap_or_else(|reason| pass(reason, bytes)),
         Err(reason) => pass(reason, bytes),
     }
 }
@@ -109,6 +114,9 @@ fn filter_hit(filter: &aya_ebpf::maps::Array<u64>, addr: &[u32; 4], port: u16) -
 fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
     let key = &pkt.key;
     if filter_hit(&VIP_FILTER, &key.dst, key.dport) {
+        if !l2::addressed_to_us(ctx, pkt.eth) {
+            return pass(Reason::PassOtherMac, bytes);
+        }
         let now = now_ns();
         // A bare SYN almost always starts a new flow: it skips the lookup and records the flow
         // only if none exists (a retransmitted or port-reusing SYN then takes the path below).
@@ -133,6 +141,9 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
         }
     }
     if filter_hit(&BACKEND_FILTER, &key.src, key.sport) {
+        if !l2::addressed_to_us(ctx, pkt.eth) {
+            return pass(Reason::PassOtherMac, bytes);
+        }
         let backend_key =
             EndpointKey { addr: key.src, port: key.sport, proto: PROTO_TCP, family: key.family };
         if let Some(nat) = unsafe { NAT_BACKENDS.get(&backend_key) } {

@@ -67,3 +67,9 @@ pub static BACKEND_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0)
 /// Per-CPU counters, laid out by `lb_common::stats`. Written by the XDP program.
 #[map]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+
+/// Interface index → that interface's own MAC, for interfaces the program is attached to. Only
+/// frames sent to it are forwarded: a switch flooding unknown unicast (another balancer's MAC,
+/// say) must not make two balancers forward one packet. Written by the daemon at attach.
+#[map]
+pub static IFACE_MACS: HashMap<u32, [u8; 6]> = HashMap::with_max_entries(lb_common::maps::MAX_IFACES, 0);

@@ -32,7 +32,7 @@ use super::objects::LB_XDP_OBJECT;
 pub const PROGRAM_NAME: &str = "lb_xdp";
 
 /// Every map of the program, by name (all are pinned together).
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 12] = [
     "VIPS",
     "SERVICES",
     "TABLES",
@@ -44,6 +44,7 @@ pub const MAP_NAMES: [&str; 11] = [
     "VIP_FILTER",
     "BACKEND_FILTER",
     "STATS",
+    "IFACE_MACS",
 ];
 
 /// Sizes fixed when the program is loaded.
@@ -140,6 +141,7 @@ pub struct Dataplane {
     vip_filter: Array<MapData, u64>,
     backend_filter: Array<MapData, u64>,
     stats: PerCpuArray<MapData, Counter>,
+    iface_macs: HashMap<MapData, u32, [u8; 6]>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -249,6 +251,7 @@ impl Dataplane {
             vip_filter: take(&mut ebpf, "VIP_FILTER")?,
             backend_filter: take(&mut ebpf, "BACKEND_FILTER")?,
             stats: take(&mut ebpf, "STATS")?,
+            iface_macs: take(&mut ebpf, "IFACE_MACS")?,
             options,
             ebpf,
             pins,
@@ -405,6 +408,12 @@ impl Dataplane {
         self.egress
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| DataplaneError::Map("EGRESS", e.to_string()))
+    }
+
+    /// Records the MAC address of interface `ifindex` (an attached one): the program forwards only
+    /// frames sent to it, never flooded unknown unicast, broadcast or multicast.
+    pub fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
+        op("IFACE_MACS", "update", self.iface_macs.insert(&ifindex, &mac, 0))
     }
 
     /// Rewrites both bit filters from the full lists of VIP and NAT backend (address, port) pairs.

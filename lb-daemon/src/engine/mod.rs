@@ -192,6 +192,12 @@ impl Engine {
             let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
             anyhow::ensure!(ifindex != 0, "interface {iface} does not exist");
             inner.dp.allow_egress(ifindex)?;
+            // Before attaching: frames to another MAC must never be forwarded.
+            if let Some(mac) = crate::dataplane::interface_mac(iface)
+                .map_err(|e| anyhow::anyhow!("reading the MAC address of {iface}: {e}"))?
+            {
+                inner.dp.set_iface_mac(ifindex, mac)?;
+            }
             let used = inner.dp.attach(iface, mode)?;
             tracing::info!(iface, mode = used, "XDP attached");
             views.push(InterfaceView { name: iface.clone(), mode: used.to_string() });
