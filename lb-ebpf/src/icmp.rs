@@ -54,16 +54,15 @@ struct TooBig {
     icmp: *mut IcmpHdr,
     /// Quoted IP header.
     inner_ip: *mut u8,
-    /// Quoted TCP ports (always there).
+    /// Quoted TCP header: its ports are always there, the rest (the checksum) only in a quote
+    /// long enough (`quoted_tcp`).
     inner_ports: *mut TcpPorts,
-    /// Quoted full TCP header, when the quote is long enough to hold its checksum.
-    inner_tcp: Option<*mut TcpHdr>,
     /// The flow the quoted packet belongs to, client → VIP (the quote reversed).
     key: FlowKey,
     /// Source of the ICMP error (the router), for the next-hop lookup.
     src: [u32; 4],
     /// End of the frame, for re-checking bounds where the verifier cannot relate the family to
-    /// how much of `ip` and `inner_ip` was checked.
+    /// how much of `ip` and `inner_ip` was checked, and for the quoted TCP header.
     data_end: usize,
 }
 
@@ -190,7 +189,6 @@ fn parse_v4(ctx: &XdpContext, eth: *mut EthHdr, l3: usize) -> Result<TooBig, Rea
         icmp,
         inner_ip: inner.cast(),
         inner_ports: ports,
-        inner_tcp: ptr_at(ctx, inner_l4),
         key: FlowKey {
             src: [inner_dst, 0, 0, 0],
             dst: [inner_src, 0, 0, 0],
@@ -236,7 +234,6 @@ fn parse_v6(ctx: &XdpContext, eth: *mut EthHdr, l3: usize) -> Result<TooBig, Rea
         icmp,
         inner_ip: inner.cast(),
         inner_ports: ports,
-        inner_tcp: ptr_at(ctx, inner_l4),
         key: FlowKey {
             src: inner_dst,
             dst: inner_src,
@@ -249,6 +246,15 @@ fn parse_v6(ctx: &XdpContext, eth: *mut EthHdr, l3: usize) -> Result<TooBig, Rea
         src: saddr,
         data_end: ctx.data_end(),
     })
+}
+
+/// The whole quoted TCP header, when the quote holds it (a quote of 8 bytes does not).
+#[inline(always)]
+fn quoted_tcp(tb: &TooBig) -> Option<*mut TcpHdr> {
+    if tb.inner_ports as usize + size_of::<TcpHdr>() > tb.data_end {
+        return None;
+    }
+    Some(tb.inner_ports.cast())
 }
 
 /// NAT: rewrites the error as the backend would have received it for its own packet: outer
@@ -271,7 +277,7 @@ fn translate(tb: &TooBig, addr: &[u32; 4], port: u16) {
             (*inner).check = new_inner_check;
             icmp_check = csum::replace_u32(icmp_check, old_src, addr[0]);
             icmp_check = csum::replace_u16(icmp_check, old_inner_check, new_inner_check);
-            if let Some(tcp) = tb.inner_tcp {
+            if let Some(tcp) = quoted_tcp(tb) {
                 let old_tcp_check = (*tcp).check;
                 let new_tcp_check =
                     csum::replace_u16(csum::replace_u32(old_tcp_check, old_src, addr[0]), old_port, port);
@@ -293,7 +299,7 @@ fn translate(tb: &TooBig, addr: &[u32; 4], port: u16) {
             let old_src = (*inner).saddr;
             (*inner).saddr = *addr;
             icmp_check = csum::replace_addr(icmp_check, &old_src, addr);
-            if let Some(tcp) = tb.inner_tcp {
+            if let Some(tcp) = quoted_tcp(tb) {
                 let old_tcp_check = (*tcp).check;
                 let new_tcp_check =
                     csum::replace_u16(csum::replace_addr(old_tcp_check, &old_src, addr), old_port, port);
