@@ -253,9 +253,11 @@ impl Topology {
             ensure!(o[0] == 10 && o[1] == 77 && o[2] == 100, "VIP {v} is not in 10.77.100.0/24");
         }
 
-        // The switch: a bridge without STP, so ports forward as soon as they are up.
+        // The switch: a bridge without STP, so ports forward as soon as they are up, and without
+        // multicast snooping, which with no MLD querier on the segment may hold back the IPv6
+        // neighbour solicitations (sent to solicited-node multicast groups).
         let switch = NetNs::new(&format!("{prefix}-sw"))?;
-        switch.ip(&["link", "add", "br0", "type", "bridge", "stp_state", "0"])?;
+        switch.ip(&["link", "add", "br0", "type", "bridge", "stp_state", "0", "mcast_snooping", "0"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
 
         // The client, on the bridge or behind the router.
@@ -307,6 +309,7 @@ impl Topology {
         }
         client.sysctl("net.ipv4.conf.all.accept_redirects", "0")?;
         client.sysctl("net.ipv6.conf.all.accept_redirects", "0")?;
+        client.sysctl("net.ipv6.conf.eth0.accept_redirects", "0")?;
         client.sysctl("net.ipv4.ip_local_port_range", "10000 65000")?;
         client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
 
@@ -341,6 +344,7 @@ impl Topology {
             ns.ip(&["-6", "route", "add", "default", "via", &v6_twin(LB_BACKEND_ADDR).to_string()])?;
             ns.sysctl("net.ipv4.conf.all.accept_redirects", "0")?;
             ns.sysctl("net.ipv6.conf.all.accept_redirects", "0")?;
+            ns.sysctl("net.ipv6.conf.eth0.accept_redirects", "0")?;
             if !opts.dsr_vips.is_empty() {
                 for scope in ["all", "eth0"] {
                     ns.sysctl(&format!("net.ipv4.conf.{scope}.arp_ignore"), "1")?;

@@ -11,7 +11,9 @@ fn switch_and_rollback_under_load(mode: &str, v6: bool) {
     let prefix = format!("sw{}{}", &mode[..1], if v6 { 6 } else { 4 });
     let s = setup_with(&prefix, &SetupOptions::new(mode).v6(v6)).expect("setup");
     let vip = s.vip;
-    assert!(in_pool_a(&request(s.topo.client(), vip).expect("first request")), "pool-a serves first");
+    let first = request(s.topo.client(), vip)
+        .unwrap_or_else(|e| panic!("first request: {e:#}\ndaemon log:\n{}", s.daemon.log()));
+    assert!(in_pool_a(&first), "pool-a serves first");
     let mut opts = LoadOptions::new(vip);
     opts.rate_per_s = 400;
     opts.max_connections = 6000;
