@@ -11,8 +11,8 @@ use crate::maps::IFACE_MACS;
 
 /// Whether the frame at `eth` is addressed to the interface it arrived on. A group address
 /// (broadcast, multicast: lowest bit of the first byte) never is. An interface whose MAC the
-/// daemon did not record (`IFACE_MACS`) is not checked further: its frames are taken as ours,
-/// as before this check existed.
+/// daemon did not record (`IFACE_MACS` all zero, or an index beyond it) is not checked further:
+/// its frames are taken as ours, as before this check existed.
 #[inline(always)]
 pub fn addressed_to_us(ctx: &XdpContext, eth: *const EthHdr) -> bool {
     let dst = unsafe { (*eth).dst };
@@ -20,8 +20,8 @@ pub fn addressed_to_us(ctx: &XdpContext, eth: *const EthHdr) -> bool {
         return false;
     }
     let ifindex = ctx.ingress_ifindex() as u32;
-    match unsafe { IFACE_MACS.get(&ifindex) } {
-        Some(own) => *own == dst,
-        None => true,
+    match IFACE_MACS.get(ifindex) {
+        Some(own) if *own != [0; 6] => *own == dst,
+        _ => true,
     }
 }

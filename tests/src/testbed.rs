@@ -174,7 +174,7 @@ impl PacketBed {
         bed.dp.allow_egress(v0)?;
         let mac = lb_daemon::dataplane::interface_mac("v0")?.context("v0 has an Ethernet MAC")?;
         anyhow::ensure!(mac == LB_MAC, "v0's MAC is {mac:02x?}, not LB_MAC");
-        bed.dp.set_iface_mac(v0, mac)?;
+        anyhow::ensure!(bed.dp.set_iface_mac(v0, mac)?, "v0's index {v0} has no IFACE_MACS slot");
         bed.add_service(
             SVC_NAT,
             sa("10.0.0.200:80"),

@@ -141,7 +141,7 @@ pub struct Dataplane {
     vip_filter: Array<MapData, u64>,
     backend_filter: Array<MapData, u64>,
     stats: PerCpuArray<MapData, Counter>,
-    iface_macs: HashMap<MapData, u32, [u8; 6]>,
+    iface_macs: Array<MapData, [u8; 6]>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -411,9 +411,13 @@ impl Dataplane {
     }
 
     /// Records the MAC address of interface `ifindex` (an attached one): the program forwards only
-    /// frames sent to it, never flooded unknown unicast, broadcast or multicast.
-    pub fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
-        op("IFACE_MACS", "update", self.iface_macs.insert(&ifindex, &mac, 0))
+    /// frames sent to it, never flooded unknown unicast, broadcast or multicast. False when the
+    /// index has no slot (`IFACE_MAC_SLOTS`): that interface's frames are not checked.
+    pub fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<bool, DataplaneError> {
+        if ifindex >= lb_common::maps::IFACE_MAC_SLOTS {
+            return Ok(false);
+        }
+        op("IFACE_MACS", "update", self.iface_macs.set(ifindex, &mac, 0)).map(|()| true)
     }
 
     /// Rewrites both bit filters from the full lists of VIP and NAT backend (address, port) pairs.

@@ -195,8 +195,13 @@ impl Engine {
             // Before attaching: frames to another MAC must never be forwarded.
             if let Some(mac) = crate::dataplane::interface_mac(iface)
                 .map_err(|e| anyhow::anyhow!("reading the MAC address of {iface}: {e}"))?
+                && !inner.dp.set_iface_mac(ifindex, mac)?
             {
-                inner.dp.set_iface_mac(ifindex, mac)?;
+                tracing::warn!(
+                    iface,
+                    ifindex,
+                    "interface index too high for IFACE_MACS: frames to other MACs are not filtered on it"
+                );
             }
             let used = inner.dp.attach(iface, mode)?;
             tracing::info!(iface, mode = used, "XDP attached");
