@@ -23,6 +23,10 @@ pub const MAX_VIPS: u32 = 256;
 pub const MAX_SERVICES: u32 = 256;
 /// Maximum number of backends over all pools (size of the `BACKENDS` array).
 pub const MAX_BACKENDS: u32 = 4096;
+/// Slots of `IFACE_MACS`, an array indexed by interface index (an array lookup costs a few
+/// nanoseconds, a hash lookup on every forwarded packet several times that): interfaces with a
+/// higher index are not checked against their MAC.
+pub const IFACE_MAC_SLOTS: u32 = 65_536;
 /// Default size of the flow table (`FLOWS`).
 pub const DEFAULT_FLOW_ENTRIES: u32 = 1 << 20;
 /// How long a next hop learnt by `bpf_fib_lookup` is reused before it is looked up again.

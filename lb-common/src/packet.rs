@@ -12,6 +12,16 @@ pub const ETH_P_8021Q_BE: u16 = 0x8100u16.to_be();
 pub const IPV6_NEXTHDR_FRAGMENT: u8 = 44;
 /// IPv4 `frag_off` bits that mark a fragment (MF flag and offset), network order.
 pub const IPV4_FRAG_MASK_BE: u16 = 0x3FFFu16.to_be();
+/// IP protocol number of ICMP.
+pub const PROTO_ICMP: u8 = 1;
+/// IP protocol (IPv6 next header) number of ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
+/// ICMP type "destination unreachable".
+pub const ICMP_DEST_UNREACH: u8 = 3;
+/// ICMP "destination unreachable" code "fragmentation needed and DF set" (RFC 1191).
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// ICMPv6 type "packet too big" (RFC 8201).
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 /// TCP flag FIN (in `TcpHdr::flags`).
 pub const TCP_FIN: u8 = 0x01;
 /// TCP flag SYN.
@@ -111,6 +121,33 @@ pub struct TcpHdr {
     pub urg: u16,
 }
 
+/// ICMP and ICMPv6 header: type, code, checksum and the 4 bytes that follow (for "too big":
+/// unused + next-hop MTU in ICMP, the MTU in ICMPv6). The quoted packet follows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct IcmpHdr {
+    /// Message type.
+    pub kind: u8,
+    /// Message code.
+    pub code: u8,
+    /// Checksum (ICMPv6: over a pseudo-header too).
+    pub check: u16,
+    /// Rest of the header (the MTU for "too big"), network order.
+    pub rest: u32,
+}
+
+/// The first 8 bytes of a quoted TCP header: all an ICMP error is sure to carry (RFC 792).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpPorts {
+    /// Source port, network order.
+    pub sport: u16,
+    /// Destination port, network order.
+    pub dport: u16,
+    /// Sequence number.
+    pub seq: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +160,7 @@ mod tests {
         assert_eq!(size_of::<Ipv4Hdr>(), 20);
         assert_eq!(size_of::<Ipv6Hdr>(), 40);
         assert_eq!(size_of::<TcpHdr>(), 20);
+        assert_eq!(size_of::<IcmpHdr>(), 8);
+        assert_eq!(size_of::<TcpPorts>(), 8);
     }
 }

@@ -11,7 +11,8 @@ pub enum Reason {
     PassNotIp = 0,
     /// IP but not TCP: passed.
     PassNotTcp = 1,
-    /// TCP but to no VIP and from no NAT backend flow: passed.
+    /// TCP to no VIP and from no NAT backend flow, or an ICMP "too big" quoting no VIP flow:
+    /// passed.
     PassNotVip = 2,
     /// An IPv4 fragment or an IPv6 fragment header: passed.
     PassFragment = 3,
@@ -52,10 +53,16 @@ pub enum Reason {
     /// A closed or never-established entry older than its timeout was ignored and the packet
     /// balanced anew.
     FlowExpired = 20,
+    /// VIP or NAT backend traffic in a frame not addressed to the receiving interface's own MAC
+    /// (flooded unknown unicast, broadcast, multicast): passed untouched, never forwarded.
+    PassOtherMac = 21,
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" about a VIP flow, sent on to the
+    /// flow's backend (translated in NAT mode) so that path MTU discovery works.
+    FwdIcmpTooBig = 22,
 }
 
 /// Number of reason counters (`Reason` values are `0..REASONS`).
-pub const REASONS: u32 = 21;
+pub const REASONS: u32 = 23;
 
 /// Every reason, in counter order (for userspace reporting).
 pub const ALL_REASONS: [Reason; REASONS as usize] = [
@@ -80,6 +87,8 @@ pub const ALL_REASONS: [Reason; REASONS as usize] = [
     Reason::FloodNotRecorded,
     Reason::StatelessRst,
     Reason::FlowExpired,
+    Reason::PassOtherMac,
+    Reason::FwdIcmpTooBig,
 ];
 
 impl Reason {
@@ -107,6 +116,8 @@ impl Reason {
             Reason::FloodNotRecorded => "flood_not_recorded",
             Reason::StatelessRst => "fwd_stateless_rst",
             Reason::FlowExpired => "flow_expired",
+            Reason::PassOtherMac => "pass_other_mac",
+            Reason::FwdIcmpTooBig => "fwd_icmp_too_big",
         }
     }
 }
@@ -157,7 +168,7 @@ mod tests {
 
     #[test]
     fn counter_ranges_do_not_overlap() {
-        assert!(reason_counter(Reason::FlowExpired) < vip_counter(0));
+        assert!(reason_counter(Reason::FwdIcmpTooBig) < vip_counter(0));
         assert!(vip_counter(MAX_VIPS - 1) < backend_counter(0));
         assert!(backend_counter(MAX_BACKENDS - 1) < backend_new_flow_counter(0));
         assert_eq!(backend_new_flow_counter(MAX_BACKENDS - 1), STATS_ENTRIES - 1);

@@ -10,7 +10,9 @@
 //!    continue a connection are dropped; a RST without a flow is forwarded by the hash only;
 //! 2. in NAT mode, a backend's reply (its VIPs found in `NAT_BACKENDS`, its flow in `FLOWS`) is
 //!    rewritten back to the VIP and returned the way the client's packets came;
-//! 3. anything else goes to the kernel untouched.
+//! 3. an ICMP "too big" about a VIP flow goes to that flow's backend (`icmp`);
+//! 4. anything else goes to the kernel untouched, as does every frame not sent to the receiving
+//!    interface's own MAC (`l2`).
 //!
 //! Forwarding rewrites the destination (NAT) or only the MACs (DSR) and leaves by `XDP_TX` or a
 //! DEVMAP redirect, with the next hop cached per backend (`NEXTHOPS`).
@@ -18,6 +20,8 @@
 #![no_main]
 
 mod forward;
+mod icmp;
+mod l2;
 mod maps;
 mod nexthop;
 mod parse;
@@ -65,6 +69,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     match parse(&ctx) {
         Ok(pkt) => handle(&ctx, &pkt, bytes),
+        Err(Reason::PassNotTcp) => icmp::handle(&ctx, bytes).unwrap_or_else(|reason| pass(reason, bytes)),
         Err(reason) => pass(reason, bytes),
     }
 }
@@ -115,6 +120,9 @@ fn filter_hit(filter: &aya_ebpf::maps::Array<u64>, addr: &[u32; 4], port: u16) -
 fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
     let key = &pkt.key;
     if filter_hit(&VIP_FILTER, &key.dst, key.dport) {
+        if !l2::addressed_to_us(ctx, pkt.eth) {
+            return pass(Reason::PassOtherMac, bytes);
+        }
         let now = now_ns();
         let vip_key = EndpointKey { addr: key.dst, port: key.dport, proto: PROTO_TCP, family: key.family };
         let flags = pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST);
@@ -144,6 +152,9 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
         }
     }
     if filter_hit(&BACKEND_FILTER, &key.src, key.sport) {
+        if !l2::addressed_to_us(ctx, pkt.eth) {
+            return pass(Reason::PassOtherMac, bytes);
+        }
         let backend_key =
             EndpointKey { addr: key.src, port: key.sport, proto: PROTO_TCP, family: key.family };
         if let Some(nat) = unsafe { NAT_BACKENDS.get(&backend_key) } {

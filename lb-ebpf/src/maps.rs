@@ -86,3 +86,10 @@ pub static BACKEND_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0)
 /// Per-CPU counters, laid out by `lb_common::stats`. Written by the XDP program.
 #[map]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+
+/// Interface index → that interface's own MAC (all zero: not recorded), for interfaces the
+/// program is attached to. Only frames sent to it are forwarded: a switch flooding unknown
+/// unicast (another balancer's MAC, say) must not make two balancers forward one packet.
+/// Written by the daemon at attach.
+#[map]
+pub static IFACE_MACS: Array<[u8; 6]> = Array::with_max_entries(lb_common::maps::IFACE_MAC_SLOTS, 0);

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use std::{
     collections::BTreeMap,
     io::{ErrorKind, Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc, Mutex,
@@ -42,8 +42,9 @@ pub struct LoadOptions {
     pub max_duration: Duration,
     /// Threads making connections (each makes one connection at a time).
     pub workers: usize,
-    /// Client addresses to bind to, round robin (empty: the kernel picks the source).
-    pub source_addrs: Vec<Ipv4Addr>,
+    /// Client addresses to bind to, round robin (empty: the kernel picks the source); of the
+    /// target's family.
+    pub source_addrs: Vec<IpAddr>,
     /// Connect timeout, and read/write timeout of the one request.
     pub timeout: Duration,
 }
@@ -325,7 +326,7 @@ fn worker(shared: &Shared) {
 }
 
 /// Connect (from `source` if given), send `hello`, read the one-line answer, close.
-fn one_request(target: SocketAddr, source: Option<Ipv4Addr>, timeout: Duration) -> Result<String, String> {
+fn one_request(target: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> Result<String, String> {
     let mut stream = connect(target, source, timeout).map_err(|e| format!("connect: {e}"))?;
     let mut buf = Vec::new();
     exchange(&mut stream, &mut buf, b"hello\n", Instant::now() + timeout)
@@ -377,16 +378,15 @@ fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> Re
 }
 
 /// Connects to `target` within `timeout`, from `source` (any port) if given.
-fn connect(target: SocketAddr, source: Option<Ipv4Addr>, timeout: Duration) -> std::io::Result<TcpStream> {
+fn connect(target: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> std::io::Result<TcpStream> {
     let Some(source) = source else {
         return TcpStream::connect_timeout(&target, timeout);
     };
-    let SocketAddr::V4(target4) = target else {
-        return Err(std::io::Error::new(ErrorKind::InvalidInput, "IPv4 source for an IPv6 target"));
-    };
-    let fd = unsafe {
-        libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0)
-    };
+    if source.is_ipv4() != target.is_ipv4() {
+        return Err(std::io::Error::new(ErrorKind::InvalidInput, "source and target of different families"));
+    }
+    let domain = if source.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -404,17 +404,10 @@ fn connect(target: SocketAddr, source: Option<Ipv4Addr>, timeout: Duration) -> s
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     })?;
-    let sin = |addr: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(addr).to_be() },
-        sin_zero: [0; 8],
-    };
-    let local = sin(source, 0);
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    check(unsafe { libc::bind(raw, (&local as *const libc::sockaddr_in).cast(), len) })?;
-    let remote = sin(*target4.ip(), target4.port());
-    let rc = unsafe { libc::connect(raw, (&remote as *const libc::sockaddr_in).cast(), len) };
+    let local = SockAddr::new(SocketAddr::new(source, 0));
+    check(unsafe { libc::bind(raw, local.ptr(), local.len()) })?;
+    let remote = SockAddr::new(target);
+    let rc = unsafe { libc::connect(raw, remote.ptr(), remote.len()) };
     if rc < 0 {
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EINPROGRESS) {
@@ -458,6 +451,46 @@ fn connect(target: SocketAddr, source: Option<Ipv4Addr>, timeout: Duration) -> s
     let stream = TcpStream::from(fd);
     stream.set_nonblocking(false)?;
     Ok(stream)
+}
+
+/// A socket address as the C socket calls take it.
+enum SockAddr {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+impl SockAddr {
+    fn new(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(a) => SockAddr::V4(libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+                sin_zero: [0; 8],
+            }),
+            SocketAddr::V6(a) => SockAddr::V6(libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            }),
+        }
+    }
+
+    fn ptr(&self) -> *const libc::sockaddr {
+        match self {
+            SockAddr::V4(a) => (a as *const libc::sockaddr_in).cast(),
+            SockAddr::V6(a) => (a as *const libc::sockaddr_in6).cast(),
+        }
+    }
+
+    fn len(&self) -> libc::socklen_t {
+        (match self {
+            SockAddr::V4(_) => std::mem::size_of::<libc::sockaddr_in>(),
+            SockAddr::V6(_) => std::mem::size_of::<libc::sockaddr_in6>(),
+        }) as libc::socklen_t
+    }
 }
 
 /// One request from the `client` namespace: connect to `target`, send a line, return the

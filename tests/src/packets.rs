@@ -123,13 +123,144 @@ impl Frame {
     }
 }
 
+/// An ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big" error from a router, as
+/// it arrives in a frame: `from` → `to`, quoting the first `quote` bytes of the IP packet inside
+/// `offending` (an Ethernet frame as [`Frame::build`] makes it; fewer if it is shorter).
+#[derive(Clone, Debug)]
+pub struct TooBig {
+    /// Destination MAC.
+    pub dst_mac: Mac,
+    /// Source MAC.
+    pub src_mac: Mac,
+    /// The router sending the error.
+    pub from: IpAddr,
+    /// Where the error is sent (the offending packet's source).
+    pub to: IpAddr,
+    /// Next-hop MTU announced.
+    pub mtu: u16,
+    /// The packet that was too big.
+    pub offending: Frame,
+    /// How many bytes of it (from its IP header on) are quoted.
+    pub quote: usize,
+}
+
+impl TooBig {
+    /// An error from `from` about `offending` (sent back to its source), quoting as much as
+    /// Linux does for a short packet (all of it), with the default MACs of [`Frame::syn`].
+    pub fn about(from: IpAddr, offending: Frame, mtu: u16) -> Self {
+        Self {
+            dst_mac: [0x02, 0, 0, 0, 0, 0x01],
+            src_mac: [0x02, 0, 0, 0, 0, 0x02],
+            from,
+            to: offending.src.ip(),
+            mtu,
+            offending,
+            quote: usize::MAX,
+        }
+    }
+
+    /// Serialises the frame with correct IP and ICMP checksums.
+    pub fn build(&self) -> Vec<u8> {
+        let inner = self.offending.build();
+        let l3 = if self.offending.vlan.is_some() { 18 } else { 14 };
+        let quoted = &inner[l3..l3 + self.quote.min(inner.len() - l3)];
+        let mut f = Vec::with_capacity(128 + quoted.len());
+        f.extend_from_slice(&self.dst_mac);
+        f.extend_from_slice(&self.src_mac);
+        let mut icmp = vec![0u8; 8];
+        icmp.extend_from_slice(quoted);
+        match (self.from, self.to) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                icmp[0] = 3;
+                icmp[1] = 4;
+                icmp[6..8].copy_from_slice(&self.mtu.to_be_bytes());
+                let c = checksum(&icmp, 0);
+                icmp[2..4].copy_from_slice(&c.to_ne_bytes());
+                f.extend_from_slice(&0x0800u16.to_be_bytes());
+                let mut ip = vec![0x45, 0xc0];
+                ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+                ip.extend_from_slice(&[0x56, 0x78, 0, 0, 64, 1, 0, 0]);
+                ip.extend_from_slice(&s.octets());
+                ip.extend_from_slice(&d.octets());
+                let c = checksum(&ip, 0);
+                ip[10..12].copy_from_slice(&c.to_ne_bytes());
+                f.extend_from_slice(&ip);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                icmp[0] = 2;
+                icmp[4..8].copy_from_slice(&(self.mtu as u32).to_be_bytes());
+                let c = checksum(&icmp, upper_pseudo_sum(&s.octets(), &d.octets(), 58, icmp.len()));
+                icmp[2..4].copy_from_slice(&c.to_ne_bytes());
+                f.extend_from_slice(&0x86DDu16.to_be_bytes());
+                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+                f.extend_from_slice(&[58, 64]);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&d.octets());
+            }
+            _ => panic!("source and destination must be of one family"),
+        }
+        f.extend_from_slice(&icmp);
+        f
+    }
+}
+
+/// Checks the checksums of an ICMP or ICMPv6 error frame: the outer IPv4 header, the ICMP
+/// checksum (ICMPv6: with its pseudo-header) and, for IPv4, the quoted IPv4 header. `Err` says
+/// which is wrong; frames that are not ICMP are `Ok`.
+pub fn verify_icmp_checksums(frame: &[u8]) -> Result<(), String> {
+    if frame.len() < 14 {
+        return Ok(());
+    }
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 => {
+            let ip = &frame[14..];
+            let ihl = (ip[0] & 0xf) as usize * 4;
+            let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+            if ip[9] != 1 || total > ip.len() {
+                return Ok(());
+            }
+            if checksum(&ip[..ihl], 0) != 0 {
+                return Err("outer IPv4 header checksum".into());
+            }
+            let icmp = &ip[ihl..total];
+            if checksum(icmp, 0) != 0 {
+                return Err("ICMP checksum".into());
+            }
+            let inner = &icmp[8..];
+            let inner_ihl = (inner[0] & 0xf) as usize * 4;
+            if inner.len() >= inner_ihl && checksum(&inner[..inner_ihl], 0) != 0 {
+                return Err("quoted IPv4 header checksum".into());
+            }
+        }
+        0x86DD => {
+            let ip = &frame[14..];
+            let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+            if ip[6] != 58 || 40 + plen > ip.len() {
+                return Ok(());
+            }
+            let icmp = &ip[40..40 + plen];
+            if checksum(icmp, upper_pseudo_sum(&ip[8..24], &ip[24..40], 58, plen)) != 0 {
+                return Err("ICMPv6 checksum".into());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// One's-complement sum of the TCP pseudo-header.
 fn pseudo_sum(src: &[u8], dst: &[u8], tcp_len: usize) -> u64 {
+    upper_pseudo_sum(src, dst, 6, tcp_len)
+}
+
+/// One's-complement sum of the pseudo-header of an upper-layer protocol `proto` (TCP, ICMPv6).
+fn upper_pseudo_sum(src: &[u8], dst: &[u8], proto: u8, tcp_len: usize) -> u64 {
     let mut sum = 0u64;
     for pair in src.chunks(2).chain(dst.chunks(2)) {
         sum += u16::from_ne_bytes([pair[0], pair[1]]) as u64;
     }
-    sum += u16::from_ne_bytes(6u16.to_be_bytes()) as u64;
+    sum += u16::from_ne_bytes((proto as u16).to_be_bytes()) as u64;
     let len = tcp_len as u32;
     sum += u16::from_ne_bytes(((len >> 16) as u16).to_be_bytes()) as u64;
     sum += u16::from_ne_bytes((len as u16).to_be_bytes()) as u64;
@@ -205,6 +336,20 @@ mod tests {
             let last = f.len() - 1;
             f[last] ^= 0x40;
             assert!(verify_checksums(&f).is_err());
+        }
+    }
+
+    #[test]
+    fn built_icmp_errors_verify_and_corrupted_ones_do_not() {
+        for (s, d, router) in
+            [("10.0.0.1:80", "10.0.0.2:1000", "10.9.9.9"), ("[fd00::1]:80", "[fd00::2]:1000", "fd09::9")]
+        {
+            let big = Frame::syn(s.parse().unwrap(), d.parse().unwrap()).with(ACK | PSH, &[7u8; 100]);
+            let mut f = TooBig::about(router.parse().unwrap(), big, 1400).build();
+            assert_eq!(verify_icmp_checksums(&f), Ok(()));
+            let last = f.len() - 1;
+            f[last] ^= 0x40;
+            assert!(verify_icmp_checksums(&f).unwrap_err().contains("ICMP"));
         }
     }
 }

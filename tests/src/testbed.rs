@@ -10,6 +10,10 @@
 //! | 0 | nat | 10.0.0.200:80 | pool-a (0: 0=10.0.0.11:8080, 1=10.0.0.12:8080), pool-b (1: 2=10.0.0.21:8080, 3=10.0.0.22:8080) |
 //! | 1 | dsr | 10.0.0.201:80 | pool-a (2: 4=10.0.0.11:80, 5=10.0.0.12:80) |
 //! | 2 | nat | [fd00::200]:80 | pool-a (3: 8=[fd00::11]:8080, 9=[fd00::12]:8080), pool-b (4: 10=[fd00::21]:8080, 11=[fd00::22]:8080) |
+//! | 3 | dsr | [fd00::201]:80 | pool-a (5: 12=[fd00::11]:80, 13=[fd00::12]:80) |
+//!
+//! `v0`'s MAC is recorded in `IFACE_MACS` as the daemon does at attach, so frames received on
+//! `v0` (test_run with `v0` as ingress) that are sent to another MAC are not forwarded.
 
 use anyhow::{Context, Result};
 use lb_common::{
@@ -50,6 +54,8 @@ pub const SVC_NAT: u32 = 0;
 pub const SVC_DSR: u32 = 1;
 /// The NAT IPv6 service.
 pub const SVC_NAT6: u32 = 2;
+/// The DSR IPv6 service.
+pub const SVC_DSR6: u32 = 3;
 
 /// One service of the bed.
 pub struct BedService {
@@ -166,6 +172,9 @@ impl PacketBed {
             ns,
         };
         bed.dp.allow_egress(v0)?;
+        let mac = lb_daemon::dataplane::interface_mac("v0")?.context("v0 has an Ethernet MAC")?;
+        anyhow::ensure!(mac == LB_MAC, "v0's MAC is {mac:02x?}, not LB_MAC");
+        anyhow::ensure!(bed.dp.set_iface_mac(v0, mac)?, "v0's index {v0} has no IFACE_MACS slot");
         bed.add_service(
             SVC_NAT,
             sa("10.0.0.200:80"),
@@ -189,6 +198,12 @@ impl PacketBed {
                 (3, &[(8, "[fd00::11]:8080"), (9, "[fd00::12]:8080")]),
                 (4, &[(10, "[fd00::21]:8080"), (11, "[fd00::22]:8080")]),
             ],
+        )?;
+        bed.add_service(
+            SVC_DSR6,
+            sa("[fd00::201]:80"),
+            true,
+            &[(5, &[(12, "[fd00::11]:80"), (13, "[fd00::12]:80")])],
         )?;
         bed.write_nat_backends()?;
         bed.write_filters()?;

@@ -16,6 +16,16 @@
 //!    via 10.77.1.1
 //! ```
 //!
+//! - Every host is dual-stack: each IPv4 address `10.77.X.Y` has the IPv6 twin `fd77:X::Y`
+//!   ([`v6_twin`]; prefixes /64, no DAD), with the same routes, so a test runs over either
+//!   family by picking its addresses (VIPs `fd77:100::x`, [`vip6`]). ICMPv6 redirects are
+//!   ignored by every host, as IPv4 ones are.
+//! - With [`TopologyOptions::client_link_mtu`], a router namespace (`<p>-r-*`) sits between the
+//!   client and the bridge: the client is then `10.77.3.2`… behind it (default route via
+//!   `10.77.3.1`), the router is `10.77.1.2` on the bridge, and the router's end of the client
+//!   link has the smaller MTU while the client's end keeps 1500: the client announces an MSS
+//!   that does not fit the path, as behind a tunnel, and the router answers packets too big
+//!   for the link with ICMP "fragmentation needed" / "packet too big" (path MTU discovery).
 //! - VIPs are `10.77.100.x` ([`vip`]). They are never assigned to the balancer: the client
 //!   reaches them through its route via 10.77.1.1, the balancer's XDP program (attached by the
 //!   test to the balancer's `eth0`) rewrites them. Without a balancer the kernel of the balancer
@@ -62,7 +72,7 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream},
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::process::CommandExt,
@@ -89,13 +99,30 @@ pub fn vip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 100, n)
 }
 
+/// IPv6 VIP number `n`: `fd77:100::n`, the twin of [`vip`].
+pub fn vip6(n: u8) -> Ipv6Addr {
+    v6_twin(vip(n))
+}
+
+/// The IPv6 twin of a topology address: `10.77.X.Y` → `fd77:X::Y` (the decimal digits read as
+/// hexadecimal, so the two look alike).
+pub fn v6_twin(a: Ipv4Addr) -> Ipv6Addr {
+    let o = a.octets();
+    format!("fd{}:{}::{}", o[1], o[2], o[3]).parse().expect("valid IPv6 twin")
+}
+
+/// `addr` itself, or its IPv6 twin when `v6`.
+pub fn in_family(addr: Ipv4Addr, v6: bool) -> IpAddr {
+    if v6 { v6_twin(addr).into() } else { addr.into() }
+}
+
 /// One backend host of the topology.
 #[derive(Clone, Debug)]
 pub struct BackendSpec {
     /// Short name (letters, digits, `-`; at most 10 characters), e.g. `a1`; also the name the
     /// backend answers with.
     pub name: String,
-    /// Its address, inside 10.77.2.0/24 (e.g. 10.77.2.11).
+    /// Its address, inside 10.77.2.0/24 (e.g. 10.77.2.11; its IPv6 twin is set too).
     pub addr: Ipv4Addr,
     /// The TCP port `test-backend` listens on (on 0.0.0.0).
     pub port: u16,
@@ -111,6 +138,11 @@ impl BackendSpec {
     pub fn socket_addr(&self) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(self.addr, self.port))
     }
+
+    /// `addr:port`, or its IPv6 twin's when `v6`.
+    pub fn socket_addr_in(&self, v6: bool) -> SocketAddr {
+        SocketAddr::new(in_family(self.addr, v6), self.port)
+    }
 }
 
 /// What [`Topology::new`] builds.
@@ -118,18 +150,22 @@ impl BackendSpec {
 pub struct TopologyOptions {
     /// The backend hosts, one namespace each (their servers start with [`Topology::start_backend`]).
     pub backends: Vec<BackendSpec>,
-    /// VIPs put on `lo` of every backend (for DSR), with ARP for them suppressed.
+    /// VIPs put on `lo` of every backend (for DSR), with ARP for them suppressed; their IPv6
+    /// twins too.
     pub dsr_vips: Vec<Ipv4Addr>,
     /// Number of client addresses (at least 1): 10.77.1.2, 10.77.1.3, ...
     pub clients: u8,
     /// Path of the `test-backend` binary; `None` finds it with [`find_test_backend`].
     pub backend_bin: Option<PathBuf>,
+    /// Put the client behind a router whose link toward the client has this MTU (see the
+    /// module documentation); `None`: the client is on the bridge.
+    pub client_link_mtu: Option<u32>,
 }
 
 impl TopologyOptions {
     /// The given backends, no DSR VIPs, one client address, `test-backend` found automatically.
     pub fn new(backends: Vec<BackendSpec>) -> Self {
-        Self { backends, dsr_vips: Vec::new(), clients: 1, backend_bin: None }
+        Self { backends, dsr_vips: Vec::new(), clients: 1, backend_bin: None, client_link_mtu: None }
     }
 }
 
@@ -176,6 +212,7 @@ pub struct Topology {
     _peer_pass: OwnedFd,
     backends: BTreeMap<String, BackendHost>,
     client: NetNs,
+    router: Option<NetNs>,
     balancer: NetNs,
     switch: NetNs,
     client_addrs: Vec<Ipv4Addr>,
@@ -216,31 +253,76 @@ impl Topology {
             ensure!(o[0] == 10 && o[1] == 77 && o[2] == 100, "VIP {v} is not in 10.77.100.0/24");
         }
 
-        // The switch: a bridge without STP, so ports forward as soon as they are up.
+        // The switch: a bridge without STP, so ports forward as soon as they are up, and without
+        // multicast snooping, which with no MLD querier on the segment may hold back the IPv6
+        // neighbour solicitations (sent to solicited-node multicast groups).
         let switch = NetNs::new(&format!("{prefix}-sw"))?;
-        switch.ip(&["link", "add", "br0", "type", "bridge", "stp_state", "0"])?;
+        switch.ip(&["link", "add", "br0", "type", "bridge", "stp_state", "0", "mcast_snooping", "0"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
 
-        // The client.
+        // The client, on the bridge or behind the router.
         let client = NetNs::new(&format!("{prefix}-c"))?;
-        plug(&switch, "p-c", &client)?;
+        let router = match opts.client_link_mtu {
+            None => {
+                plug(&switch, "p-c", &client)?;
+                None
+            }
+            Some(mtu) => {
+                let router = NetNs::new(&format!("{prefix}-r"))?;
+                plug(&switch, "p-r", &router)?;
+                add_addr(&router, Ipv4Addr::new(10, 77, 1, 2), "eth0")?;
+                router.ip(&[
+                    "link",
+                    "add",
+                    "eth1",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    client.name(),
+                ])?;
+                ethtool(&router, &["-K", "eth1", "tx", "off"])?;
+                ethtool(&client, &["-K", "eth0", "tx", "off"])?;
+                router.ip(&["link", "set", "eth1", "mtu", &mtu.to_string(), "up"])?;
+                client.ip(&["link", "set", "eth0", "up"])?;
+                steer_by_flow(&client)?;
+                add_addr(&router, Ipv4Addr::new(10, 77, 3, 1), "eth1")?;
+                for dst in ["10.77.100.0/24", "10.77.2.0/24"] {
+                    route_both(&router, dst, Ipv4Addr::new(10, 77, 1, 1))?;
+                }
+                router.sysctl("net.ipv4.ip_forward", "1")?;
+                router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+                Some(router)
+            }
+        };
+        let (client_net, gateway) =
+            if router.is_some() { (3, Ipv4Addr::new(10, 77, 3, 1)) } else { (1, LB_CLIENT_ADDR) };
         let client_addrs: Vec<Ipv4Addr> =
-            (0..opts.clients).map(|i| Ipv4Addr::new(10, 77, 1, 2 + i)).collect();
+            (0..opts.clients).map(|i| Ipv4Addr::new(10, 77, client_net, 2 + i)).collect();
         for a in &client_addrs {
-            client.ip(&["addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+            add_addr(&client, *a, "eth0")?;
         }
-        client.ip(&["route", "add", "10.77.100.0/24", "via", "10.77.1.1"])?;
-        client.ip(&["route", "add", "10.77.2.0/24", "via", "10.77.1.1"])?;
+        for dst in ["10.77.100.0/24", "10.77.2.0/24"] {
+            route_both(&client, dst, gateway)?;
+        }
         client.sysctl("net.ipv4.conf.all.accept_redirects", "0")?;
+        client.sysctl("net.ipv6.conf.all.accept_redirects", "0")?;
+        client.sysctl("net.ipv6.conf.eth0.accept_redirects", "0")?;
         client.sysctl("net.ipv4.ip_local_port_range", "10000 65000")?;
         client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
 
         // The balancer host: both subnets on its one interface, kernel forwarding between them.
         let balancer = NetNs::new(&format!("{prefix}-lb"))?;
         plug(&switch, "p-lb", &balancer)?;
-        balancer.ip(&["addr", "add", "10.77.1.1/24", "dev", "eth0"])?;
-        balancer.ip(&["addr", "add", "10.77.2.1/24", "dev", "eth0"])?;
+        add_addr(&balancer, LB_CLIENT_ADDR, "eth0")?;
+        add_addr(&balancer, LB_BACKEND_ADDR, "eth0")?;
+        if router.is_some() {
+            route_both(&balancer, "10.77.3.0/24", Ipv4Addr::new(10, 77, 1, 2))?;
+        }
         balancer.sysctl("net.ipv4.ip_forward", "1")?;
+        balancer.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         for scope in ["all", "default", "eth0"] {
             balancer.sysctl(&format!("net.ipv4.conf.{scope}.send_redirects"), "0")?;
         }
@@ -257,9 +339,12 @@ impl Topology {
         for spec in opts.backends {
             let ns = NetNs::new(&format!("{prefix}-{}", spec.name))?;
             plug(&switch, &format!("p-{}", spec.name), &ns)?;
-            ns.ip(&["addr", "add", &format!("{}/24", spec.addr), "dev", "eth0"])?;
+            add_addr(&ns, spec.addr, "eth0")?;
             ns.ip(&["route", "add", "default", "via", "10.77.2.1"])?;
+            ns.ip(&["-6", "route", "add", "default", "via", &v6_twin(LB_BACKEND_ADDR).to_string()])?;
             ns.sysctl("net.ipv4.conf.all.accept_redirects", "0")?;
+            ns.sysctl("net.ipv6.conf.all.accept_redirects", "0")?;
+            ns.sysctl("net.ipv6.conf.eth0.accept_redirects", "0")?;
             if !opts.dsr_vips.is_empty() {
                 for scope in ["all", "eth0"] {
                     ns.sysctl(&format!("net.ipv4.conf.{scope}.arp_ignore"), "1")?;
@@ -267,6 +352,7 @@ impl Topology {
                 }
                 for v in &opts.dsr_vips {
                     ns.ip(&["addr", "add", &format!("{v}/32"), "dev", "lo"])?;
+                    ns.ip(&["-6", "addr", "add", &format!("{}/128", v6_twin(*v)), "dev", "lo"])?;
                 }
             }
             backends.insert(spec.name.clone(), BackendHost { spec, ns, server: None });
@@ -277,6 +363,7 @@ impl Topology {
             _peer_pass: peer_pass,
             backends,
             client,
+            router,
             balancer,
             switch,
             client_addrs,
@@ -290,9 +377,19 @@ impl Topology {
         &self.client
     }
 
-    /// The client addresses (10.77.1.2 first).
+    /// The client addresses (10.77.1.2 first; 10.77.3.2 first behind a router).
     pub fn client_addrs(&self) -> &[Ipv4Addr] {
         &self.client_addrs
+    }
+
+    /// The client addresses of one family (the IPv6 twins when `v6`).
+    pub fn client_ips(&self, v6: bool) -> Vec<IpAddr> {
+        self.client_addrs.iter().map(|a| in_family(*a, v6)).collect()
+    }
+
+    /// The router namespace between client and bridge, if the topology has one.
+    pub fn router(&self) -> Option<&NetNs> {
+        self.router.as_ref()
     }
 
     /// The balancer namespace.
@@ -337,6 +434,7 @@ impl Topology {
             self.client.name().to_string(),
             self.balancer.name().to_string(),
         ];
+        names.extend(self.router.iter().map(|r| r.name().to_string()));
         names.extend(self.backends.values().map(|b| b.ns.name().to_string()));
         names
     }
@@ -350,7 +448,7 @@ impl Topology {
         }
     }
 
-    /// Starts `test-backend --listen 0.0.0.0:<port> --name <name>` in backend `name`'s namespace
+    /// Starts `test-backend --listen [::]:<port> --name <name>` (IPv4 and IPv6) in backend `name`'s namespace
     /// and waits (at most 5 s) until it answers a request with its name.
     pub fn start_backend(&mut self, name: &str) -> Result<()> {
         let bin = self.backend_bin.clone();
@@ -362,7 +460,7 @@ impl Topology {
         }
         host.server = None;
         let mut cmd = Command::new(&bin);
-        cmd.args(["--listen", &format!("0.0.0.0:{}", host.spec.port), "--name", name])
+        cmd.args(["--listen", &format!("[::]:{}", host.spec.port), "--name", name])
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         let child = spawn_in_ns(&host.ns, &mut cmd)
@@ -595,6 +693,22 @@ pub fn attach_xdp_pass(dev: &str) -> Result<OwnedFd> {
         bail!("BPF_LINK_CREATE (XDP on {dev}): {}", std::io::Error::last_os_error());
     }
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Adds `addr`/24 and its IPv6 twin /64 (without duplicate address detection) to `dev` of `ns`.
+fn add_addr(ns: &NetNs, addr: Ipv4Addr, dev: &str) -> Result<()> {
+    ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
+    ns.ip(&["-6", "addr", "add", &format!("{}/64", v6_twin(addr)), "dev", dev, "nodad"]).map(drop)
+}
+
+/// Routes the IPv4 prefix `dst` (`10.77.X.0/24`) via `via`, and its IPv6 twin (`fd77:X::/64`)
+/// via `via`'s twin, in `ns`.
+fn route_both(ns: &NetNs, dst: &str, via: Ipv4Addr) -> Result<()> {
+    ns.ip(&["route", "add", dst, "via", &via.to_string()])?;
+    let net: Ipv4Addr = dst.trim_end_matches("/24").parse().context("an IPv4 /24 prefix")?;
+    let o = net.octets();
+    ns.ip(&["-6", "route", "add", &format!("fd{}:{}::/64", o[1], o[2]), "via", &v6_twin(via).to_string()])
+        .map(drop)
 }
 
 /// Runs `ethtool` inside `ns`.

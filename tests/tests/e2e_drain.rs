@@ -1,9 +1,9 @@
-//! Drain and hard switches seen by long-lived connections, and the split, through the real
-//! daemon.
+//! Drain and hard switches seen by long-lived connections (NAT and DSR, IPv4 and IPv6), and the
+//! split, through the real daemon.
 
 use lb_daemon::api::model::ServiceView;
 use lb_tests::{
-    e2e::{in_pool_a, in_pool_b, setup, web_vip},
+    e2e::{SetupOptions, in_pool_a, in_pool_b, setup, setup_with, web_vip},
     load::{LoadHandle, LoadOptions, LongLived},
 };
 use std::time::Duration;
@@ -14,17 +14,28 @@ fn pool_b_packets(view: &ServiceView) -> u64 {
 
 #[test]
 fn nat_drain_keeps_long_lived_connections_and_hard_moves_them() {
-    drain_then_hard("nat");
+    drain_then_hard("nat", false);
 }
 
 #[test]
 fn dsr_drain_keeps_long_lived_connections_and_hard_moves_them() {
-    drain_then_hard("dsr");
+    drain_then_hard("dsr", false);
 }
 
-fn drain_then_hard(mode: &str) {
-    let s = setup(&format!("dr{}", &mode[..1]), mode).expect("setup");
-    let mut conns = LongLived::open(s.topo.client(), web_vip(), 6).expect("long-lived connections");
+#[test]
+fn nat_drain_keeps_long_lived_connections_and_hard_moves_them_ipv6() {
+    drain_then_hard("nat", true);
+}
+
+#[test]
+fn dsr_drain_keeps_long_lived_connections_and_hard_moves_them_ipv6() {
+    drain_then_hard("dsr", true);
+}
+
+fn drain_then_hard(mode: &str, v6: bool) {
+    let prefix = format!("dr{}{}", &mode[..1], if v6 { 6 } else { 4 });
+    let s = setup_with(&prefix, &SetupOptions::new(mode).v6(v6)).expect("setup");
+    let mut conns = LongLived::open(s.topo.client(), s.vip, 6).expect("long-lived connections");
     let first: Vec<String> = conns.ask().into_iter().map(|r| r.expect("answer")).collect();
     assert!(first.iter().all(|b| in_pool_a(b)), "{first:?}");
 
@@ -60,7 +71,7 @@ fn split_90_10_over_2000_connections() {
     opts.rate_per_s = 0;
     opts.max_connections = 2000;
     opts.max_duration = Duration::from_secs(30);
-    opts.source_addrs = s.topo.client_addrs().to_vec();
+    opts.source_addrs = s.topo.client_ips(false);
     let report = LoadHandle::start(s.topo.client(), opts).unwrap().wait();
     assert_eq!(report.failed(), 0, "{}", report.summary());
     assert_eq!(report.ok(), 2000);

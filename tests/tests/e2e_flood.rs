@@ -3,7 +3,7 @@
 //! flow table), real new connections keep succeeding, and `/metrics` shows the flood.
 
 use lb_tests::{
-    e2e::{in_pool_a, setup_with, web_vip},
+    e2e::{SetupOptions, in_pool_a, setup_edited, web_vip},
     flood::{FloodOptions, syn_flood},
     load::{LoadHandle, LoadOptions, LongLived},
 };
@@ -36,7 +36,7 @@ fn metric(text: &str, name: &str) -> u64 {
 }
 
 fn flood_after_drain(mode: &str) {
-    let s = setup_with(&format!("fl{}", &mode[..1]), mode, None, |config| {
+    let s = setup_edited(&format!("fl{}", &mode[..1]), &SetupOptions::new(mode), None, |config| {
         config.replace("flow_table_size = 65536", &format!("flow_table_size = {FLOW_TABLE}"))
             + &format!("\n[flows]\nnew_flow_limit = {NEW_FLOW_LIMIT}\n")
     })
@@ -53,7 +53,7 @@ fn flood_after_drain(mode: &str) {
     opts.rate_per_s = 50;
     opts.max_connections = 250;
     opts.max_duration = Duration::from_secs(6);
-    opts.source_addrs = s.topo.client_addrs().to_vec();
+    opts.source_addrs = s.sources();
     let load = LoadHandle::start(client, opts).expect("real connections");
     std::thread::sleep(Duration::from_millis(500));
     let SocketAddr::V4(target) = web_vip() else { unreachable!() };

@@ -128,7 +128,7 @@ fn stopped_backend_fails_new_connections_and_restarts() {
             rate_per_s: 0,
             max_connections: 100,
             max_duration: Duration::from_secs(2),
-            source_addrs: topo.client_addrs().to_vec(),
+            source_addrs: topo.client_ips(false),
             ..LoadOptions::new(sa("10.77.2.21:8080"))
         },
     )

@@ -5,7 +5,7 @@
 //! (and fails) against a daemon that lacks the fix too.
 
 use lb_tests::{
-    e2e::{Setup, setup, setup_with, web_vip},
+    e2e::{Setup, SetupOptions, setup, setup_edited, web_vip},
     load::request,
 };
 use std::{
@@ -241,7 +241,8 @@ fn idle_api_connections_beyond_the_cap_leave_the_api_and_health_checks_working()
     const TOKEN: &str = "idle-test-token-0123456789";
     let api = format!("[api]\ntcp = \"127.0.0.1:9931\"\ntoken = \"{TOKEN}\"\n");
     // 256 descriptors: 400 idle connections would take them all.
-    let s = setup_with("idl", "nat", Some(256), |c| c.replacen("[api]\n", &api, 1)).expect("setup");
+    let s = setup_edited("idl", &SetupOptions::new("nat"), Some(256), |c| c.replacen("[api]\n", &api, 1))
+        .expect("setup");
     let conns = s
         .topo
         .balancer()

@@ -19,7 +19,7 @@ fn kill_9_under_load_loses_nothing_and_restart_adopts() {
     opts.rate_per_s = 300;
     opts.max_connections = 3000;
     opts.max_duration = Duration::from_secs(8);
-    opts.source_addrs = s.topo.client_addrs().to_vec();
+    opts.source_addrs = s.topo.client_ips(false);
     let load = LoadHandle::start(s.topo.client(), opts).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     s.daemon.kill9().unwrap();
@@ -86,7 +86,7 @@ fn hundred_switches(mode: &str) {
     opts.rate_per_s = 500;
     opts.max_connections = 20_000;
     opts.max_duration = Duration::from_secs(40);
-    opts.source_addrs = s.topo.client_addrs().to_vec();
+    opts.source_addrs = s.topo.client_ips(false);
     let load = LoadHandle::start(s.topo.client(), opts).unwrap();
     for i in 0..100 {
         s.daemon.lbctl_ok(&["switch", if i % 2 == 0 { "pool-b" } else { "pool-a" }]);

@@ -42,7 +42,7 @@ fn killed_backend_leaves_the_table_and_new_connections_stop_failing() {
     opts.rate_per_s = 300;
     opts.max_connections = 5000;
     opts.max_duration = Duration::from_secs(8);
-    opts.source_addrs = s.topo.client_addrs().to_vec();
+    opts.source_addrs = s.topo.client_ips(false);
     let load = LoadHandle::start(s.topo.client(), opts).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     s.topo.stop_backend("a1").unwrap();

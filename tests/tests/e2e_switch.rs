@@ -1,21 +1,24 @@
 //! Switch and rollback through the real daemon and lbctl, with real TCP load from the client
-//! namespace, in NAT and DSR mode.
+//! namespace, in NAT and DSR mode, over IPv4 and IPv6.
 
 use lb_tests::{
-    e2e::{in_pool_a, in_pool_b, setup, web_vip},
+    e2e::{SetupOptions, in_pool_a, in_pool_b, setup_with},
     load::{LoadHandle, LoadOptions, request},
 };
 use std::time::Duration;
 
-fn switch_and_rollback_under_load(mode: &str) {
-    let s = setup(&format!("sw{}", &mode[..1]), mode).expect("setup");
-    let vip = web_vip();
-    assert!(in_pool_a(&request(s.topo.client(), vip).expect("first request")), "pool-a serves first");
+fn switch_and_rollback_under_load(mode: &str, v6: bool) {
+    let prefix = format!("sw{}{}", &mode[..1], if v6 { 6 } else { 4 });
+    let s = setup_with(&prefix, &SetupOptions::new(mode).v6(v6)).expect("setup");
+    let vip = s.vip;
+    let first = request(s.topo.client(), vip)
+        .unwrap_or_else(|e| panic!("first request: {e:#}\ndaemon log:\n{}", s.daemon.log()));
+    assert!(in_pool_a(&first), "pool-a serves first");
     let mut opts = LoadOptions::new(vip);
     opts.rate_per_s = 400;
     opts.max_connections = 6000;
     opts.max_duration = Duration::from_secs(12);
-    opts.source_addrs = s.topo.client_addrs().to_vec();
+    opts.source_addrs = s.sources();
     let load = LoadHandle::start(s.topo.client(), opts).expect("load");
     // Times are on the load's own clock, read right after each command returns.
     std::thread::sleep(Duration::from_millis(700));
@@ -45,10 +48,20 @@ fn switch_and_rollback_under_load(mode: &str) {
 
 #[test]
 fn nat_switch_and_rollback_under_load() {
-    switch_and_rollback_under_load("nat");
+    switch_and_rollback_under_load("nat", false);
 }
 
 #[test]
 fn dsr_switch_and_rollback_under_load() {
-    switch_and_rollback_under_load("dsr");
+    switch_and_rollback_under_load("dsr", false);
+}
+
+#[test]
+fn nat_switch_and_rollback_under_load_ipv6() {
+    switch_and_rollback_under_load("nat", true);
+}
+
+#[test]
+fn dsr_switch_and_rollback_under_load_ipv6() {
+    switch_and_rollback_under_load("dsr", true);
 }

@@ -15,7 +15,7 @@ fn load(rig: &FleetRig, rate: u32, secs: u64) -> LoadHandle {
     opts.rate_per_s = rate;
     opts.max_connections = rate * secs as u32;
     opts.max_duration = Duration::from_secs(secs);
-    opts.source_addrs = rig.client_addrs.clone();
+    opts.source_addrs = rig.client_addrs.iter().copied().map(std::net::IpAddr::V4).collect();
     LoadHandle::start(&rig.client, opts).expect("starting load")
 }
 

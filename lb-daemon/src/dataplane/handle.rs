@@ -28,7 +28,7 @@ use super::objects::LB_XDP_OBJECT;
 pub const PROGRAM_NAME: &str = "lb_xdp";
 
 /// Every map of the program, by name (all are pinned together).
-pub const MAP_NAMES: [&str; 14] = [
+pub const MAP_NAMES: [&str; 15] = [
     "VIPS",
     "SERVICES",
     "TABLES",
@@ -43,6 +43,7 @@ pub const MAP_NAMES: [&str; 14] = [
     "SYN_FLOWS",
     "SETTINGS",
     "FLOOD",
+    "IFACE_MACS",
 ];
 
 /// Sizes fixed when the program is loaded.
@@ -145,6 +146,7 @@ pub struct Dataplane {
     backend_filter: Array<MapData, u64>,
     stats: PerCpuArray<MapData, Counter>,
     settings: Array<MapData, Settings>,
+    iface_macs: Array<MapData, [u8; 6]>,
     flood: PerCpuArray<MapData, FloodState>,
     /// The program's XDP attachments (see [`super::links`]).
     links: super::links::Links,
@@ -282,6 +284,7 @@ impl Dataplane {
             stats: take(&mut ebpf, "STATS")?,
             settings: take(&mut ebpf, "SETTINGS")?,
             flood: take(&mut ebpf, "FLOOD")?,
+            iface_macs: take(&mut ebpf, "IFACE_MACS")?,
             options,
             ebpf,
             pins,
@@ -438,6 +441,16 @@ impl Dataplane {
         self.egress
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| DataplaneError::Map("EGRESS", e.to_string()))
+    }
+
+    /// Records the MAC address of interface `ifindex` (an attached one): the program forwards only
+    /// frames sent to it, never flooded unknown unicast, broadcast or multicast. False when the
+    /// index has no slot (`IFACE_MAC_SLOTS`): that interface's frames are not checked.
+    pub fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<bool, DataplaneError> {
+        if ifindex >= lb_common::maps::IFACE_MAC_SLOTS {
+            return Ok(false);
+        }
+        op("IFACE_MACS", "update", self.iface_macs.set(ifindex, &mac, 0)).map(|()| true)
     }
 
     /// Rewrites both bit filters from the full lists of VIP and NAT backend (address, port) pairs.

@@ -6,6 +6,7 @@ mod batch;
 #[cfg(test)]
 pub mod fake;
 mod handle;
+mod iface_mac;
 pub mod links;
 pub mod maps;
 pub mod netdev;
@@ -16,5 +17,6 @@ pub use batch::{BATCH, FlowReader};
 pub use handle::{
     AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir, syn_flow_entries,
 };
+pub use iface_mac::interface_mac;
 pub use maps::{FlowSource, Maps};
 pub use objects::{BENCH_XDP_OBJECT, LB_XDP_OBJECT, objects_are_stubs, require_real_objects};

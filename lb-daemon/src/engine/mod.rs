@@ -122,6 +122,17 @@ impl Engine {
             let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
             anyhow::ensure!(ifindex != 0, "interface {iface} does not exist");
             core.maps.allow_egress(ifindex)?;
+            // Before attaching: frames to another MAC must never be forwarded.
+            if let Some(mac) = crate::dataplane::interface_mac(iface)
+                .map_err(|e| anyhow::anyhow!("reading the MAC address of {iface}: {e}"))?
+                && !core.maps.set_iface_mac(ifindex, mac)?
+            {
+                tracing::warn!(
+                    iface,
+                    ifindex,
+                    "interface index too high for IFACE_MACS: frames to other MACs are not filtered on it"
+                );
+            }
             warnings.extend(core.maps.attach(iface, mode)?);
         }
         self.warnings.set("xdp", warnings);

@@ -202,7 +202,7 @@ struct TimedSwitch {
 }
 
 /// Unpaced load options, bounded.
-fn unpaced(target: SocketAddr, sources: &[std::net::Ipv4Addr], max_duration: Duration) -> LoadOptions {
+fn unpaced(target: SocketAddr, sources: &[std::net::IpAddr], max_duration: Duration) -> LoadOptions {
     let mut opts = LoadOptions::new(target);
     opts.rate_per_s = 0;
     opts.workers = 4;
@@ -326,7 +326,7 @@ fn run_once(args: &Args, run: u32) -> Result<BTreeMap<&'static str, f64>> {
     check_interrupted()?;
     let planned = MARGIN * 2 + (GAP + Duration::from_millis(5)) * n as u32;
     let direct: SocketAddr = DIRECT_BACKEND.parse().expect("constant address");
-    let base = run_for(client_ns, unpaced(direct, s.topo.client_addrs(), planned))?;
+    let base = run_for(client_ns, unpaced(direct, &s.topo.client_ips(false), planned))?;
     ensure!(
         base.len() < MAX_CONNECTIONS as usize,
         "the baseline hit its connection bound: raise MAX_CONNECTIONS"
@@ -348,7 +348,7 @@ fn run_once(args: &Args, run: u32) -> Result<BTreeMap<&'static str, f64>> {
     let mut kept = vec![true; LONG_LIVED];
     // Generous bound: the run stops the load itself right after the last switch.
     let bound = MARGIN * 2 + (GAP + Duration::from_millis(250)) * n as u32 + Duration::from_secs(5);
-    let load = LoadHandle::start(client_ns, unpaced(vip, s.topo.client_addrs(), bound))?;
+    let load = LoadHandle::start(client_ns, unpaced(vip, &s.topo.client_ips(false), bound))?;
     let mut switches = Vec::with_capacity(n);
     let mut lbctl_load = Vec::with_capacity(n);
     let outcome = (|| -> Result<()> {
@@ -418,7 +418,7 @@ fn run_once(args: &Args, run: u32) -> Result<BTreeMap<&'static str, f64>> {
 
     // Diagnostic: one second of direct connections to a1 after the VIP traffic.
     check_interrupted()?;
-    let after = run_for(client_ns, unpaced(direct, s.topo.client_addrs(), Duration::from_secs(1)))?;
+    let after = run_for(client_ns, unpaced(direct, &s.topo.client_ips(false), Duration::from_secs(1)))?;
     m.insert("direct_after_vip_failed_pct", 100.0 * after.failed() as f64 / after.len().max(1) as f64);
     Ok(m)
 }

@@ -1,6 +1,8 @@
 //! `test-backend`: the backend server of the end-to-end tests. For every line a client sends it
 //! answers one line with its name, so a long-lived connection can ask again and again which
-//! backend it talks to; it closes a connection when the client closes it.
+//! backend it talks to; it closes a connection when the client closes it. A line
+//! `bytes <n>` is answered with `n` bytes (at most [`MAX_BYTES`]) and then the name line instead: a
+//! response larger than any MTU, for the path MTU tests.
 //!
 //! `test-backend --listen 0.0.0.0:8080 --name a1`. Built for many short connections per second
 //! (SO_REUSEADDR, a large accept backlog, the open-file limit raised to its hard maximum). It has
@@ -54,6 +56,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// Largest response a `bytes <n>` line gets.
+const MAX_BYTES: usize = 16 << 20;
+
 /// Answers each line with the name until the client closes (or the connection fails).
 async fn handle(stream: TcpStream, answer: &[u8]) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
@@ -65,6 +70,10 @@ async fn handle(stream: TcpStream, answer: &[u8]) -> std::io::Result<()> {
         let n = read.read_until(b'\n', &mut line).await?;
         if n == 0 {
             return Ok(());
+        }
+        let text = String::from_utf8_lossy(&line);
+        if let Some(count) = text.trim_end().strip_prefix("bytes ").and_then(|c| c.parse::<usize>().ok()) {
+            write.write_all(&vec![b'.'; count.min(MAX_BYTES)]).await?;
         }
         write.write_all(answer).await?;
     }
