@@ -86,7 +86,7 @@ pub fn handle(ctx: &XdpContext, bytes: u64) -> Result<u32, Reason> {
         return Err(Reason::PassNotVip);
     }
     let backend = match unsafe { FLOWS.get(key) } {
-        Some(flow) => flow.backend,
+        Some(flow) => u32::from(flow.backend),
         None => pick(svc.table, key).ok_or(Reason::PassNotVip)?,
     };
     let b = BACKENDS.get(backend).ok_or(Reason::PassNotVip)?;
