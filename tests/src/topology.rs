@@ -17,9 +17,12 @@
 //! ```
 //!
 //! - Every host is dual-stack: each IPv4 address `10.77.X.Y` has the IPv6 twin `fd77:X::Y`
-//!   ([`v6_twin`]; prefixes /64, no DAD), with the same routes, so a test runs over either
+//!   ([`v6_twin`]; prefixes /64), with the same routes, so a test runs over either
 //!   family by picking its addresses (VIPs `fd77:100::x`, [`vip6`]). ICMPv6 redirects are
 //!   ignored by every host, as IPv4 ones are.
+//! - No IPv6 address goes through duplicate address detection, link-local ones included (see
+//!   `new_ns`): a tentative link-local address silently holds back neighbour solicitations, so
+//!   the first IPv6 DSR connections after a topology is built would lose their SYN.
 //! - With [`TopologyOptions::client_link_mtu`], a router namespace (`<p>-r-*`) sits between the
 //!   client and the bridge: the client is then `10.77.3.2`… behind it (default route via
 //!   `10.77.3.1`), the router is `10.77.1.2` on the bridge, and the router's end of the client
@@ -256,19 +259,19 @@ impl Topology {
         // The switch: a bridge without STP, so ports forward as soon as they are up, and without
         // multicast snooping, which with no MLD querier on the segment may hold back the IPv6
         // neighbour solicitations (sent to solicited-node multicast groups).
-        let switch = NetNs::new(&format!("{prefix}-sw"))?;
+        let switch = new_ns(&format!("{prefix}-sw"))?;
         switch.ip(&["link", "add", "br0", "type", "bridge", "stp_state", "0", "mcast_snooping", "0"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
 
         // The client, on the bridge or behind the router.
-        let client = NetNs::new(&format!("{prefix}-c"))?;
+        let client = new_ns(&format!("{prefix}-c"))?;
         let router = match opts.client_link_mtu {
             None => {
                 plug(&switch, "p-c", &client)?;
                 None
             }
             Some(mtu) => {
-                let router = NetNs::new(&format!("{prefix}-r"))?;
+                let router = new_ns(&format!("{prefix}-r"))?;
                 plug(&switch, "p-r", &router)?;
                 add_addr(&router, Ipv4Addr::new(10, 77, 1, 2), "eth0")?;
                 router.ip(&[
@@ -314,7 +317,7 @@ impl Topology {
         client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
 
         // The balancer host: both subnets on its one interface, kernel forwarding between them.
-        let balancer = NetNs::new(&format!("{prefix}-lb"))?;
+        let balancer = new_ns(&format!("{prefix}-lb"))?;
         plug(&switch, "p-lb", &balancer)?;
         add_addr(&balancer, LB_CLIENT_ADDR, "eth0")?;
         add_addr(&balancer, LB_BACKEND_ADDR, "eth0")?;
@@ -337,7 +340,7 @@ impl Topology {
         // The backends.
         let mut backends = BTreeMap::new();
         for spec in opts.backends {
-            let ns = NetNs::new(&format!("{prefix}-{}", spec.name))?;
+            let ns = new_ns(&format!("{prefix}-{}", spec.name))?;
             plug(&switch, &format!("p-{}", spec.name), &ns)?;
             add_addr(&ns, spec.addr, "eth0")?;
             ns.ip(&["route", "add", "default", "via", "10.77.2.1"])?;
@@ -693,6 +696,27 @@ pub fn attach_xdp_pass(dev: &str) -> Result<OwnedFd> {
         bail!("BPF_LINK_CREATE (XDP on {dev}): {}", std::io::Error::last_os_error());
     }
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A new namespace of the topology (see [`NetNs::new`]) in which no IPv6 address, link-local ones
+/// included, goes through duplicate address detection.
+///
+/// While an interface's link-local address is tentative (for 1 to 2 s after the link comes up),
+/// the kernel sends no neighbour solicitation that has to come from it: every solicitation whose
+/// triggering packet has no source address on that interface, such as the balancer's managed
+/// entries for its backends' next hops, the backends' solicitations for their gateway when they
+/// answer from a VIP on `lo` (DSR), and the balancer's for forwarded packets. They are silently
+/// skipped, the entry stays incomplete until a retransmission after DAD is over, and a DSR SYN
+/// to an IPv6 backend is dropped for want of a next hop. IPv4 (ARP) has no such wait. So DAD is
+/// off for every interface (`all` and `default`, set before any interface exists in the
+/// namespace), as `nodad` already makes it for the global addresses.
+fn new_ns(name: &str) -> Result<NetNs> {
+    let ns = NetNs::new(name)?;
+    for scope in ["all", "default"] {
+        ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0")
+            .with_context(|| format!("turning off IPv6 DAD in {}", ns.name()))?;
+    }
+    Ok(ns)
 }
 
 /// Adds `addr`/24 and its IPv6 twin /64 (without duplicate address detection) to `dev` of `ns`.

@@ -143,6 +143,26 @@ fn stopped_backend_fails_new_connections_and_restarts() {
     assert_eq!(request(topo.client(), sa("10.77.2.11:8080")).unwrap(), "a1");
 }
 
+/// A tentative IPv6 address (link-local ones included) holds back the neighbour solicitations
+/// that must come from it: right after the topology is built, the first IPv6 DSR SYN would be
+/// dropped for want of a resolved next hop. No address of any namespace may be tentative, with
+/// or without the router in front of the client.
+#[test]
+fn no_ipv6_address_is_tentative_once_built() {
+    for client_link_mtu in [None, Some(1400)] {
+        let mut opts = two_backends();
+        opts.dsr_vips = vec![Ipv4Addr::new(10, 77, 100, 1)];
+        opts.client_link_mtu = client_link_mtu;
+        let topo = Topology::new("e2eh", opts).unwrap();
+        for ns in topo.namespace_names() {
+            let all = ip(&["-n", &ns, "-6", "addr", "show"]).unwrap();
+            assert!(all.contains("scope link"), "{ns} has link-local addresses: {all}");
+            let tentative = ip(&["-n", &ns, "-6", "addr", "show", "tentative"]).unwrap();
+            assert!(tentative.trim().is_empty(), "tentative addresses in {ns}: {tentative}");
+        }
+    }
+}
+
 #[test]
 fn everything_is_gone_after_drop_also_on_panic() {
     let mut opts = two_backends();
