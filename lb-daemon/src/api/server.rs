@@ -18,8 +18,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +32,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -207,41 +207,27 @@ fn bind_unix(path: &Path) -> anyhow::Result<UnixSocket> {
 /// (binding and listening in one step would leave a window with umask permissions, and Unix
 /// clients need no token).
 fn bind_private_unix(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(
+    let invalid = || {
+        io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("socket path must be 1..{} bytes without NUL", addr.sun_path.len()),
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    let len = (std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1) as libc::socklen_t;
-
-    // SAFETY: plain syscall; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0)
+            format!("socket path must be 1..{SUN_PATH_LEN} bytes without NUL"),
+        )
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+    if path.as_os_str().is_empty() {
+        return Err(invalid());
     }
-    // SAFETY: `fd` is a freshly created descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: `addr` is an initialized sockaddr_un and `len` does not exceed its size.
-    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast::<libc::sockaddr>(), len) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // Rejects a NUL inside the path and a path that does not fit in `sun_path`.
+    let addr = UnixAddr::new(path).map_err(|_| invalid())?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &addr)?;
     let finish = || -> io::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        // SAFETY: plain syscall on a descriptor we own.
-        if unsafe { libc::listen(fd.as_raw_fd(), 128) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        listen(&fd, Backlog::new(128)?)?;
         Ok(())
     };
     if let Err(e) = finish() {
@@ -250,6 +236,9 @@ fn bind_private_unix(path: &Path) -> io::Result<std::os::unix::net::UnixListener
     }
     Ok(std::os::unix::net::UnixListener::from(fd))
 }
+
+/// Size of `sockaddr_un.sun_path` on Linux (`UNIX_PATH_MAX`), NUL included.
+const SUN_PATH_LEN: usize = 108;
 
 /// Per-server state shared by every connection.
 struct Shared {
