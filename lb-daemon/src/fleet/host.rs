@@ -331,7 +331,7 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::model::{Active, InterfaceView, PoolView, ServiceView, Traffic};
+    use crate::api::model::{Active, PoolView, ServiceView, Traffic};
 
     fn calls(dir: &Path) -> usize {
         std::fs::read_to_string(dir.join("calls")).map(|t| t.lines().count()).unwrap_or(0)
@@ -355,18 +355,9 @@ mod tests {
     }
 
     fn status(healthy: u32) -> StatusView {
-        StatusView {
-            instance: "t".into(),
-            version: "0".into(),
-            uptime_s: 0,
-            adopted: false,
-            interfaces: vec![InterfaceView {
-                name: "eth0".into(),
-                mode: "native".into(),
-                attached: true,
-                ..Default::default()
-            }],
-            services: vec![ServiceView {
+        StatusView::fixture(
+            "t",
+            vec![ServiceView {
                 name: "web".into(),
                 mode: "dsr".into(),
                 vips: vec!["192.0.2.10:80".into()],
@@ -383,9 +374,7 @@ mod tests {
                 }],
                 watch: None,
             }],
-            reasons: Vec::new(),
-            warnings: Vec::new(),
-        }
+        )
     }
 
     fn file(f: &Fleet) -> String {

@@ -56,19 +56,10 @@ impl Fake {
 impl Control for Fake {
     fn status(&self) -> Result<StatusView, ApiError> {
         Ok(StatusView {
-            instance: "test".into(),
             version: "0.1.0".into(),
             uptime_s: 7,
-            adopted: false,
-            interfaces: vec![InterfaceView {
-                name: "eth0".into(),
-                mode: "native".into(),
-                attached: true,
-                ..Default::default()
-            }],
-            services: vec![self.service_view()],
             reasons: vec![("pass_not_vip".into(), 3)],
-            warnings: vec![],
+            ..StatusView::fixture("test", vec![self.service_view()])
         })
     }
     fn service(&self, name: Option<&str>) -> Result<ServiceView, ApiError> {
