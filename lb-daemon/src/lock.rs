@@ -9,11 +9,13 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write},
-    os::{
-        fd::AsRawFd,
-        unix::fs::{MetadataExt, OpenOptionsExt},
-    },
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
+};
+
+use nix::{
+    errno::Errno,
+    fcntl::{Flock, FlockArg},
 };
 
 /// Why the instance could not be locked.
@@ -45,7 +47,7 @@ pub enum LockError {
 /// The held locks of one instance; dropping it releases them.
 #[derive(Debug)]
 pub struct InstanceLock {
-    _held: Vec<File>,
+    _held: Vec<Flock<File>>,
 }
 
 impl InstanceLock {
@@ -59,7 +61,7 @@ impl InstanceLock {
         if let Some(dir) = state_lock.parent() {
             fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -67,7 +69,7 @@ impl InstanceLock {
             .mode(0o644)
             .open(state_lock)
             .map_err(io_err(state_lock))?;
-        lock(&file, instance, state_lock)?;
+        let mut file = lock(file, instance, state_lock)?;
         file.set_len(0).map_err(io_err(state_lock))?;
         writeln!(file, "{}", std::process::id()).map_err(io_err(state_lock))?;
 
@@ -77,20 +79,19 @@ impl InstanceLock {
             .custom_flags(libc::O_DIRECTORY)
             .open(pin_dir)
             .map_err(io_err(pin_dir))?;
-        lock(&dir, instance, pin_dir)?;
+        let dir = lock(dir, instance, pin_dir)?;
         Ok(Self { _held: vec![file, dir] })
     }
 }
 
 /// `flock(LOCK_EX | LOCK_NB)`; a held lock becomes [`LockError::Held`] naming the holder.
-fn lock(file: &File, instance: &str, path: &Path) -> Result<(), LockError> {
-    // SAFETY: plain syscall on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-        return Err(LockError::Io { path: path.to_owned(), source: err });
+fn lock(file: File, instance: &str, path: &Path) -> Result<Flock<File>, LockError> {
+    let (file, errno) = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(held) => return Ok(held),
+        Err(failed) => failed,
+    };
+    if errno != Errno::EWOULDBLOCK {
+        return Err(LockError::Io { path: path.to_owned(), source: errno.into() });
     }
     let holder = file
         .metadata()

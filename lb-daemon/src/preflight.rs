@@ -18,6 +18,8 @@ use std::{
     sync::Mutex,
 };
 
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
 /// Current warnings by topic (`forwarding`, `bpffs`, …), each a line with its fix.
 #[derive(Debug, Default)]
 pub struct Warnings(Mutex<BTreeMap<String, Vec<String>>>);
@@ -57,25 +59,16 @@ pub fn check_forwarding(config: &crate::config::Config, warnings: &Warnings) {
 /// API's connections, health checks and BPF objects never starve each other at systemd's
 /// default of 1024. Returns (before, after).
 pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `lim` is a valid rlimit to write into.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let before: u64 = lim.rlim_cur;
+    let (before, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(1 << 20);
-    let target = lim.rlim_max.min(nr_open);
+    let target = hard.min(nr_open);
     if target <= before {
         return Ok((before, before));
     }
-    lim.rlim_cur = target;
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
     Ok((before, target))
 }
 
@@ -227,8 +220,7 @@ mod tests {
     fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
         let (before, after) = raise_nofile_limit().unwrap();
         assert!(after >= before);
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-        assert_eq!(lim.rlim_cur, after);
+        let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(soft, after);
     }
 }

@@ -353,6 +353,29 @@ pub struct StatusView {
     pub warnings: Vec<String>,
 }
 
+#[cfg(test)]
+impl StatusView {
+    /// A status of `instance` with `eth0` attached natively and `services`: the fixture the API
+    /// server's and the BGP announcer's unit tests share.
+    pub(crate) fn fixture(instance: &str, services: Vec<ServiceView>) -> Self {
+        Self {
+            instance: instance.into(),
+            version: "0".into(),
+            uptime_s: 0,
+            adopted: false,
+            interfaces: vec![InterfaceView {
+                name: "eth0".into(),
+                mode: "native".into(),
+                attached: true,
+                ..Default::default()
+            }],
+            services,
+            reasons: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// An interface the program is attached to, as the kernel reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceView {

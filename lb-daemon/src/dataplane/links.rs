@@ -19,7 +19,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use std::{collections::BTreeMap, ffi::CString, fmt::Write, fs, io, path::Path, time::SystemTime};
+use std::{collections::BTreeMap, fmt::Write, fs, io, path::Path, time::SystemTime};
 
 /// The modes to try, in order, for one interface, and what to warn about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,12 +96,10 @@ fn attach_err(iface: &str, what: impl std::fmt::Display) -> DataplaneError {
 }
 
 fn ifindex_of(iface: &str) -> Result<u32, DataplaneError> {
-    let name = CString::new(iface).map_err(|_| attach_err(iface, "bad interface name"))?;
-    // SAFETY: `name` is a valid NUL-terminated string.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(attach_err(iface, "no such interface")),
-        i => Ok(i),
+    if iface.contains('\0') {
+        return Err(attach_err(iface, "bad interface name"));
     }
+    nix::net::if_::if_nametoindex(iface).map_err(|_| attach_err(iface, "no such interface"))
 }
 
 fn program_id(prog: &Xdp) -> Result<u32, DataplaneError> {

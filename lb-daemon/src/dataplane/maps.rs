@@ -74,10 +74,10 @@ impl FlowSource for super::FlowReader {
 
 /// `CLOCK_MONOTONIC_COARSE`: the clock behind `bpf_ktime_get_coarse_ns`.
 pub fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec; this clock id exists on every Linux the daemon runs on.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // This clock id exists on every Linux the daemon runs on; a failure would read as time zero.
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .unwrap_or_else(|_| nix::sys::time::TimeSpec::new(0, 0));
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
 impl Maps for Dataplane {

@@ -13,8 +13,16 @@ use netlink_packet_route::{
 };
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     time::Duration,
+};
+
+use nix::sys::{
+    socket::{
+        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, setsockopt,
+        socket, sockopt,
+    },
+    time::TimeVal,
 };
 
 /// The XDP programs attached to an interface, by mode (program ids; `None`: no program in that
@@ -166,55 +174,25 @@ struct RouteSocket(OwnedFd);
 
 impl RouteSocket {
     fn open() -> io::Result<Self> {
-        // SAFETY: plain syscall; the result is checked.
-        let fd = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )?;
         let timeout = Duration::from_secs(2);
-        let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: 0 };
-        // SAFETY: `tv` is a valid timeval of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(timeout.as_secs() as _, 0))?;
         Ok(Self(fd))
     }
 
     fn send(&self, buf: &[u8]) -> io::Result<()> {
-        // SAFETY: sockaddr_nl is plain old data; zero is the kernel's address.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `buf` and `addr` are valid for the lengths given.
-        let n = unsafe {
-            libc::sendto(
-                self.0.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                0,
-                (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        // Port 0, no groups: the kernel.
+        sendto(self.0.as_raw_fd(), buf, &NetlinkAddr::new(0, 0), MsgFlags::empty())?;
+        Ok(())
     }
 
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+        Ok(recv(self.0.as_raw_fd(), buf, MsgFlags::empty())?)
     }
 }
 

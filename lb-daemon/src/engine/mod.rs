@@ -118,9 +118,8 @@ impl Engine {
         };
         let mut warnings = Vec::new();
         for iface in &ifaces {
-            let name = std::ffi::CString::new(iface.as_str())?;
-            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            anyhow::ensure!(ifindex != 0, "interface {iface} does not exist");
+            let ifindex = nix::net::if_::if_nametoindex(iface.as_str())
+                .map_err(|_| anyhow::anyhow!("interface {iface} does not exist"))?;
             core.maps.allow_egress(ifindex)?;
             // Before attaching: frames to another MAC must never be forwarded.
             if let Some(mac) = crate::dataplane::interface_mac(iface)

@@ -23,7 +23,7 @@
 //! to the balancer's own kernel table (the README's snippet has no kernel export of them).
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -54,30 +54,6 @@ pub fn render(instance: &str, announce: &BTreeSet<IpAddr>) -> String {
         out += "}\n";
     }
     out
-}
-
-/// Replaces `path` with `contents` atomically: a temporary file in the same directory, written
-/// and fsynced, renamed over `path`, then the directory fsynced. A reader (BIRD) sees the old
-/// file or the new one, never a part.
-pub fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| std::io::Error::other("the path names no file"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Why `birdc configure` did not confirm the new configuration.
@@ -217,18 +193,6 @@ protocol static lb_vips6 {
         // A success word with a failed exit is still a failure, and silence is never success.
         assert!(check_configure_output(false, "Reconfigured\n").is_err());
         assert_eq!(check_configure_output(true, ""), Err(BirdError::Refused("no answer".into())));
-    }
-
-    #[test]
-    fn write_atomic_replaces_the_file_and_leaves_no_temporary() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vips.conf");
-        write_atomic(&path, "one\n").unwrap();
-        write_atomic(&path, "two\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("vips.conf")]);
-        assert!(write_atomic(&dir.path().join("missing/vips.conf"), "x").is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::bird::{self, BIRDC_TIMEOUT};
 use super::config::BgpConfig;
 use crate::api::Control;
 use crate::api::model::{ApiError, StatusView};
+use crate::atomic_file::write_atomic;
 
 /// How often the announcer re-reads the daemon's status (health changes, switches, reloads).
 /// Polling keeps the hook into the engine at zero; a health change takes `fall` failed checks
@@ -243,7 +244,7 @@ impl Fleet {
 
     fn push_to_bird(&self, want: &BTreeSet<IpAddr>) -> Result<(), String> {
         let text = bird::render(&self.instance, want);
-        bird::write_atomic(&self.cfg.include_file, &text)
+        write_atomic(&self.cfg.include_file, text.as_bytes())
             .map_err(|e| format!("writing {}: {e}", self.cfg.include_file.display()))?;
         bird::configure(&self.cfg.birdc, &self.cfg.birdc_socket, BIRDC_TIMEOUT).map_err(|e| e.to_string())
     }
@@ -261,7 +262,7 @@ impl Fleet {
             }
         }
         let text = serde_json::to_string_pretty(&record).map_err(|e| ApiError::internal(e.to_string()))?;
-        bird::write_atomic(&self.record_file, &(text + "\n")).map_err(|e| {
+        write_atomic(&self.record_file, (text + "\n").as_bytes()).map_err(|e| {
             ApiError::internal(format!("persisting the drain state to {}: {e}", self.record_file.display()))
         })?;
         tracing::warn!(
@@ -330,7 +331,7 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::model::{Active, InterfaceView, PoolView, ServiceView, Traffic};
+    use crate::api::model::{Active, PoolView, ServiceView, Traffic};
 
     fn calls(dir: &Path) -> usize {
         std::fs::read_to_string(dir.join("calls")).map(|t| t.lines().count()).unwrap_or(0)
@@ -354,18 +355,9 @@ mod tests {
     }
 
     fn status(healthy: u32) -> StatusView {
-        StatusView {
-            instance: "t".into(),
-            version: "0".into(),
-            uptime_s: 0,
-            adopted: false,
-            interfaces: vec![InterfaceView {
-                name: "eth0".into(),
-                mode: "native".into(),
-                attached: true,
-                ..Default::default()
-            }],
-            services: vec![ServiceView {
+        StatusView::fixture(
+            "t",
+            vec![ServiceView {
                 name: "web".into(),
                 mode: "dsr".into(),
                 vips: vec!["192.0.2.10:80".into()],
@@ -382,9 +374,7 @@ mod tests {
                 }],
                 watch: None,
             }],
-            reasons: Vec::new(),
-            warnings: Vec::new(),
-        }
+        )
     }
 
     fn file(f: &Fleet) -> String {
@@ -448,7 +438,8 @@ mod tests {
 
         // A record that cannot be written changes nothing.
         let mut g = fleet(dir.path());
-        g.record_file = dir.path().join("missing/t.bgp.json");
+        std::fs::write(dir.path().join("blocked"), "").unwrap();
+        g.record_file = dir.path().join("blocked/t.bgp.json");
         assert!(g.set_drained(true, "ops").is_err());
         assert!(!g.view().drained);
 

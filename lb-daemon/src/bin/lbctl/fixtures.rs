@@ -11,18 +11,7 @@ use crate::follow::Daemon;
 
 /// `s` without its escape sequences.
 pub fn strip(s: &str) -> String {
-    let mut out = String::new();
-    let mut escape = false;
-    for c in s.chars() {
-        if escape {
-            escape = !c.is_ascii_alphabetic();
-        } else if c == '\x1b' {
-            escape = true;
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::render::table::visible_chars(s).collect()
 }
 
 /// The daemon's socket refused the connection.

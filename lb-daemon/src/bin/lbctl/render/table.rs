@@ -2,17 +2,24 @@
 
 /// Characters a terminal shows of `s`: ANSI escape sequences (colours) take no room.
 pub fn visible_width(s: &str) -> usize {
-    let (mut n, mut escape) = (0, false);
-    for c in s.chars() {
+    visible_chars(s).count()
+}
+
+/// The characters of `s` outside ANSI escape sequences (an escape runs from `ESC` to the first
+/// ASCII letter).
+pub fn visible_chars(s: &str) -> impl Iterator<Item = char> + '_ {
+    let mut escape = false;
+    s.chars().filter(move |&c| {
         if escape {
             escape = !c.is_ascii_alphabetic();
+            false
         } else if c == '\x1b' {
             escape = true;
+            false
         } else {
-            n += 1;
+            true
         }
-    }
-    n
+    })
 }
 
 /// Left-aligned columns (right-aligned where `right[i]`), two spaces apart, each line after
