@@ -87,12 +87,12 @@ impl Control for Engine {
     }
 
     fn drain(&self, service: Option<&str>) -> Result<DrainView, ApiError> {
-        let (source, idle) = {
+        let (source, timeouts) = {
             let core = self.lock();
             core.service_layout(service)?;
             core.flow_scan()
         };
-        let counts = FlowCounts::scan(source.as_ref(), idle)?;
+        let counts = FlowCounts::scan(source.as_ref(), timeouts)?;
         self.lock().drain_view(service, &counts)
     }
 
@@ -103,8 +103,8 @@ impl Control for Engine {
     }
 
     fn metrics(&self) -> Result<String, ApiError> {
-        let (source, idle) = self.lock().flow_scan();
-        let flows = FlowCounts::scan(source.as_ref(), idle)?;
+        let (source, timeouts) = self.lock().flow_scan();
+        let flows = FlowCounts::scan(source.as_ref(), timeouts)?;
         let core = self.lock();
         let mut text = metrics::render(&core.layout, &core.state, &core.maps, &core.down, &flows);
         core.maps.render_link_metrics(&mut text);

@@ -2,14 +2,15 @@
 //! the flows still established and those closing. A flow that saw FIN or RST is closing; a flow
 //! with no packet for longer than `drain_idle_timeout` is dead (its client, or the balancer
 //! host that carried it, went away without closing it) and counts as neither, so waiting for a
-//! drain never waits on the dead.
+//! drain never waits on the dead. Neither does a handshake that never completed and is older
+//! than `flows.handshake_timeout`: the data plane no longer trusts that entry either.
 
 use super::{core::Core, layout::ServiceLayout};
 use crate::{
     api::model::{ApiError, DrainView, PoolDrain},
     dataplane::{FlowSource, Maps},
 };
-use lb_common::maps::{FLOW_FIN, FLOW_RST};
+use lb_common::maps::{FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST};
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 /// Established and closing flows of one backend.
@@ -19,6 +20,15 @@ pub struct BackendFlows {
     pub established: u64,
     /// Saw a FIN or RST.
     pub closing: u64,
+}
+
+/// How long a flow may go without a packet and still count, from the config.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowTimeouts {
+    /// `drain_idle_timeout`: an open flow idle longer is dead.
+    pub idle: Duration,
+    /// `flows.handshake_timeout`: a flow whose handshake never completed, idle longer, is dead.
+    pub handshake: Duration,
 }
 
 /// Flow-table counts by backend index, from one scan.
@@ -33,16 +43,19 @@ impl FlowCounts {
     /// An error, never a partial count: `--wait-drained` must not see a pool drained that is
     /// not. `last_seen_ns` is the data plane's coarse monotonic clock, rewritten at most once a
     /// second; `source.now_ns()` reads the same clock.
-    pub fn scan(source: &dyn FlowSource, idle_timeout: Duration) -> Result<Self, ApiError> {
+    pub fn scan(source: &dyn FlowSource, timeouts: FlowTimeouts) -> Result<Self, ApiError> {
         let mut counts = FlowCounts::default();
         let now = source.now_ns();
-        let idle = idle_timeout.as_nanos() as u64;
+        let idle = timeouts.idle.as_nanos() as u64;
+        let handshake = timeouts.handshake.as_nanos() as u64;
         let scanned = source
             .for_each_flow(&mut |_, f| {
                 let c = counts.by_backend.entry(u32::from(f.backend)).or_default();
                 if f.flags & (FLOW_FIN | FLOW_RST) != 0 {
                     c.closing += 1;
-                } else if f.idle_ns(now) <= idle {
+                } else if f.idle_ns(now) <= idle
+                    && (f.flags & FLOW_ESTABLISHED != 0 || f.idle_ns(now) <= handshake)
+                {
                     c.established += 1;
                 }
             })
@@ -58,10 +71,14 @@ impl FlowCounts {
 }
 
 impl<M: Maps> Core<M> {
-    /// What a flow count needs, taken under the engine's lock: the flow table and the idle
-    /// timeout. The count itself runs without the lock.
-    pub fn flow_scan(&self) -> (Arc<dyn FlowSource>, Duration) {
-        (self.maps.flow_source(), self.config.drain_idle_timeout)
+    /// What a flow count needs, taken under the engine's lock: the flow table and the
+    /// timeouts. The count itself runs without the lock.
+    pub fn flow_scan(&self) -> (Arc<dyn FlowSource>, FlowTimeouts) {
+        let timeouts = FlowTimeouts {
+            idle: self.config.drain_idle_timeout,
+            handshake: self.config.flows.handshake_timeout,
+        };
+        (self.maps.flow_source(), timeouts)
     }
 
     /// Established and closing flows per pool of a service.

@@ -4,7 +4,10 @@
 
 use super::*;
 use crate::engine::{drain::FlowCounts, metrics};
-use lb_common::maps::{FLOW_FIN, FLOW_RST, FlowKey, FlowValue, flow_ticks};
+use lb_common::maps::{FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FlowKey, FlowValue, flow_ticks};
+
+/// A connection whose handshake completed.
+const E: u8 = FLOW_ESTABLISHED;
 use std::time::Duration;
 
 const S: u64 = 1_000_000_000;
@@ -26,8 +29,8 @@ fn flows(r: &Rig, list: &[(u32, u64, u8)]) {
 }
 
 fn drain(r: &Rig) -> crate::api::model::DrainView {
-    let (source, idle) = r.core.flow_scan();
-    let counts = FlowCounts::scan(source.as_ref(), idle).unwrap();
+    let (source, timeouts) = r.core.flow_scan();
+    let counts = FlowCounts::scan(source.as_ref(), timeouts).unwrap();
     r.core.drain_view(None, &counts).unwrap()
 }
 
@@ -38,13 +41,13 @@ fn flows_idle_past_the_configured_timeout_are_not_established() {
     flows(
         &r,
         &[
-            (0, 1, 0),            // busy
-            (0, 59, 0),           // idle, alive
-            (1, 61, 0),           // dead: its client or balancer host is gone
-            (1, 3_000, 0),        // long dead
-            (1, 2, FLOW_FIN),     // closing
-            (0, 5_000, FLOW_RST), // closed long ago: closing, not established
-            (2, 10, 0),           // pool-b
+            (0, 1, E),                // busy
+            (0, 59, E),               // idle, alive
+            (1, 61, E),               // dead: its client or balancer host is gone
+            (1, 3_000, E),            // long dead
+            (1, 2, E | FLOW_FIN),     // closing
+            (0, 5_000, E | FLOW_RST), // closed long ago: closing, not established
+            (2, 10, E),               // pool-b
         ],
     );
     let d = drain(&r);
@@ -55,8 +58,8 @@ fn flows_idle_past_the_configured_timeout_are_not_established() {
     let b = &d.pools[1];
     assert_eq!((b.pool.as_str(), b.established, b.closing), ("pool-b", 1, 0));
     // The metric counts the same way.
-    let (source, idle) = r.core.flow_scan();
-    let counts = FlowCounts::scan(source.as_ref(), idle).unwrap();
+    let (source, timeouts) = r.core.flow_scan();
+    let counts = FlowCounts::scan(source.as_ref(), timeouts).unwrap();
     let text = metrics::render(&r.core.layout, &r.core.state, &r.core.maps, &r.core.down, &counts);
     assert!(text.contains("lb_pool_established_flows{service=\"web\",pool=\"pool-a\"} 2\n"), "{text}");
     assert!(text.contains("lb_pool_established_flows{service=\"web\",pool=\"pool-b\"} 1\n"), "{text}");
@@ -66,7 +69,7 @@ fn flows_idle_past_the_configured_timeout_are_not_established() {
 fn the_default_idle_timeout_is_five_minutes() {
     let r = Rig::new(CONFIG);
     assert_eq!(r.core.config.drain_idle_timeout, Duration::from_secs(300));
-    flows(&r, &[(0, 299, 0), (0, 301, 0)]);
+    flows(&r, &[(0, 299, E), (0, 301, E)]);
     let d = drain(&r);
     assert_eq!((d.idle_timeout_s, d.pools[0].established), (300, 1));
 }
@@ -78,7 +81,7 @@ fn a_drained_pool_is_drained_when_only_dead_flows_are_left() {
     let text = CONFIG.replace("ring_size = 401", "ring_size = 401\ndrain_idle_timeout = \"30s\"");
     let mut r = Rig::new(&text);
     r.core.switch(None, &to("pool-b"), "ci").unwrap();
-    flows(&r, &[(0, 31, 0), (1, 120, 0), (1, 45, 0), (2, 0, 0)]);
+    flows(&r, &[(0, 31, E), (1, 120, E), (1, 45, E), (2, 0, E)]);
     let d = drain(&r);
     let left: u64 = d.pools.iter().filter(|p| p.share == 0).map(|p| p.established).sum();
     assert_eq!(left, 0, "{d:?}");
@@ -88,6 +91,17 @@ fn a_drained_pool_is_drained_when_only_dead_flows_are_left() {
 fn a_failed_scan_is_an_error_not_a_zero() {
     let r = Rig::new(CONFIG);
     r.core.maps.flows.lock().unwrap().fail = true;
-    let (source, idle) = r.core.flow_scan();
-    assert!(FlowCounts::scan(source.as_ref(), idle).is_err());
+    let (source, timeouts) = r.core.flow_scan();
+    assert!(FlowCounts::scan(source.as_ref(), timeouts).is_err());
+}
+
+#[test]
+fn a_handshake_that_never_completed_stops_counting_after_the_handshake_timeout() {
+    let r =
+        Rig::new(&CONFIG.replace("ring_size = 401", "ring_size = 401\n[flows]\nhandshake_timeout = \"5s\""));
+    // SYN seen 2 s ago (handshake in progress), SYN seen 10 s ago and never ACKed (the data
+    // plane ignores that entry now), an established flow idle for 10 s.
+    flows(&r, &[(0, 2, 0), (0, 10, 0), (1, 10, E)]);
+    let a = &drain(&r).pools[0];
+    assert_eq!((a.established, a.closing), (2, 0));
 }
