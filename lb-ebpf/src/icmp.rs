@@ -25,12 +25,10 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use core::mem::size_of;
 use lb_common::{
     csum,
-    hash::flow_hash,
-    maps::{EndpointKey, FAMILY_V4, FAMILY_V6, FlowKey, NO_BACKEND, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED},
+    maps::{EndpointKey, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED},
     packet::{
-        ETH_P_8021Q_BE, ETH_P_IP_BE, ETH_P_IPV6_BE, EthHdr, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED,
-        ICMPV6_PACKET_TOO_BIG, IcmpHdr, Ipv4Hdr, Ipv6Hdr, PROTO_ICMP, PROTO_ICMPV6, TcpHdr, TcpPorts,
-        VlanHdr,
+        ETH_P_IP_BE, ETH_P_IPV6_BE, EthHdr, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMPV6_PACKET_TOO_BIG,
+        IcmpHdr, Ipv4Hdr, Ipv6Hdr, PROTO_ICMP, PROTO_ICMPV6, TcpHdr, TcpPorts,
     },
     stats::{Reason, reason_counter},
 };
@@ -38,7 +36,7 @@ use lb_common::{
 use crate::{
     forward::egress_action,
     l2::addressed_to_us,
-    maps::{BACKENDS, FLOWS, NEXTHOPS, SERVICES, TABLES, VIP_FILTER, VIPS},
+    maps::{BACKENDS, FLOWS, NEXTHOPS, SERVICES, VIP_FILTER, VIPS},
     nexthop,
     parse::ptr_at,
 };
@@ -87,7 +85,7 @@ pub fn handle(ctx: &XdpContext, bytes: u64) -> Result<u32, Reason> {
     }
     let backend = match unsafe { FLOWS.get(key) } {
         Some(flow) => u32::from(flow.backend),
-        None => pick(svc.table, key).ok_or(Reason::PassNotVip)?,
+        None => crate::pick(svc.table, key).ok_or(Reason::PassNotVip)?,
     };
     let b = BACKENDS.get(backend).ok_or(Reason::PassNotVip)?;
     if b.family != key.family {
@@ -122,31 +120,10 @@ pub fn handle(ctx: &XdpContext, bytes: u64) -> Result<u32, Reason> {
     Ok(action)
 }
 
-/// The backend the active table gives a flow (as for its next packet).
-#[inline(always)]
-fn pick(table: u32, key: &FlowKey) -> Option<u32> {
-    let m = crate::ring_size();
-    if m == 0 {
-        return None;
-    }
-    let slot = table.wrapping_mul(m).wrapping_add(flow_hash(key) % m);
-    match TABLES.get(slot) {
-        Some(b) if *b != NO_BACKEND => Some(*b),
-        _ => None,
-    }
-}
-
 /// Finds an ICMP "too big" quoting a TCP packet, and the flow it belongs to.
 #[inline(always)]
 fn parse(ctx: &XdpContext) -> Result<TooBig, Reason> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::PassMalformed)?;
-    let mut l3 = size_of::<EthHdr>();
-    let mut proto = unsafe { (*eth).proto };
-    if proto == ETH_P_8021Q_BE {
-        let vlan: *mut VlanHdr = ptr_at(ctx, l3).ok_or(Reason::PassMalformed)?;
-        proto = unsafe { (*vlan).proto };
-        l3 += size_of::<VlanHdr>();
-    }
+    let (eth, l3, proto) = crate::parse::ethernet(ctx)?;
     if proto == ETH_P_IP_BE {
         parse_v4(ctx, eth, l3)
     } else if proto == ETH_P_IPV6_BE {

@@ -227,7 +227,7 @@ fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes
     let known_half_open = chosen.is_some();
     let backend = match chosen {
         Some(b) => b,
-        None => match pick(svc, pkt) {
+        None => match pick(svc.table, &pkt.key) {
             Some(b) => b,
             None => return drop(Reason::DropNoBackend, bytes),
         },
@@ -254,12 +254,12 @@ fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes
 
 /// Picks the backend for a flow from the service's active table.
 #[inline(always)]
-fn pick(svc: &Service, pkt: &Packet) -> Option<u32> {
+fn pick(table: u32, key: &FlowKey) -> Option<u32> {
     let m = ring_size();
     if m == 0 {
         return None;
     }
-    let slot = svc.table.wrapping_mul(m).wrapping_add(flow_hash(&pkt.key) % m);
+    let slot = table.wrapping_mul(m).wrapping_add(flow_hash(key) % m);
     match TABLES.get(slot) {
         Some(b) if *b != NO_BACKEND => Some(*b),
         _ => None,
@@ -313,7 +313,7 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
     let expired = is_stale(flow, now);
     let reopened = expired || (bare_syn && flow.flags & (FLOW_FIN | FLOW_RST) != 0);
     if flow.epoch != svc.epoch || !backend_up || reopened {
-        let Some(backend) = pick(svc, pkt) else {
+        let Some(backend) = pick(svc.table, &pkt.key) else {
             return Some(drop(Reason::DropNoBackend, bytes));
         };
         if reopened {

@@ -39,9 +39,10 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// Parses Ethernet (one optional 802.1Q tag), IPv4 (any IHL) or IPv6, and TCP.
+/// Walks Ethernet and one optional 802.1Q tag: the Ethernet header, the offset of the L3
+/// header and its EtherType (big-endian). Shared by the TCP path and the ICMP path.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
+pub fn ethernet(ctx: &XdpContext) -> Result<(*mut EthHdr, usize, u16), Reason> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::PassMalformed)?;
     let mut l3 = size_of::<EthHdr>();
     let mut proto = unsafe { (*eth).proto };
@@ -50,6 +51,13 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
         proto = unsafe { (*vlan).proto };
         l3 += size_of::<VlanHdr>();
     }
+    Ok((eth, l3, proto))
+}
+
+/// Parses Ethernet (one optional 802.1Q tag), IPv4 (any IHL) or IPv6, and TCP.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
+    let (eth, l3, proto) = ethernet(ctx)?;
     if proto == ETH_P_IP_BE {
         parse_v4(ctx, eth, l3)
     } else if proto == ETH_P_IPV6_BE {
