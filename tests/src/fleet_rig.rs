@@ -24,7 +24,7 @@
 use crate::{
     daemon::{ServiceSpec, config_toml},
     netns::NetNs,
-    topology::{attach_xdp_pass, ethtool, find_binary, find_test_backend, plug, steer_by_flow},
+    topology::{attach_xdp_pass, ethtool, find_binary, find_test_backend, link_router_client, plug},
 };
 use anyhow::{Context, Result, bail, ensure};
 use lb_daemon::{
@@ -491,23 +491,7 @@ impl FleetRig {
         plug(&switch, "p-r", &router)?;
         router.ip(&["addr", "add", &format!("{ROUTER_ADDR}/24"), "dev", "eth0"])?;
         let client = NetNs::new(&format!("{prefix}-c"))?;
-        router.ip(&[
-            "link",
-            "add",
-            "eth1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            client.name(),
-        ])?;
-        ethtool(&router, &["-K", "eth1", "tx", "off"])?;
-        ethtool(&client, &["-K", "eth0", "tx", "off"])?;
-        router.ip(&["link", "set", "eth1", "up"])?;
-        client.ip(&["link", "set", "eth0", "up"])?;
-        steer_by_flow(&client)?;
+        link_router_client(&router, &client, None)?;
         router.ip(&["addr", "add", "10.77.1.1/24", "dev", "eth1"])?;
         router.sysctl("net.ipv4.ip_forward", "1")?;
         router.sysctl("net.ipv4.fib_multipath_hash_policy", "3")?;

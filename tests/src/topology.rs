@@ -274,23 +274,7 @@ impl Topology {
                 let router = new_ns(&format!("{prefix}-r"))?;
                 plug(&switch, "p-r", &router)?;
                 add_addr(&router, Ipv4Addr::new(10, 77, 1, 2), "eth0")?;
-                router.ip(&[
-                    "link",
-                    "add",
-                    "eth1",
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    client.name(),
-                ])?;
-                ethtool(&router, &["-K", "eth1", "tx", "off"])?;
-                ethtool(&client, &["-K", "eth0", "tx", "off"])?;
-                router.ip(&["link", "set", "eth1", "mtu", &mtu.to_string(), "up"])?;
-                client.ip(&["link", "set", "eth0", "up"])?;
-                steer_by_flow(&client)?;
+                link_router_client(&router, &client, Some(mtu))?;
                 add_addr(&router, Ipv4Addr::new(10, 77, 3, 1), "eth1")?;
                 for dst in ["10.77.100.0/24", "10.77.2.0/24"] {
                     route_both(&router, dst, Ipv4Addr::new(10, 77, 1, 1))?;
@@ -617,6 +601,20 @@ pub fn plug(switch: &NetNs, port: &str, host: &NetNs) -> Result<()> {
     switch.ip(&["link", "set", port, "up"])?;
     host.ip(&["link", "set", "eth0", "up"])?;
     steer_by_flow(host)
+}
+
+/// Creates veth `eth1` (in `router`, with `mtu` when given) ↔ `eth0` (in `client`), both up,
+/// with TX checksum offload off on both ends and RPS on the client's `eth0`.
+pub fn link_router_client(router: &NetNs, client: &NetNs, mtu: Option<u32>) -> Result<()> {
+    router.ip(&["link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", client.name()])?;
+    ethtool(router, &["-K", "eth1", "tx", "off"])?;
+    ethtool(client, &["-K", "eth0", "tx", "off"])?;
+    match mtu {
+        Some(mtu) => router.ip(&["link", "set", "eth1", "mtu", &mtu.to_string(), "up"])?,
+        None => router.ip(&["link", "set", "eth1", "up"])?,
+    };
+    client.ip(&["link", "set", "eth0", "up"])?;
+    steer_by_flow(client)
 }
 
 /// Turns on RPS over every CPU for `eth0` of `host`: each flow is processed on one CPU.
