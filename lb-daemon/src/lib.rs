@@ -9,5 +9,7 @@ pub mod engine;
 pub mod fleet;
 pub mod health;
 pub mod lock;
+pub mod man;
 pub mod neighbours;
 pub mod preflight;
+pub mod service_manager;

@@ -10,14 +10,14 @@ use clap::{Parser, ValueEnum};
 use lb_daemon::{
     api::{
         Control,
-        server::{ApiLimits, ServeOptions, serve},
+        server::{ApiLimits, ServeOptions, serve_notifying},
     },
     config::Config,
     dataplane::{Dataplane, DataplaneOptions, PinDir},
     engine::{Engine, ShutdownKind},
     fleet::Fleet,
     lock::InstanceLock,
-    preflight,
+    preflight, service_manager,
 };
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use tokio::signal::unix::{SignalKind, signal};
@@ -45,6 +45,9 @@ struct Args {
     /// Print a complete, commented example config and exit.
     #[arg(long)]
     print_example_config: bool,
+    /// Print the man page lb-daemon(8) (roff) and exit (`cargo xtask man` writes it).
+    #[arg(long, hide = true)]
+    print_man_page: bool,
     /// Log format: `text` for people, `json` (one object per line) for log pipelines.
     #[arg(long, value_enum, env = "LB_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -95,6 +98,10 @@ fn ensure_bpffs(path: &std::path::Path) -> Result<bool> {
 fn run(args: Args) -> Result<()> {
     if args.print_example_config {
         print!("{}", lb_daemon::config::EXAMPLE_CONFIG);
+        return Ok(());
+    }
+    if args.print_man_page {
+        print!("{}", lb_daemon::man::daemon_page(<Args as clap::CommandFactory>::command()));
         return Ok(());
     }
     let config = Config::load(&args.config)?;
@@ -175,6 +182,7 @@ fn run(args: Args) -> Result<()> {
                     _ = int.recv() => tracing::info!("SIGINT: exiting, forwarding continues from the pinned state"),
                     _ = requested.changed() => {}
                 }
+                service_manager::stopping();
             }
         };
         let reloader = engine.clone();
@@ -190,7 +198,10 @@ fn run(args: Args) -> Result<()> {
             }
         });
         tracing::info!(socket = %serve_opts.unix_socket.display(), "serving the management API");
-        let result = serve(engine.clone() as Arc<dyn Control>, serve_opts, stop).await;
+        // READY=1 (systemd `Type=notify`): the program is attached (above) and the API listens.
+        let ready = format!("forwarding; API on {}", serve_opts.unix_socket.display());
+        let listening = move || service_manager::ready(&ready);
+        let result = serve_notifying(engine.clone() as Arc<dyn Control>, serve_opts, stop, listening).await;
         let kind = *requested.borrow_and_update();
         result.map(|()| kind)
     })?;

@@ -1,5 +1,6 @@
-//! `cargo xtask install` and `cargo xtask man`: put the daemon, lbctl, an example config, the
-//! systemd unit, the man page and shell completions where an edge host expects them.
+//! `cargo xtask install`, `uninstall` and `man`: put the files of [`crate::files::entries`]
+//! (daemon, lbctl, example config, systemd unit, man pages, completions, CI step script) where
+//! an edge host expects them, and take them away again.
 
 use anyhow::{Context, Result};
 use std::{
@@ -9,77 +10,95 @@ use std::{
     process::Command,
 };
 
+use crate::files::{Kind, Layout, entries, output_of, under};
 use crate::system::workspace_root;
 
-/// Where the built binaries are.
-fn release_bin(name: &str) -> PathBuf {
-    workspace_root().join("target/release").join(name)
-}
-
-/// Output of a built binary run with `args`.
-fn output_of(bin: &str, args: &[&str]) -> Result<Vec<u8>> {
-    let out = Command::new(release_bin(bin)).args(args).output().with_context(|| format!("running {bin}"))?;
-    anyhow::ensure!(out.status.success(), "{bin} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(out.stdout)
-}
-
-/// Writes `target/man/lbctl.1` and returns its path.
-pub fn man() -> Result<PathBuf> {
+/// Writes `target/man/lb-daemon.8` and `target/man/lbctl.1` from the binaries in `bin_dir` and
+/// returns their paths.
+pub fn man(bin_dir: &Path) -> Result<Vec<PathBuf>> {
     let dir = workspace_root().join("target/man");
     fs::create_dir_all(&dir)?;
-    let path = dir.join("lbctl.1");
-    fs::write(&path, output_of("lbctl", &["man"])?)?;
-    Ok(path)
+    let mut written = Vec::new();
+    for (file, bin, args) in [("lb-daemon.8", "lb-daemon", &["--print-man-page"][..]), ("lbctl.1", "lbctl", &["man"])] {
+        let path = dir.join(file);
+        fs::write(&path, output_of(&bin_dir.join(bin), args)?)?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
-/// `dest` joined with an absolute `path` (`DESTDIR` semantics).
-fn under(dest: &Path, path: &str) -> PathBuf {
-    dest.join(path.trim_start_matches('/'))
-}
-
-fn copy_exe(from: &Path, to: &Path) -> Result<()> {
+/// Writes `contents` to `to` with `mode` through a temporary file and a rename, so a running
+/// binary is replaced, not overwritten in place.
+fn write_file(to: &Path, contents: &[u8], mode: u32) -> Result<()> {
     fs::create_dir_all(to.parent().context("no parent")?)?;
-    // Write beside and rename, so a running binary is replaced, not overwritten in place.
-    let tmp = to.with_extension("new");
-    fs::copy(from, &tmp).with_context(|| format!("copying {}", from.display()))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
-    fs::rename(&tmp, to)?;
-    println!("installed {}", to.display());
+    let tmp = to.with_extension("lb-new");
+    fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, to).with_context(|| format!("renaming onto {}", to.display()))?;
     Ok(())
 }
 
-/// Installs under `destdir` (normally `/`) with binaries in `<prefix>/bin`.
-pub fn install(destdir: &Path, prefix: &str) -> Result<()> {
-    let bin_dir = format!("{}/bin", prefix.trim_end_matches('/'));
-    for name in ["lb-daemon", "lbctl"] {
-        copy_exe(&release_bin(name), &under(destdir, &format!("{bin_dir}/{name}")))?;
+/// Whether systemd runs this host and the install is on it (not staged under a destdir).
+fn systemd_here(destdir: &Path) -> bool {
+    destdir == Path::new("/") && Path::new("/run/systemd/system").exists()
+}
+
+/// Installs every file of the layout under `destdir` (normally `/`), the binaries taken from
+/// `bin_dir`. An existing /etc/lb/lb.toml is kept.
+pub fn install(destdir: &Path, prefix: &str, bin_dir: &Path) -> Result<()> {
+    let layout = Layout::install(prefix);
+    for entry in entries(&layout) {
+        let path = under(destdir, &entry.path);
+        if entry.kind == Kind::Config && path.exists() {
+            println!("kept existing {}", path.display());
+            continue;
+        }
+        write_file(&path, &entry.contents(bin_dir, &layout)?, entry.kind.mode())?;
+        println!("installed {}", path.display());
     }
-    let config = under(destdir, "/etc/lb/lb.toml");
-    if config.exists() {
-        println!("kept existing {}", config.display());
-    } else {
-        fs::create_dir_all(config.parent().unwrap())?;
-        fs::write(&config, output_of("lb-daemon", &["--print-example-config"])?)?;
-        fs::set_permissions(&config, fs::Permissions::from_mode(0o640))?;
-        println!("installed example config {} (edit it before starting the service)", config.display());
-    }
-    let unit = fs::read_to_string(workspace_root().join("deploy/lb-daemon.service"))?
-        .replace("/usr/local/bin/", &format!("{bin_dir}/"));
-    let unit_path = under(destdir, "/etc/systemd/system/lb-daemon.service");
-    fs::create_dir_all(unit_path.parent().unwrap())?;
-    fs::write(&unit_path, unit)?;
-    println!("installed {}", unit_path.display());
-    let man_path = under(destdir, &format!("{}/share/man/man1/lbctl.1", prefix.trim_end_matches('/')));
-    fs::create_dir_all(man_path.parent().unwrap())?;
-    fs::copy(man()?, &man_path)?;
-    println!("installed {}", man_path.display());
-    let completion = under(destdir, "/usr/share/bash-completion/completions/lbctl");
-    fs::create_dir_all(completion.parent().unwrap())?;
-    fs::write(&completion, output_of("lbctl", &["completions", "bash"])?)?;
-    println!("installed {}", completion.display());
-    if destdir == Path::new("/") && Path::new("/run/systemd/system").exists() {
+    if systemd_here(destdir) {
         let _ = Command::new("systemctl").arg("daemon-reload").status();
-        println!("next: edit /etc/lb/lb.toml, then `systemctl enable --now lb-daemon`");
+        println!("next: edit /etc/lb/lb.toml (lb-daemon --check), then `systemctl enable --now lb-daemon`");
+    }
+    Ok(())
+}
+
+/// Removes what [`install`] installed under `destdir` with `prefix`, except the config
+/// (/etc/lb) and the state (/var/lib/lb, never installed). The service is stopped and disabled
+/// first; its XDP program stays attached (forwarding continues) until the pins are removed.
+pub fn uninstall(destdir: &Path, prefix: &str) -> Result<()> {
+    let layout = Layout::install(prefix);
+    let list = entries(&layout);
+    let unit = list.iter().find(|e| e.path.ends_with(".service")).map(|e| under(destdir, &e.path));
+    if systemd_here(destdir) && unit.as_ref().is_some_and(|u| u.exists()) {
+        let _ = Command::new("systemctl").args(["disable", "--now", "lb-daemon.service"]).status();
+        println!(
+            "stopped and disabled lb-daemon; an attached XDP program keeps forwarding \
+             (`lbctl shutdown --detach` before uninstalling takes it out of the path)"
+        );
+    }
+    for entry in &list {
+        let path = under(destdir, &entry.path);
+        if entry.kind == Kind::Config {
+            if path.exists() {
+                println!("kept {}", path.display());
+            }
+            continue;
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => println!("removed {}", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+        // Folders that were ours alone (share/lb, share/doc/lb), now empty.
+        if let Some(parent) = path.parent()
+            && parent.file_name().is_some_and(|n| n == "lb")
+        {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+    if systemd_here(destdir) {
+        let _ = Command::new("systemctl").arg("daemon-reload").status();
     }
     Ok(())
 }

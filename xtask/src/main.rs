@@ -1,9 +1,11 @@
-//! Project tasks: `cargo xtask build | test | bench | demo`. The first run sets up everything the eBPF
+//! Project tasks: `cargo xtask build | test | bench | demo | package | install | uninstall | man`. The first run sets up everything the eBPF
 //! build needs (pinned nightly with rust-src, bpf-linker built against that nightly's LLVM) and
 //! caches it; later runs only check that it is there.
 
 mod ebpf;
+mod files;
 mod install;
+mod package;
 mod system;
 mod toolchain;
 
@@ -56,19 +58,68 @@ enum Command {
     Demo,
     /// Only set up the eBPF toolchain (nightly, rust-src, bpf-linker).
     Setup,
-    /// Build and install lb-daemon and lbctl (`<prefix>/bin`), an example config in
-    /// /etc/lb/lb.toml (an existing one is kept), the systemd unit, the man page and bash
-    /// completions.
+    /// Build and install lb-daemon and lbctl (`<prefix>/bin`, stripped), an example config in
+    /// /etc/lb/lb.toml (an existing one is kept), the systemd unit (/etc/systemd/system), the
+    /// man pages, bash/zsh/fish completions and the CI step script (`<prefix>/share/lb/`): the
+    /// same files as the .deb of `cargo xtask package`. Starts nothing.
     Install {
-        /// Install prefix of the binaries and the man page.
+        /// Install prefix of the binaries, man pages, completions and the CI step script.
         #[arg(long, default_value = "/usr/local")]
         prefix: String,
         /// Stage everything under this folder instead of `/` (packaging).
         #[arg(long, default_value = "/")]
         destdir: std::path::PathBuf,
+        #[command(flatten)]
+        bins: Bins,
     },
-    /// Write lbctl's man page to target/man/lbctl.1 (generated from its clap definitions).
+    /// Stop and disable the service and remove what `cargo xtask install` installed, except
+    /// /etc/lb and /var/lib/lb. An attached XDP program keeps forwarding: run
+    /// `lbctl shutdown --detach` first to take the balancer out of the path.
+    Uninstall {
+        /// The prefix given to `cargo xtask install`.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: String,
+        /// The destdir given to `cargo xtask install`.
+        #[arg(long, default_value = "/")]
+        destdir: std::path::PathBuf,
+    },
+    /// Build a Debian package, target/package/lb_<version>_<arch>.deb (dpkg-deb): the files of
+    /// `cargo xtask install` under /usr, the unit in /lib/systemd/system, /etc/lb/lb.toml as a
+    /// conffile; installing it starts nothing, removing it stops and disables the service.
+    Package {
+        /// Folder the .deb is written to [default: target/package in the workspace].
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        bins: Bins,
+    },
+    /// Write the man pages lb-daemon(8) and lbctl(1) to target/man/ (generated from the clap
+    /// definitions, with FILES, EXIT STATUS and SEE ALSO).
     Man,
+}
+
+/// Which binaries `install` and `package` take.
+#[derive(clap::Args)]
+struct Bins {
+    /// Take the binaries already built in --bin-dir instead of building them (the test suite
+    /// packages what it has just built).
+    #[arg(long)]
+    no_build: bool,
+    /// Folder of the built lb-daemon and lbctl [default: target/release in the workspace].
+    #[arg(long)]
+    bin_dir: Option<std::path::PathBuf>,
+}
+
+impl Bins {
+    /// Builds the binaries unless --no-build; returns their folder.
+    fn ready(&self) -> Result<std::path::PathBuf> {
+        if !self.no_build {
+            let tc = toolchain::ensure()?;
+            ebpf::build(&tc)?;
+            system::cargo(&["build", "--release", "-p", "lb-daemon", "--bins"])?;
+        }
+        Ok(self.bin_dir.clone().unwrap_or_else(|| system::workspace_root().join("target/release")))
+    }
 }
 
 fn main() -> Result<()> {
@@ -77,17 +128,26 @@ fn main() -> Result<()> {
         Command::Setup => {
             toolchain::ensure()?;
         }
-        Command::Install { prefix, destdir } => {
-            let tc = toolchain::ensure()?;
-            ebpf::build(&tc)?;
-            system::cargo(&["build", "--release", "-p", "lb-daemon", "--bins"])?;
-            install::install(&destdir, &prefix)?;
+        Command::Install { prefix, destdir, bins } => {
+            system::ensure_debian_packages(&[("strip", "binutils")])?;
+            install::install(&destdir, &prefix, &bins.ready()?)?;
+        }
+        Command::Uninstall { prefix, destdir } => {
+            install::uninstall(&destdir, &prefix)?;
+        }
+        Command::Package { out, bins } => {
+            system::ensure_debian_packages(&[("strip", "binutils"), ("dpkg-deb", "dpkg")])?;
+            let bin_dir = bins.ready()?;
+            let out = out.unwrap_or_else(|| system::workspace_root().join("target/package"));
+            println!("{}", package::package(&bin_dir, &out)?.display());
         }
         Command::Man => {
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
-            system::cargo(&["build", "--release", "-p", "lb-daemon", "--bin", "lbctl"])?;
-            println!("{}", install::man()?.display());
+            system::cargo(&["build", "--release", "-p", "lb-daemon", "--bins"])?;
+            for page in install::man(&system::workspace_root().join("target/release"))? {
+                println!("{}", page.display());
+            }
         }
         Command::Build => {
             let tc = toolchain::ensure()?;

@@ -112,6 +112,18 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_notifying(control, opts, shutdown, || {}).await
+}
+
+/// [`serve`], calling `listening` once every listener is bound, before the first request is
+/// accepted: the daemon tells systemd READY=1 there (`Type=notify`), so `systemctl start`
+/// returns only when lbctl can reach the API.
+pub async fn serve_notifying(
+    control: Arc<dyn Control>,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    listening: impl FnOnce(),
+) -> anyhow::Result<()> {
     if let Some((_, token)) = &opts.tcp
         && token.trim().is_empty()
     {
@@ -128,6 +140,7 @@ pub async fn serve(
         }
         None => None,
     };
+    listening();
     serve_on(control, unix, tcp, opts.limits, opts.fleet, shutdown).await;
     Ok(())
 }

@@ -146,6 +146,7 @@ pub fn page() -> String {
     let mut page = String::from_utf8_lossy(&head).into_owned();
     page.push_str(&man_commands(&cmd));
     page.push_str(&man_epilogue(help!("lbctl")));
+    page.push_str(lb_daemon::man::LBCTL_FILES_AND_SEE_ALSO);
     let mut tail: Vec<u8> = Vec::new();
     let _ = man.render_version_section(&mut tail);
     page.push_str(&String::from_utf8_lossy(&tail));
@@ -166,6 +167,7 @@ mod tests {
         {
             assert!(page.contains(section), "{section}");
         }
+        assert!(page.contains(".SH FILES") && page.contains(".SH \"SEE ALSO\""), "{page}");
         assert!(page.contains(".SS \"lbctl top [OPTIONS]\""), "{page}");
         assert!(page.contains(".SS \"lbctl split [OPTIONS] POOL=PCT...\""), "{page}");
         assert!(page.contains("\\fB\\-\\-interval\\fR \\fIDURATION\\fR"), "{page}");
