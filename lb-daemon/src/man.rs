@@ -98,14 +98,20 @@ mod tests {
 
     #[test]
     fn daemon_page_has_the_sections_an_sre_looks_for() {
-        let cmd = clap::Command::new("lb-daemon").about("XDP load balancer daemon").version("1.0").arg(
-            clap::Arg::new("config").long("config").help("Config file"),
-        );
+        let cmd = clap::Command::new("lb-daemon")
+            .about("XDP load balancer daemon")
+            .version("1.0")
+            .arg(clap::Arg::new("config").long("config").help("Config file"));
         let page = daemon_page(cmd);
         assert!(page.contains(".TH lb-daemon 8"), "{page}");
-        for section in
-            [".SH NAME", ".SH SYNOPSIS", ".SH OPTIONS", ".SH FILES", ".SH \"EXIT STATUS\"", ".SH \"SEE ALSO\""]
-        {
+        for section in [
+            ".SH NAME",
+            ".SH SYNOPSIS",
+            ".SH OPTIONS",
+            ".SH FILES",
+            ".SH \"EXIT STATUS\"",
+            ".SH \"SEE ALSO\"",
+        ] {
             assert!(page.contains(section), "{section} missing:\n{page}");
         }
         assert!(page.contains("\\-\\-config"), "{page}");

@@ -30,7 +30,10 @@ impl Layout {
     /// `cargo xtask install --prefix PREFIX`'s layout.
     pub fn install(prefix: &str) -> Self {
         let prefix = prefix.trim_end_matches('/');
-        Layout { prefix: if prefix.is_empty() { "/".into() } else { prefix.into() }, unit_dir: "/etc/systemd/system" }
+        Layout {
+            prefix: if prefix.is_empty() { "/".into() } else { prefix.into() },
+            unit_dir: "/etc/systemd/system",
+        }
     }
 
     fn at(&self, rest: &str) -> String {
@@ -91,12 +94,17 @@ pub struct Entry {
 /// Every file of an installation in `layout`.
 pub fn entries(layout: &Layout) -> Vec<Entry> {
     let e = |path: String, kind, source| Entry { path, kind, source };
-    let zsh_dir = if layout.prefix == "/usr" { "share/zsh/vendor-completions" } else { "share/zsh/site-functions" };
+    let zsh_dir =
+        if layout.prefix == "/usr" { "share/zsh/vendor-completions" } else { "share/zsh/site-functions" };
     vec![
         e(layout.at("bin/lb-daemon"), Kind::Program, Source::Stripped("lb-daemon")),
         e(layout.at("bin/lbctl"), Kind::Program, Source::Stripped("lbctl")),
         e("/etc/lb/lb.toml".into(), Kind::Config, Source::Output("lb-daemon", &["--print-example-config"])),
-        e(format!("{}/lb-daemon.service", layout.unit_dir), Kind::Data, Source::Unit("deploy/lb-daemon.service")),
+        e(
+            format!("{}/lb-daemon.service", layout.unit_dir),
+            Kind::Data,
+            Source::Unit("deploy/lb-daemon.service"),
+        ),
         e(
             layout.at("share/man/man8/lb-daemon.8.gz"),
             Kind::Data,
@@ -108,7 +116,11 @@ pub fn entries(layout: &Layout) -> Vec<Entry> {
             Kind::Data,
             Source::Output("lbctl", &["completions", "bash"]),
         ),
-        e(layout.at(&format!("{zsh_dir}/_lbctl")), Kind::Data, Source::Output("lbctl", &["completions", "zsh"])),
+        e(
+            layout.at(&format!("{zsh_dir}/_lbctl")),
+            Kind::Data,
+            Source::Output("lbctl", &["completions", "zsh"]),
+        ),
         e(
             layout.at("share/fish/vendor_completions.d/lbctl.fish"),
             Kind::Data,
@@ -206,9 +218,11 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
 pub fn tempdir() -> Result<PathBuf> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = workspace_root()
-        .join("target/xtask-tmp")
-        .join(format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    let dir = workspace_root().join("target/xtask-tmp").join(format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }

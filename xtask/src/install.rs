@@ -19,7 +19,9 @@ pub fn man(bin_dir: &Path) -> Result<Vec<PathBuf>> {
     let dir = workspace_root().join("target/man");
     fs::create_dir_all(&dir)?;
     let mut written = Vec::new();
-    for (file, bin, args) in [("lb-daemon.8", "lb-daemon", &["--print-man-page"][..]), ("lbctl.1", "lbctl", &["man"])] {
+    for (file, bin, args) in
+        [("lb-daemon.8", "lb-daemon", &["--print-man-page"][..]), ("lbctl.1", "lbctl", &["man"])]
+    {
         let path = dir.join(file);
         fs::write(&path, output_of(&bin_dir.join(bin), args)?)?;
         written.push(path);

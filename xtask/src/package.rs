@@ -15,7 +15,7 @@ use std::{
     process::Command,
 };
 
-use crate::files::{Kind, Layout, entries, tempdir, under};
+use crate::files::{Kind, Layout, Source, entries, tempdir, under};
 use crate::system::{run, workspace_root};
 
 /// The package's name (also its doc folder, /usr/share/doc/lb, and /usr/share/lb).
@@ -30,7 +30,8 @@ pub fn package(bin_dir: &Path, out_dir: &Path) -> Result<PathBuf> {
     for entry in entries(&layout) {
         let path = under(&root, &entry.path);
         fs::create_dir_all(path.parent().context("no parent")?)?;
-        fs::write(&path, entry.contents(bin_dir, &layout)?).with_context(|| format!("writing {}", path.display()))?;
+        fs::write(&path, entry.contents(bin_dir, &layout)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(entry.kind.mode()))?;
         if entry.kind == Kind::Config {
             conffiles.push_str(&entry.path);
@@ -40,7 +41,12 @@ pub fn package(bin_dir: &Path, out_dir: &Path) -> Result<PathBuf> {
     let debian = root.join("DEBIAN");
     fs::create_dir_all(&debian)?;
     let arch = command_line("dpkg", &["--print-architecture"])?;
-    let control = control_file(&arch, &depends(&bin_dir.join("lb-daemon"))?, installed_size_kib(&root)?);
+    let programs: Vec<PathBuf> = entries(&layout)
+        .iter()
+        .filter(|e| matches!(e.source, Source::Stripped(_)))
+        .map(|e| under(&root, &e.path))
+        .collect();
+    let control = control_file(&arch, &depends(&programs)?, installed_size_kib(&root)?);
     fs::write(debian.join("control"), control)?;
     fs::write(debian.join("conffiles"), conffiles)?;
     fs::write(debian.join("md5sums"), md5sums(&root)?)?;
@@ -54,7 +60,9 @@ pub fn package(bin_dir: &Path, out_dir: &Path) -> Result<PathBuf> {
     let deb = out_dir.join(format!("{NAME}_{}_{arch}.deb", env!("CARGO_PKG_VERSION")));
     // Directories of the tree get 0755 whatever the umask made them.
     run(Command::new("find").arg(&root).args(["-type", "d", "-exec", "chmod", "0755", "{}", "+"]))?;
-    run(Command::new("dpkg-deb").args(["--root-owner-group", "-Zxz", "--build"]).arg(&root).arg(&deb))?;
+    // gzip, not dpkg-deb's default xz: 10x faster to build (the suite builds it twice) for a
+    // package of 4 MB instead of 2.4 MB.
+    run(Command::new("dpkg-deb").args(["--root-owner-group", "-Zgzip", "--build"]).arg(&root).arg(&deb))?;
     fs::remove_dir_all(&stage)?;
     Ok(deb)
 }
@@ -79,24 +87,28 @@ fn control_file(arch: &str, depends: &str, installed_kib: u64) -> String {
     )
 }
 
-/// `Depends:` of the binaries: the glibc version they need (the highest `GLIBC_2.N` symbol
-/// version they reference) and libgcc-s1 when they link libgcc_s.
-fn depends(bin: &Path) -> Result<String> {
-    let bytes = fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
+/// `Depends:` of the (stripped) binaries: the glibc version they need (the highest
+/// `GLIBC_2.N` symbol version they reference) and libgcc-s1 when one links libgcc_s.
+fn depends(programs: &[PathBuf]) -> Result<String> {
     let needle = b"GLIBC_2.";
-    let mut best = (2u32, 0u32);
-    for (i, _) in bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle) {
-        let digits: String =
-            bytes[i + needle.len()..].iter().take_while(|b| b.is_ascii_digit()).map(|&b| b as char).collect();
-        if let Ok(minor) = digits.parse::<u32>() {
-            best = best.max((2, minor));
+    let mut minor_max = 0u32;
+    let mut gcc_s = false;
+    for program in programs {
+        let bytes = fs::read(program).with_context(|| format!("reading {}", program.display()))?;
+        for (i, _) in bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle) {
+            let digits: String = bytes[i + needle.len()..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .map(|&b| b as char)
+                .collect();
+            if let Ok(minor) = digits.parse::<u32>() {
+                minor_max = minor_max.max(minor);
+            }
         }
+        gcc_s |= bytes.windows(13).any(|w| w == b"libgcc_s.so.1");
     }
-    let mut deps = format!("libc6 (>= {}.{})", best.0, best.1);
-    if bytes.windows(13).any(|w| w == b"libgcc_s.so.1") {
-        deps.push_str(", libgcc-s1");
-    }
-    Ok(deps)
+    anyhow::ensure!(minor_max > 0, "no GLIBC_2.N symbol version in {programs:?}");
+    Ok(format!("libc6 (>= 2.{minor_max}){}", if gcc_s { ", libgcc-s1" } else { "" }))
 }
 
 /// Size of the files under `root` in KiB, rounded up per file (what dpkg shows).
@@ -144,6 +156,10 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
 /// The first line a command prints.
 fn command_line(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
-    anyhow::ensure!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_owned())
 }
