@@ -142,6 +142,20 @@ fn announce_drain_undrain_pool_failure_kill9_detach() {
     let after = new_flows(&rig);
     assert!(after[0] > before[0] && after[1] > before[1], "both hosts again: {before:?} {after:?}");
 
+    // A reload whose [bgp] BIRD does not take is refused (exit 5) with nothing changed.
+    let path = rig.balancers[0].config_path();
+    let good = std::fs::read_to_string(&path).unwrap();
+    let socket = rig.balancers[0].bird.socket().display().to_string();
+    std::fs::write(&path, good.replace(&socket, "/nonexistent/bird.ctl")).unwrap();
+    let out = rig.balancers[0].lbctl(&["reload"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("nothing changed: BIRD did not take the new [bgp] settings"), "{stderr}");
+    std::fs::write(&path, good).unwrap();
+    assert_eq!(lbctl(&rig, 0, &["reload"]), "config reloaded: nothing changed\n");
+    assert_eq!(bgp(&rig, 0)["in_sync"], true);
+    rig.wait_next_hops(&both, Duration::from_secs(1)).expect("both still announcing");
+
     // The active pool fails (both pool-a backends die): both hosts withdraw, saying why.
     rig.backend("a1").stop().unwrap();
     rig.backend("a2").stop().unwrap();
