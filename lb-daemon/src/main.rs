@@ -168,6 +168,9 @@ fn run(args: Args) -> Result<()> {
     // BGP announcements (only with [bgp]): from now on, the data plane being attached.
     let control: Arc<dyn Control> = engine.clone();
     let mut fleet = Fleet::start(bgp, &state_dir, &instance, &control, runtime.handle())?;
+    if let Some(fleet) = &fleet {
+        engine.set_bgp_announcer(fleet);
+    }
     drop(control);
     serve_opts.fleet = fleet.clone();
     let kind = runtime.block_on(async {

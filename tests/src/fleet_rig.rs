@@ -336,6 +336,16 @@ impl Balancer {
         Ok(self.client().post(&format!("/v1/host/{action}"), &serde_json::json!({}))?)
     }
 
+    /// Runs `lbctl --socket <this daemon's socket> <args>` (as an operator on the host would);
+    /// its exit status and output.
+    pub fn lbctl(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new(find_binary("lbctl", "LB_LBCTL_BIN")?)
+            .arg("--socket")
+            .arg(self.dir.path().join("lb.sock"))
+            .args(args)
+            .output()?)
+    }
+
     /// The daemon's log.
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()

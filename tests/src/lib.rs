@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod daemon;
 pub mod e2e;
+pub mod fleet_bench;
 pub mod fleet_rig;
 pub mod flood;
 pub mod interrupt;

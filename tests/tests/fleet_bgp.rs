@@ -28,6 +28,20 @@ fn assert_clean(report: &LoadReport, what: &str) {
     assert_eq!(report.failed(), 0, "{what}: {}", report.summary());
 }
 
+/// `lbctl <args>` against balancer `i`, which must exit 0; its stdout.
+fn lbctl(rig: &FleetRig, i: usize, args: &[&str]) -> String {
+    let out = rig.balancers[i].lbctl(args).expect("running lbctl");
+    assert!(
+        out.status.success(),
+        "lbctl {args:?} on lb{}: {}\nstdout: {}\nstderr: {}",
+        i + 1,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The `bgp` member of a balancer's status.
 fn bgp(rig: &FleetRig, i: usize) -> serde_json::Value {
     rig.balancers[i].status_json().expect("status")["bgp"].clone()
@@ -75,11 +89,14 @@ fn announce_drain_undrain_pool_failure_kill9_detach() {
     let running = load(&rig, 100, 4);
     std::thread::sleep(Duration::from_millis(800));
     let t0 = Instant::now();
-    let answer = rig.balancers[0].host("drain").expect("host drain");
+    let answer: serde_json::Value =
+        serde_json::from_str(&lbctl(&rig, 0, &["-o", "json", "host", "drain"])).expect("host drain JSON");
     let api_ms = t0.elapsed();
     rig.wait_next_hops(&[lb2], Duration::from_secs(5)).expect("lb1 withdrawn");
     let withdraw = t0.elapsed();
-    eprintln!("drain: API answered in {api_ms:?}, router down to 1 next hop {withdraw:?} after the request");
+    eprintln!(
+        "drain: lbctl host drain returned in {api_ms:?}, router down to 1 next hop {withdraw:?} after the request"
+    );
     assert_eq!(answer["drained"], true, "{answer:#}");
     assert_eq!(answer["announced"], serde_json::json!([]), "{answer:#}");
     assert_eq!(answer["in_sync"], true, "{answer:#}");
@@ -90,6 +107,15 @@ fn announce_drain_undrain_pool_failure_kill9_detach() {
     // Maintenance keeps forwarding what still arrives, and says what is left.
     let host: serde_json::Value = rig.balancers[0].client().get("/v1/host").unwrap();
     assert!(host["flows_established"].is_u64(), "{host:#}");
+    let text = lbctl(&rig, 0, &["host", "status"]);
+    assert!(text.starts_with("bgp: DRAINED for maintenance since "), "{text}");
+    assert!(text.contains(&format!("{VIP}  web       no ")), "{text}");
+    assert!(text.contains("flows left: "), "{text}");
+    // The drained host empties: its flows end (the load stopped) and drain --wait returns.
+    let text = lbctl(&rig, 0, &["host", "drain", "--wait", "30s"]);
+    assert!(text.contains("no established flow left"), "{text}");
+    let text = lbctl(&rig, 1, &["status"]);
+    assert!(text.contains(&format!("bgp: announcing {VIP} (1 of 1 VIP(s))")), "{text}");
     // A drained host gets no new flows.
     let before = new_flows(&rig);
     assert_clean(&load(&rig, 200, 1).wait(), "after drain");
@@ -106,7 +132,8 @@ fn announce_drain_undrain_pool_failure_kill9_detach() {
 
     // Undrain: back to two next hops, lb1 takes new flows again.
     let t0 = Instant::now();
-    let answer = rig.balancers[0].host("undrain").expect("host undrain");
+    let answer: serde_json::Value =
+        serde_json::from_str(&lbctl(&rig, 0, &["-o", "json", "host", "undrain"])).expect("host undrain JSON");
     assert_eq!(answer["drained"], false, "{answer:#}");
     rig.wait_next_hops(&both, Duration::from_secs(5)).expect("lb1 announced again");
     eprintln!("undrain: router back to 2 next hops {:?} after the request", t0.elapsed());
@@ -114,6 +141,20 @@ fn announce_drain_undrain_pool_failure_kill9_detach() {
     assert_clean(&load(&rig, 200, 1).wait(), "after undrain");
     let after = new_flows(&rig);
     assert!(after[0] > before[0] && after[1] > before[1], "both hosts again: {before:?} {after:?}");
+
+    // A reload whose [bgp] BIRD does not take is refused (exit 5) with nothing changed.
+    let path = rig.balancers[0].config_path();
+    let good = std::fs::read_to_string(&path).unwrap();
+    let socket = rig.balancers[0].bird.socket().display().to_string();
+    std::fs::write(&path, good.replace(&socket, "/nonexistent/bird.ctl")).unwrap();
+    let out = rig.balancers[0].lbctl(&["reload"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("nothing changed: BIRD did not take the new [bgp] settings"), "{stderr}");
+    std::fs::write(&path, good).unwrap();
+    assert_eq!(lbctl(&rig, 0, &["reload"]), "config reloaded: nothing changed\n");
+    assert_eq!(bgp(&rig, 0)["in_sync"], true);
+    rig.wait_next_hops(&both, Duration::from_secs(1)).expect("both still announcing");
 
     // The active pool fails (both pool-a backends die): both hosts withdraw, saying why.
     rig.backend("a1").stop().unwrap();

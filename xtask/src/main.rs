@@ -34,7 +34,8 @@ enum Command {
     },
     /// Benchmarks: data plane (kernel-reported ns/packet by BPF_PROG_TEST_RUN), then control
     /// plane (switch latency, and connections/s, failures and convergence through the VIP during
-    /// repeated switches, in network namespaces). Needs root.
+    /// repeated switches, in network namespaces), then the fleet (host failover time by BFD,
+    /// connections/s through 2 hosts vs 1, on the BGP rig). Needs root.
     Bench {
         /// Data plane: repeats per test_run call.
         #[arg(long, default_value_t = 1_000_000)]
@@ -51,6 +52,9 @@ enum Command {
         /// Data plane only, as JSON (one object per case: name, min, median, max, floor_median).
         #[arg(long)]
         json: bool,
+        /// Fleet (BGP rig): failover rounds (each one SIGSTOP of a host's BIRD and one link down).
+        #[arg(long, default_value_t = 5)]
+        fleet_failovers: u32,
     },
     /// A guided tour in about 20 seconds: namespaces with a client, the balancer and two
     /// pools, live traffic, `lbctl switch pool-b` and `lbctl rollback`; cleans up after itself
@@ -187,11 +191,11 @@ fn main() -> Result<()> {
             }
             system::cargo(&args)?;
         }
-        Command::Bench { repeat, runs, switches, cp_runs, json } => {
+        Command::Bench { repeat, runs, switches, cp_runs, json, fleet_failovers } => {
             system::require_root(
                 "test_run needs CAP_BPF and CAP_NET_ADMIN; the control-plane bench creates network namespaces",
             )?;
-            system::ensure_debian_packages(&[("ip", "iproute2"), ("ethtool", "ethtool")])?;
+            system::ensure_debian_packages(&[("ip", "iproute2"), ("ethtool", "ethtool"), ("bird", "bird2")])?;
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
             // The control-plane bench runs the real lb-daemon, lbctl and test-backend binaries.
@@ -211,6 +215,11 @@ fn main() -> Result<()> {
                 "--runs",
                 &cp_runs.to_string(),
             ]))?;
+            println!();
+            // Fleet: host failover by BFD, connections/s through 2 hosts vs 1 (BGP rig).
+            system::run(
+                Process::new(bin.join("fleet-bench")).args(["--failovers", &fleet_failovers.to_string()]),
+            )?;
         }
         Command::Demo => {
             system::require_root("the demo creates network namespaces and attaches an XDP program")?;

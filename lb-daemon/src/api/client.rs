@@ -135,6 +135,19 @@ impl Client {
         text(self.post_bytes(path, body)?)
     }
 
+    /// `GET /v1/host` as text: the host's BGP announcements, maintenance state and flows left
+    /// (decode as [`crate::fleet::host::HostView`]).
+    pub fn host_text(&self) -> Result<String, ClientError> {
+        self.get_text("/v1/host")
+    }
+
+    /// `POST /v1/host/drain` (`drain`) or `/v1/host/undrain` as text: the BGP view once BIRD
+    /// confirmed (decode as [`crate::fleet::host::BgpView`]).
+    pub fn host_drain_text(&self, drain: bool) -> Result<String, ClientError> {
+        let verb = if drain { "drain" } else { "undrain" };
+        self.post_text(&format!("/v1/host/{verb}"), &serde_json::json!({}))
+    }
+
     fn post_bytes<B: Serialize>(&self, path: &str, body: &B) -> Result<Bytes, ClientError> {
         let body = serde_json::to_vec(body)
             .map_err(|e| ClientError::Protocol(format!("cannot encode the request: {e}")))?;

@@ -64,6 +64,8 @@ impl Control for Engine {
         crate::preflight::check_forwarding(&self.lock().config, &self.warnings);
         let new = Config::load(&self.config_path)
             .map_err(|e| ApiError::invalid(format!("config not reloaded, nothing changed: {e}")))?;
+        // [bgp] first: BIRD confirms the new settings or the reload is refused, nothing changed.
+        let bgp = self.reload_bgp(&new)?;
         let mut core = self.lock();
         let outcome = core.reload(new, requester);
         // Also after a failure: a reload applied but not persisted serves the new config. The
@@ -73,7 +75,7 @@ impl Control for Engine {
         }
         crate::preflight::check_forwarding(&core.config, &self.warnings);
         drop(core);
-        let outcome = outcome?;
+        let outcome = with_bgp(outcome, bgp)?;
         if outcome.changed {
             self.keep_neighbours(Duration::ZERO);
         }
@@ -113,5 +115,24 @@ impl Control for Engine {
             m.render_metrics(&mut text);
         }
         Ok(text)
+    }
+}
+
+/// The reload's outcome with its `[bgp]` changes; a refused reload undoes them.
+fn with_bgp(
+    outcome: Result<ReloadOutcome, ApiError>,
+    bgp: Option<crate::fleet::reload::BgpReload>,
+) -> Result<ReloadOutcome, ApiError> {
+    match (outcome, bgp) {
+        (Err(e), Some(bgp)) => {
+            bgp.undo();
+            Err(e)
+        }
+        (Ok(mut outcome), Some(bgp)) => {
+            outcome.changed |= !bgp.changes.is_empty();
+            outcome.changes.extend(bgp.changes);
+            Ok(outcome)
+        }
+        (outcome, None) => outcome,
     }
 }

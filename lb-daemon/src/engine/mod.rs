@@ -71,6 +71,8 @@ pub struct Engine {
     neighbours: NeighbourKeeper,
     /// Problems of the host or setup, shown in the status (see [`crate::preflight`]).
     warnings: crate::preflight::Warnings,
+    /// The BGP announcer (`[bgp]`), told of a reload's new `[bgp]` settings before the rest.
+    bgp: std::sync::OnceLock<std::sync::Weak<crate::fleet::Fleet>>,
 }
 
 impl Engine {
@@ -91,6 +93,7 @@ impl Engine {
             health: Mutex::new(None),
             neighbours: NeighbourKeeper::new(),
             warnings: Default::default(),
+            bgp: std::sync::OnceLock::new(),
         })
     }
 

@@ -46,6 +46,10 @@ pub(super) fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if new.api != old.api {
         keys.push("api");
     }
+    // The announcer and the host API exist from the start or not at all.
+    if new.bgp.is_some() != old.bgp.is_some() {
+        keys.push(if new.bgp.is_some() { "bgp (adding the table)" } else { "bgp (removing the table)" });
+    }
     keys
 }
 
@@ -286,5 +290,30 @@ impl<M: Maps> Core<M> {
         self.maps.set_filters(&vip_list, &nat_list).map_err(dp_err)?;
         self.layout = layout;
         Ok(())
+    }
+}
+
+impl super::Engine {
+    /// Gives the engine the BGP announcer, so a reload's new `[bgp]` settings reach it (once,
+    /// after [`crate::fleet::Fleet::start`]).
+    pub fn set_bgp_announcer(&self, fleet: &std::sync::Arc<crate::fleet::Fleet>) {
+        let _ = self.bgp.set(std::sync::Arc::downgrade(fleet));
+    }
+
+    /// Tries `new`'s `[bgp]` on the announcer (see [`crate::fleet::reload::prepare`]); nothing
+    /// when a changed key needs a restart (the core refuses the reload then).
+    pub(super) fn reload_bgp(
+        &self,
+        new: &Config,
+    ) -> Result<Option<crate::fleet::reload::BgpReload>, ApiError> {
+        let old = {
+            let core = self.lock();
+            if !needs_restart(&core.config, new).is_empty() {
+                return Ok(None);
+            }
+            core.config.bgp.clone()
+        };
+        let fleet = self.bgp.get().and_then(std::sync::Weak::upgrade);
+        crate::fleet::reload::prepare(fleet.as_ref(), old.as_ref(), new.bgp.as_ref())
     }
 }

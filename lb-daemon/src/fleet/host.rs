@@ -105,7 +105,8 @@ struct State {
 
 /// The announcer; see the module documentation.
 pub struct Fleet {
-    cfg: BgpConfig,
+    /// The `[bgp]` settings in use; replaced by [`reconfigure`](Self::reconfigure) on reload.
+    cfg: Mutex<BgpConfig>,
     instance: String,
     record_file: PathBuf,
     control: Weak<dyn Control>,
@@ -145,7 +146,7 @@ impl Fleet {
             "BGP announcements through BIRD"
         );
         let fleet = Arc::new(Fleet {
-            cfg,
+            cfg: Mutex::new(cfg),
             instance: instance.to_owned(),
             record_file,
             control: Arc::downgrade(control),
@@ -243,10 +244,74 @@ impl Fleet {
     }
 
     fn push_to_bird(&self, want: &BTreeSet<IpAddr>) -> Result<(), String> {
+        let cfg = self.settings();
+        self.push_with(&cfg, want)
+    }
+
+    /// Writes `want` to `cfg`'s include file and runs its `birdc configure`.
+    fn push_with(&self, cfg: &BgpConfig, want: &BTreeSet<IpAddr>) -> Result<(), String> {
         let text = bird::render(&self.instance, want);
-        write_atomic(&self.cfg.include_file, text.as_bytes())
-            .map_err(|e| format!("writing {}: {e}", self.cfg.include_file.display()))?;
-        bird::configure(&self.cfg.birdc, &self.cfg.birdc_socket, BIRDC_TIMEOUT).map_err(|e| e.to_string())
+        write_atomic(&cfg.include_file, text.as_bytes())
+            .map_err(|e| format!("writing {}: {e}", cfg.include_file.display()))?;
+        bird::configure(&cfg.birdc, &cfg.birdc_socket, BIRDC_TIMEOUT).map_err(|e| e.to_string())
+    }
+
+    /// The `[bgp]` settings in use.
+    pub fn settings(&self) -> BgpConfig {
+        self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A reload's new `[bgp]` settings (already validated), tried before they are kept: what
+    /// BIRD holds now (or what the rules want, before the first confirmation) is written to the
+    /// new include file and the new `birdc` is run on the new socket. Kept when BIRD confirms;
+    /// otherwise the error, and nothing changed (a new include file this created is removed).
+    /// Returns the changes in words (empty when the settings are the same).
+    pub fn reconfigure(&self, new: &BgpConfig) -> Result<Vec<String>, String> {
+        let _serial = self.apply.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.settings();
+        let mut changes = Vec::new();
+        if new.include_file != old.include_file {
+            changes.push(format!(
+                "bgp.include_file {} -> {} (the old file is left as it is: BIRD's config must include the new one)",
+                old.include_file.display(),
+                new.include_file.display()
+            ));
+        }
+        if new.birdc_socket != old.birdc_socket {
+            changes.push(format!(
+                "bgp.birdc_socket {} -> {}",
+                old.birdc_socket.display(),
+                new.birdc_socket.display()
+            ));
+        }
+        if new.birdc != old.birdc {
+            changes.push(format!("bgp.birdc {} -> {}", old.birdc.display(), new.birdc.display()));
+        }
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        let want: BTreeSet<IpAddr> = {
+            let st = self.lock();
+            st.applied
+                .clone()
+                .unwrap_or_else(|| st.decisions.iter().filter(|d| d.announce).map(|d| d.vip).collect())
+        };
+        let created = new.include_file != old.include_file && !new.include_file.exists();
+        if let Err(e) = self.push_with(new, &want) {
+            if created {
+                let _ = std::fs::remove_file(&new.include_file);
+            }
+            return Err(e);
+        }
+        *self.cfg.lock().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        let mut st = self.lock();
+        st.applied = Some(want.clone());
+        st.confirmed = want;
+        st.bird_error = None;
+        st.last_error_log = None;
+        st.last_configured = Some(now_rfc3339());
+        tracing::info!(changes = ?changes, "BGP: new [bgp] settings confirmed by BIRD");
+        Ok(changes)
     }
 
     /// Enters (`true`) or leaves maintenance. The state is persisted first (an error changes
@@ -299,7 +364,7 @@ impl Fleet {
             drained: st.record.drained,
             drained_since: st.record.since.clone(),
             drained_by: st.record.by.clone(),
-            include_file: self.cfg.include_file.display().to_string(),
+            include_file: self.settings().include_file.display().to_string(),
             announced: st.confirmed.iter().copied().collect(),
             vips: st.decisions.clone(),
             in_sync: st.applied.as_ref() == Some(&wanted),
@@ -329,23 +394,17 @@ impl Fleet {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::model::{Active, PoolView, ServiceView, Traffic};
-
-    fn calls(dir: &Path) -> usize {
-        std::fs::read_to_string(dir.join("calls")).map(|t| t.lines().count()).unwrap_or(0)
-    }
-
-    /// A fleet with no daemon behind it: the tests feed it statuses through `apply_status`.
-    fn fleet(dir: &Path) -> Fleet {
+impl Fleet {
+    /// A fleet with no daemon behind it (the fake `birdc`, files under `dir`): tests feed it
+    /// statuses through `apply_status`.
+    pub(crate) fn for_tests(dir: &Path) -> Fleet {
         let control: Weak<dyn Control> = Weak::<crate::engine::Engine>::new();
         Fleet {
-            cfg: BgpConfig {
+            cfg: Mutex::new(BgpConfig {
                 include_file: dir.join("vips.conf"),
                 birdc_socket: dir.join("bird.ctl"),
                 birdc: crate::fleet::fake_birdc().to_path_buf(),
-            },
+            }),
             instance: "t".into(),
             record_file: dir.join("t.bgp.json"),
             control,
@@ -354,31 +413,56 @@ mod tests {
         }
     }
 
-    fn status(healthy: u32) -> StatusView {
-        StatusView::fixture(
-            "t",
-            vec![ServiceView {
-                name: "web".into(),
-                mode: "dsr".into(),
-                vips: vec!["192.0.2.10:80".into()],
-                active: Active::Pool("pool-a".into()),
-                previous: None,
-                epoch: 0,
-                pools: vec![PoolView {
-                    name: "pool-a".into(),
-                    share: 100,
-                    min_healthy: 1,
-                    healthy,
-                    backends: Vec::new(),
-                    traffic: Traffic::default(),
-                }],
-                watch: None,
+    /// The decisions and BIRD state of a status, as the timer would apply them.
+    pub(crate) fn apply_for_tests(&self, status: &StatusView) {
+        self.apply_status(status);
+    }
+}
+
+/// One dsr service `web` on 192.0.2.10:80 whose only pool (min_healthy 1) has `healthy` backends up.
+#[cfg(test)]
+pub(crate) fn test_status(healthy: u32) -> StatusView {
+    use crate::api::model::{Active, PoolView, ServiceView, Traffic};
+    StatusView::fixture(
+        "t",
+        vec![ServiceView {
+            name: "web".into(),
+            mode: "dsr".into(),
+            vips: vec!["192.0.2.10:80".into()],
+            active: Active::Pool("pool-a".into()),
+            previous: None,
+            epoch: 0,
+            pools: vec![PoolView {
+                name: "pool-a".into(),
+                share: 100,
+                min_healthy: 1,
+                healthy,
+                backends: Vec::new(),
+                traffic: Traffic::default(),
             }],
-        )
+            watch: None,
+        }],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn calls(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join("calls")).map(|t| t.lines().count()).unwrap_or(0)
+    }
+
+    fn fleet(dir: &Path) -> Fleet {
+        Fleet::for_tests(dir)
+    }
+
+    fn status(healthy: u32) -> StatusView {
+        test_status(healthy)
     }
 
     fn file(f: &Fleet) -> String {
-        std::fs::read_to_string(&f.cfg.include_file).unwrap()
+        std::fs::read_to_string(f.settings().include_file).unwrap()
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   `host undrain`; persists the maintenance state; withdraws everything on
 //!   `shutdown --detach`. A plain exit, a restart or `kill -9` leaves the include file as it is,
 //!   so BIRD keeps announcing while forwarding continues from the pins.
+//! - [`reload`]: a config reload's new `[bgp]` settings, tried on BIRD before they are kept.
 //! - [`api`]: `GET /v1/host`, `POST /v1/host/drain`, `POST /v1/host/undrain` and the `bgp`
 //!   part of `GET /v1/status`.
 
@@ -20,6 +21,7 @@ pub mod api;
 pub mod bird;
 pub mod config;
 pub mod host;
+pub mod reload;
 
 pub use config::BgpConfig;
 pub use host::{EVALUATE_EVERY, Fleet};

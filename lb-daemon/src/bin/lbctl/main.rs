@@ -191,6 +191,16 @@ pub enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// This balancer host in a BGP fleet: maintenance (drain, undrain) and what it announces.
+    ///
+    /// Drain withdraws every VIP from BGP (routers send new flows to the other hosts) and keeps
+    /// forwarding what still arrives; `host status` shows the flows left.
+    #[command(after_help = help!("host"))]
+    Host {
+        /// What to do with the host.
+        #[command(subcommand)]
+        action: commands::host::HostAction,
+    },
     /// Print a shell completion script to stdout.
     #[command(after_help = help!("completions"))]
     Completions {
@@ -333,6 +343,7 @@ fn run(
         Command::History { limit } => history::run(client, service, json, *limit),
         Command::Reload => reload::run(client, json),
         Command::Shutdown { detach } => shutdown::run(client, json, *detach),
+        Command::Host { action } => host::run(client, json, *action),
     }
 }
 

@@ -105,3 +105,24 @@ fn the_drain_idle_timeout_reloads_without_touching_the_data_plane() {
     assert_eq!(r.writes(), vec![]);
     assert_eq!(r.core.config.drain_idle_timeout, std::time::Duration::from_secs(90));
 }
+
+#[test]
+fn adding_or_removing_the_bgp_table_needs_a_restart() {
+    // BGP carries dsr services only.
+    let dsr =
+        CONFIG.replace("active = \"pool-a\"", "active = \"pool-a\"\nmode = \"dsr\"").replace(":8080", ":80");
+    let with_bgp = format!("{dsr}\n[bgp]\ninclude_file = \"/etc/bird/lb-vips.conf\"\n");
+    let mut r = Rig::new(&dsr);
+    let e = r.core.reload(config(&with_bgp), "test").unwrap_err();
+    assert_eq!(e.code, ErrorCode::Refused);
+    assert!(e.message.contains("changing bgp (adding the table) needs a daemon restart"), "{e}");
+    assert_eq!(r.writes(), vec![]);
+    assert_eq!(r.core.config.bgp, None);
+    let mut r = Rig::new(&with_bgp);
+    let e = r.core.reload(config(&dsr), "test").unwrap_err();
+    assert!(e.message.contains("changing bgp (removing the table) needs a daemon restart"), "{e}");
+    assert!(r.core.config.bgp.is_some());
+    // A changed [bgp] alone is no restart (the announcer takes it, see fleet::reload).
+    let moved = with_bgp.replace("lb-vips.conf", "vips.conf");
+    assert!(r.core.reload(config(&moved), "test").is_ok());
+}

@@ -5,6 +5,7 @@ pub mod backends;
 pub mod completions;
 pub mod drain_status;
 pub mod history;
+pub mod host;
 pub mod man;
 pub mod pools;
 pub mod reload;

@@ -15,7 +15,17 @@ pub fn run(client: &Client, service: Option<&str>, json_out: bool) -> Result<Str
     let raw = client.get_text("/v1/status")?;
     let status: StatusView = parse(&raw)?;
     check_service(&status, service)?;
-    Ok(if json_out { json::pretty(&raw) } else { render(&status, service, Paint::stdout()) })
+    Ok(if json_out {
+        json::pretty(&raw)
+    } else {
+        render(&status, service, Paint::stdout()) + &bgp_part(&raw)
+    })
+}
+
+/// The BGP announcements (`bgp` in the raw status, with `[bgp]` only), after a blank line.
+fn bgp_part(raw: &str) -> String {
+    let part = super::host::status_part(raw, Paint::stdout());
+    if part.is_empty() { part } else { format!("\n{part}") }
 }
 
 /// `lbctl status` as text: the daemon (version, uptime, adopted state, XDP mode per interface),

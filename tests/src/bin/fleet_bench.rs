@@ -1,0 +1,124 @@
+//! Fleet benchmark (`cargo xtask bench`, after the control-plane one), on the BGP rig of
+//! `lb_tests::fleet_rig` (ECMP router with BIRD, 2 balancer hosts with lb-daemon and BIRD, BFD
+//! 50 ms × 3):
+//!
+//! - `failover`: a host frozen (SIGSTOP of its BIRD) or its link down, until the router's
+//!   kernel route lost its path (`lb_tests::fleet_bench::failover`);
+//! - `conn-rate`: unpaced short connections through the VIP with both hosts, then with one
+//!   drained (`lb_tests::fleet_bench::conn_rate`).
+//!
+//! Prints one line per round and a summary (medians, min, max), or with `--json` one JSON
+//! document. SIGINT / SIGTERM stop early and clean up (exit code 130).
+
+use anyhow::Result;
+use clap::{Parser, ValueEnum};
+use lb_tests::cli::require_root;
+use lb_tests::fleet_bench::{self, ConnRateReport, FailoverReport, median};
+use std::process::ExitCode;
+
+/// Which measurements to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Case {
+    /// Host failover time (BFD).
+    Failover,
+    /// Connections/s through the fleet vs one host.
+    ConnRate,
+    /// Both.
+    All,
+}
+
+#[derive(Parser)]
+#[command(
+    about = "Fleet (BGP) failover time and connections/s through 2 hosts vs 1 (namespaces, BIRD, lb-daemon)"
+)]
+struct Args {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Case::All)]
+    case: Case,
+    /// Failover rounds (each: one SIGSTOP and one link down).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
+    failovers: u32,
+    /// Connection-rate rounds (each: fleet, then one host).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rate_rounds: u32,
+    /// Seconds of load per connection-rate measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Client threads of the connection-rate load.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Everything measured, as `--json` prints it.
+#[derive(serde::Serialize, Default)]
+struct Output {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failover: Option<FailoverReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conn_rate: Option<ConnRateReport>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(code) = require_root("fleet-bench", "network namespaces, XDP, BIRD") {
+        return code;
+    }
+    if !(0.5..=30.0).contains(&args.seconds) {
+        eprintln!("fleet-bench: --seconds must be between 0.5 and 30");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = lb_tests::interrupt::install() {
+        eprintln!("fleet-bench: {e:#}");
+        return ExitCode::from(1);
+    }
+    match bench(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-bench: {e:#}");
+            ExitCode::from(if lb_tests::interrupt::requested() { 130 } else { 1 })
+        }
+    }
+}
+
+fn stats(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(0.0, f64::max);
+    format!("median {:.1}, min {min:.1}, max {max:.1} (n={})", median(v), v.len())
+}
+
+fn bench(args: &Args) -> Result<()> {
+    let say = |line: &str| {
+        if !args.json {
+            println!("{line}");
+        }
+    };
+    say(
+        "Fleet benchmark: router (BIRD, ECMP merge paths, L4 hash) + 2 balancer hosts (lb-daemon + BIRD, BFD 50 ms x 3), DSR",
+    );
+    let mut rig = fleet_bench::rig("fbn")?;
+    let mut out = Output::default();
+    if matches!(args.case, Case::Failover | Case::All) {
+        say(&format!("host failover, {} round(s):", args.failovers));
+        let r = fleet_bench::failover(&mut rig, args.failovers, say)?;
+        say(&format!("  SIGSTOP of a host's BIRD -> router path gone: {} ms", stats(&r.bird_stopped_ms)));
+        say(&format!("  link down of a host      -> router path gone: {} ms", stats(&r.link_down_ms)));
+        out.failover = Some(r);
+    }
+    if matches!(args.case, Case::ConnRate | Case::All) {
+        say(&format!(
+            "connections/s (unpaced, {} workers, {} s per measurement), {} round(s):",
+            args.workers, args.seconds, args.rate_rounds
+        ));
+        let r = fleet_bench::conn_rate(&mut rig, args.rate_rounds, args.seconds, args.workers as usize, say)?;
+        say(&format!("  fleet (2 hosts): {} conn/s", stats(&r.fleet_conn_per_s)));
+        say(&format!("  one host:        {} conn/s", stats(&r.one_host_conn_per_s)));
+        out.conn_rate = Some(r);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
