@@ -11,3 +11,4 @@ pub mod health;
 pub mod lock;
 pub mod neighbours;
 pub mod preflight;
+pub mod process_metrics;

@@ -14,6 +14,7 @@
 mod control;
 pub mod core;
 pub mod drain;
+pub mod flow_cache;
 pub mod keys;
 pub mod layout;
 pub mod metrics;
@@ -71,6 +72,8 @@ pub struct Engine {
     neighbours: NeighbourKeeper,
     /// Problems of the host or setup, shown in the status (see [`crate::preflight`]).
     warnings: crate::preflight::Warnings,
+    /// The flow-table scan `/metrics` reports, refreshed at most every few seconds.
+    flow_cache: flow_cache::FlowScanCache,
 }
 
 impl Engine {
@@ -91,6 +94,7 @@ impl Engine {
             health: Mutex::new(None),
             neighbours: NeighbourKeeper::new(),
             warnings: Default::default(),
+            flow_cache: Default::default(),
         })
     }
 
