@@ -111,6 +111,7 @@ impl Control for Engine {
         let mut text = metrics::render(&core.layout, &core.state, &core.maps, &core.down, &flows);
         metrics::render_flow_table(&mut text, &flows, core.maps.options().flow_entries, age);
         metrics::render_last_switch(&mut text, &core.layout, &core.state);
+        metrics::render_pool_health(&mut text, &core.layout, &core.down);
         core.maps.render_link_metrics(&mut text);
         drop(core);
         if let Some(m) = self.health.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {

@@ -268,3 +268,36 @@ pub fn render_last_switch(out: &mut String, layout: &Layout, state: &PersistedSt
         let _ = writeln!(out, "lb_last_switch_timestamp_seconds{{service=\"{}\"}} {last}", esc(&s.name));
     }
 }
+
+/// Renders, per pool, its healthy backends and its `min_healthy`, so an alert can compare them.
+pub fn render_pool_health(out: &mut String, layout: &Layout, down: &BTreeSet<u32>) {
+    header(out, "lb_pool_healthy_backends", "gauge", "Backends of the pool that passed their health checks.");
+    for s in &layout.services {
+        for p in &s.pools {
+            let n = p.backends.iter().filter(|b| !down.contains(&b.index)).count();
+            let _ = writeln!(
+                out,
+                "lb_pool_healthy_backends{{service=\"{}\",pool=\"{}\"}} {n}",
+                esc(&s.name),
+                esc(&p.name)
+            );
+        }
+    }
+    header(
+        out,
+        "lb_pool_min_healthy",
+        "gauge",
+        "Fewest healthy backends the pool needs (min_healthy): below it a switch to it is refused and a watch rolls back.",
+    );
+    for s in &layout.services {
+        for p in &s.pools {
+            let _ = writeln!(
+                out,
+                "lb_pool_min_healthy{{service=\"{}\",pool=\"{}\"}} {}",
+                esc(&s.name),
+                esc(&p.name),
+                p.min_healthy
+            );
+        }
+    }
+}

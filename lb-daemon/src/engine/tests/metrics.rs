@@ -21,6 +21,7 @@ pub fn render(r: &Rig, age: Duration) -> String {
         age,
     );
     metrics::render_last_switch(&mut text, &r.core.layout, &r.core.state);
+    metrics::render_pool_health(&mut text, &r.core.layout, &r.core.down);
     text
 }
 
@@ -96,4 +97,6 @@ fn flow_table_occupancy_and_capacity() {
     assert!(has(&text, "lb_flow_table_entries 3"), "{text}");
     assert!(has(&text, "lb_flow_table_capacity 1024"), "{text}");
     assert!(has(&text, "lb_flow_table_scan_age_seconds 2.5"), "{text}");
+    assert!(has(&text, "lb_pool_min_healthy{service=\"web\",pool=\"pool-b\"} 2"), "{text}");
+    assert!(has(&text, "lb_pool_healthy_backends{service=\"web\",pool=\"pool-b\"} 2"), "{text}");
 }
