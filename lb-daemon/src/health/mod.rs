@@ -38,7 +38,7 @@ use tokio::time::MissedTickBehavior;
 use crate::config::HealthConfig;
 
 mod probe;
-mod stats;
+pub mod stats;
 
 use probe::{ProbeError, probe};
 use stats::{HealthStats, ProbeResult};

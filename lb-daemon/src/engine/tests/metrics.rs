@@ -100,3 +100,63 @@ fn flow_table_occupancy_and_capacity() {
     assert!(has(&text, "lb_pool_min_healthy{service=\"web\",pool=\"pool-b\"} 2"), "{text}");
     assert!(has(&text, "lb_pool_healthy_backends{service=\"web\",pool=\"pool-b\"} 2"), "{text}");
 }
+
+/// Every metric name `/metrics` declares (`# TYPE` lines; a histogram's series too), from a
+/// render of the fixture with every part `Engine::metrics` appends.
+fn exported_names() -> std::collections::BTreeSet<String> {
+    let r = Rig::new(CONFIG);
+    let mut text = render(&r, Duration::ZERO);
+    crate::dataplane::links::Links::default().render_metrics(&mut text);
+    crate::health::stats::HealthStats::default().render(&mut text);
+    crate::process_metrics::render(&mut text);
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        }
+        names.insert(name.to_owned());
+    }
+    names
+}
+
+/// The `lb_*` and `process_*` names a file uses.
+fn used_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts = (i == 0 || !word(bytes[i - 1]))
+            && (text[i..].starts_with("lb_") || text[i..].starts_with("process_"));
+        if starts {
+            let end = (i..bytes.len()).find(|&j| !word(bytes[j])).unwrap_or(bytes.len());
+            names.insert(text[i..end].to_owned());
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn the_dashboard_and_the_alert_rules_use_only_exported_metrics() {
+    let exported = exported_names();
+    for must in ["lb_flow_table_entries", "lb_health_checks_total", "lb_xdp_attached", "process_open_fds"] {
+        assert!(exported.contains(must), "{must} not exported: {exported:?}");
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("deploy");
+    for file in ["grafana/lb.json", "prometheus/lb-rules.yml", "prometheus/lb-rules.test.yml"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let used = used_names(&text);
+        assert!(used.len() >= 3, "{file}: {used:?}");
+        let unknown: Vec<_> = used.difference(&exported).collect();
+        assert!(unknown.is_empty(), "{file} uses metrics the daemon does not export: {unknown:?}");
+    }
+    // The parser finds a name that is not exported.
+    assert_eq!(used_names("rate(lb_no_such_total[1m]) x_lb_not"), ["lb_no_such_total".to_owned()].into());
+}
