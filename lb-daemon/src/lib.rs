@@ -13,3 +13,4 @@ pub mod man;
 pub mod neighbours;
 pub mod preflight;
 pub mod service_manager;
+pub mod process_metrics;

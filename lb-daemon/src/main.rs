@@ -150,6 +150,8 @@ fn run(args: Args) -> Result<()> {
         tcp: config.api.tcp.zip(host.token),
         limits: ApiLimits::default(),
         fleet: None,
+        read_token: host.read_token,
+        metrics: config.api.metrics,
     };
     let (bgp, state_dir, instance) = (config.bgp.clone(), config.state_dir.clone(), config.instance.clone());
     let engine = match Engine::start(args.config.clone(), config, dp, adopted) {

@@ -74,7 +74,7 @@ fn flood_after_drain(mode: &str) {
     let report = load.wait();
     let after: Vec<Result<String, String>> = conns.ask();
     let text = s.daemon.client().get_text("/metrics").unwrap();
-    let not_recorded = metric(&text, "lb_packets_total{reason=\"flood_not_recorded\"}");
+    let not_recorded = metric(&text, "lb_flow_events_total{event=\"flood_not_recorded\"}");
     let flood_mode = metric(&during, "lb_flood_mode");
     eprintln!(
         "{mode}: {sent} spoofed SYNs into a {FLOW_TABLE}-entry table; flood_not_recorded {not_recorded}; \

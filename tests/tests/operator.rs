@@ -35,10 +35,10 @@ fn metrics_pass_promtool_and_carry_the_numbers() {
     assert!(out.status.success() && problems.trim().is_empty(), "promtool: {problems}\n{text}");
     for needle in [
         "lb_build_info{",
-        "lb_packets_total{reason=\"new_flow\"} 200",
+        "lb_flow_events_total{event=\"new_flow\"} 200",
         "lb_service_active_pool{service=\"web\",pool=\"pool-b\"} 1",
         "lb_service_active_pool{service=\"web\",pool=\"pool-a\"} 0",
-        "lb_switches_total{service=\"web\",kind=\"switch\",automatic=\"false\"} 1",
+        "lb_switches_total{service=\"web\",kind=\"switch\"} 1",
         "lb_backend_up{service=\"web\",pool=\"pool-a\",backend=\"10.77.2.11:8080\"} 1",
         "lb_pool_established_flows{service=\"web\",pool=\"pool-a\"}",
     ] {

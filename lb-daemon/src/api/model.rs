@@ -479,6 +479,8 @@ pub enum ErrorCode {
     Conflict,
     /// Missing or wrong bearer token (HTTP 401).
     Unauthorized,
+    /// The read-only token asked for a change (HTTP 403).
+    Forbidden,
     /// The daemon failed (HTTP 500).
     Internal,
 }
@@ -492,6 +494,7 @@ impl ErrorCode {
             ErrorCode::Refused => 409,
             ErrorCode::Conflict => 412,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::Internal => 500,
         }
     }

@@ -57,6 +57,12 @@ unix_socket = "/run/lb/lb.sock"
 # tcp = "127.0.0.1:9180"
 # token = "change-me-to-a-long-random-string"
 # token_file = "/etc/lb/api.token"
+# Optional read-only token for the TCP listener (`read_token` or `read_token_file`): GET
+# requests only (status, history, drain status, /metrics); any change gets 403.
+# read_token = "another-long-random-string"
+# read_token_file = "/etc/lb/api.read-token"
+# Optional listener serving only GET /metrics, without a token (default: none).
+# metrics = "127.0.0.1:9181"
 
 # One [[services]] table per service.
 [[services]]

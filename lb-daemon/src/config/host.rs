@@ -8,13 +8,15 @@ use std::path::Path;
 pub struct HostCheck {
     /// The API's bearer token (`api.token`, or the contents of `api.token_file`).
     pub token: Option<String>,
+    /// The read-only bearer token (`api.read_token`, or the contents of `api.read_token_file`).
+    pub read_token: Option<String>,
     /// Things that work but should be fixed (e.g. a token file readable by others).
     pub warnings: Vec<String>,
 }
 
 /// Reads a bearer token file: the token (without surrounding whitespace) and a warning when
 /// users other than its owner and group may read it; or why it cannot be used.
-fn read_token_file(file: &Path) -> Result<(String, Option<String>), String> {
+fn read_token_file(key: &str, file: &Path) -> Result<(String, Option<String>), String> {
     use std::os::unix::fs::PermissionsExt;
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let token = text.trim();
@@ -34,7 +36,7 @@ fn read_token_file(file: &Path) -> Result<(String, Option<String>), String> {
     let mode = std::fs::metadata(file).map(|m| m.permissions().mode()).unwrap_or(0);
     let warning = (mode & 0o004 != 0).then(|| {
         format!(
-            "api.token_file {} is readable by every user (mode {:o}): `chmod o-r` it",
+            "{key} {} is readable by every user (mode {:o}): `chmod o-r` it",
             file.display(),
             mode & 0o7777
         )
@@ -60,15 +62,31 @@ impl Config {
                 p.push(format!("interfaces[{i}]"), format!("{name:?}: {why} (in this network namespace)"));
             }
         }
-        let mut host = HostCheck { token: self.api.token.clone(), warnings: Vec::new() };
+        let mut host = HostCheck {
+            token: self.api.token.clone(),
+            read_token: self.api.read_token.clone(),
+            warnings: Vec::new(),
+        };
         if let Some(file) = &self.api.token_file {
-            match read_token_file(file) {
+            match read_token_file("api.token_file", file) {
                 Ok((token, warning)) => {
                     host.token = Some(token);
                     host.warnings.extend(warning);
                 }
                 Err(reason) => p.push("api.token_file", reason),
             }
+        }
+        if let Some(file) = &self.api.read_token_file {
+            match read_token_file("api.read_token_file", file) {
+                Ok((token, warning)) => {
+                    host.read_token = Some(token);
+                    host.warnings.extend(warning);
+                }
+                Err(reason) => p.push("api.read_token_file", reason),
+            }
+        }
+        if host.read_token.is_some() && host.read_token == host.token {
+            p.push("api.read_token", "the read-only token equals api.token (it would grant full access)");
         }
         if p.0.is_empty() { Ok(host) } else { Err(ConfigError::Invalid(p.0)) }
     }

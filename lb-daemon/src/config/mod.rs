@@ -180,11 +180,31 @@ pub struct ApiConfig {
     /// File holding the bearer token (instead of `token`).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// A second bearer token for the TCP listener that may only read (GET: status, history,
+    /// drain status, `/metrics`, health); any change sent with it gets 403. Lets dashboards
+    /// and on-call tooling look without being able to switch pools.
+    #[serde(default)]
+    pub read_token: Option<String>,
+    /// File holding the read-only token (instead of `read_token`).
+    #[serde(default)]
+    pub read_token_file: Option<PathBuf>,
+    /// Optional listener serving only `GET /metrics`, without a token (e.g.
+    /// `"127.0.0.1:9181"`), so Prometheus needs no credential that could change anything.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { unix_socket: default_unix_socket(), tcp: None, token: None, token_file: None }
+        Self {
+            unix_socket: default_unix_socket(),
+            tcp: None,
+            token: None,
+            token_file: None,
+            read_token: None,
+            read_token_file: None,
+            metrics: None,
+        }
     }
 }
 

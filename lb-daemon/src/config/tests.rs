@@ -201,6 +201,9 @@ fn example_config_mentions_every_key() {
         "tcp",
         "token",
         "token_file",
+        "read_token",
+        "read_token_file",
+        "metrics",
         "[[services]]",
         "name",
         "vips",
@@ -533,7 +536,7 @@ fn host_check_finds_missing_interfaces() {
         other => panic!("{other:?}"),
     }
     c.interfaces = vec!["lo".into()];
-    assert_eq!(c.check_host().unwrap(), HostCheck { token: None, warnings: vec![] });
+    assert_eq!(c.check_host().unwrap(), HostCheck { token: None, read_token: None, warnings: vec![] });
 }
 
 #[test]
@@ -609,6 +612,72 @@ fn token_rules() {
     assert!(reason(&short, "api.token").contains("too short (15 characters)"));
     let spaces = BRIEF_EXAMPLE.replace("[api]", "[api]\ntoken = \"0123456789 abcdef\"");
     assert_eq!(keys(&spaces), ["api.token"]);
+}
+
+#[test]
+fn read_token_rules() {
+    let tcp = "[api]\ntcp = \"127.0.0.1:9180\"\ntoken = \"0123456789abcdef\"\n";
+    let ok = BRIEF_EXAMPLE.replace("[api]", &format!("{tcp}read_token = \"fedcba9876543210\""));
+    let c = Config::from_toml_str(&ok).unwrap();
+    assert_eq!(c.api.read_token.as_deref(), Some("fedcba9876543210"));
+    let file = BRIEF_EXAMPLE.replace("[api]", &format!("{tcp}read_token_file = \"/r\""));
+    assert_eq!(Config::from_toml_str(&file).unwrap().api.read_token_file, Some(PathBuf::from("/r")));
+    // Without TCP there is nothing to use it on.
+    let no_tcp = BRIEF_EXAMPLE.replace("[api]", "[api]\nread_token = \"fedcba9876543210\"");
+    assert_eq!(keys(&no_tcp), ["api.read_token"]);
+    assert!(reason(&no_tcp, "api.read_token").contains("set api.tcp"));
+    let both = BRIEF_EXAMPLE
+        .replace("[api]", &format!("{tcp}read_token = \"fedcba9876543210\"\nread_token_file = \"/r\""));
+    assert_eq!(keys(&both), ["api.read_token"]);
+    let short = BRIEF_EXAMPLE.replace("[api]", &format!("{tcp}read_token = \"short\""));
+    assert!(reason(&short, "api.read_token").contains("too short (5 characters)"));
+    let same = BRIEF_EXAMPLE.replace("[api]", &format!("{tcp}read_token = \"0123456789abcdef\""));
+    assert!(reason(&same, "api.read_token").contains("must differ from api.token"));
+}
+
+#[test]
+fn host_check_reads_the_read_token_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("read-token");
+    let mut c = Config::from_toml_str(BRIEF_EXAMPLE).unwrap();
+    c.interfaces = vec!["lo".into()];
+    c.api.tcp = Some(sa("127.0.0.1:9180"));
+    c.api.token = Some("0123456789abcdef".into());
+    c.api.read_token_file = Some(file.clone());
+    let problem = |c: &Config| match c.check_host() {
+        Err(ConfigError::Invalid(p)) if p.len() == 1 => (p[0].key.clone(), p[0].reason.clone()),
+        other => panic!("{other:?}"),
+    };
+    let (key, reason) = problem(&c);
+    assert_eq!(key, "api.read_token_file");
+    assert!(reason.contains("cannot read"), "{reason}");
+    std::fs::write(&file, "0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (key, reason) = problem(&c);
+    assert_eq!(key, "api.read_token");
+    assert!(reason.contains("equals api.token"), "{reason}");
+    std::fs::write(&file, "fedcba9876543210\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let host = c.check_host().unwrap();
+    assert_eq!(host.read_token.as_deref(), Some("fedcba9876543210"));
+    assert_eq!(host.token.as_deref(), Some("0123456789abcdef"));
+    assert!(host.warnings[0].starts_with("api.read_token_file "), "{:?}", host.warnings);
+}
+
+#[test]
+fn metrics_listener_rules() {
+    let ok = BRIEF_EXAMPLE.replace("[api]", "[api]\nmetrics = \"127.0.0.1:9181\"");
+    assert_eq!(Config::from_toml_str(&ok).unwrap().api.metrics, Some(sa("127.0.0.1:9181")));
+    let no_port = BRIEF_EXAMPLE.replace("[api]", "[api]\nmetrics = \"127.0.0.1:0\"");
+    assert_eq!(keys(&no_port), ["api.metrics"]);
+    let same = BRIEF_EXAMPLE.replace(
+        "[api]",
+        "[api]\ntcp = \"127.0.0.1:9180\"\ntoken = \"0123456789abcdef\"\nmetrics = \"127.0.0.1:9180\"",
+    );
+    assert_eq!(keys(&same), ["api.metrics"]);
+    let bad = BRIEF_EXAMPLE.replace("[api]", "[api]\nmetrics = \"localhost\"");
+    assert!(parse_error(&bad).contains("metrics"), "{}", parse_error(&bad));
 }
 
 #[test]

@@ -434,6 +434,46 @@ impl ApiConfig {
         if self.token_file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
             p.push("api.token_file", "must not be empty");
         }
+        self.check_read_only(p);
+    }
+}
+
+impl ApiConfig {
+    /// The read-only token and the metrics listener.
+    fn check_read_only(&self, p: &mut Problems) {
+        let read = self.read_token.is_some() || self.read_token_file.is_some();
+        if read && self.tcp.is_none() {
+            p.push("api.read_token", "a read-only token is only used on TCP: set api.tcp too");
+        }
+        if self.read_token.is_some() && self.read_token_file.is_some() {
+            p.push("api.read_token", "set only one of api.read_token and api.read_token_file");
+        }
+        if let Some(token) = &self.read_token {
+            let n = token.chars().count();
+            if n < MIN_TOKEN_LEN {
+                p.push("api.read_token", format!("too short ({n} characters); use at least {MIN_TOKEN_LEN}"));
+            }
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                p.push(
+                    "api.read_token",
+                    "must be printable ASCII without spaces (it travels in an HTTP header)",
+                );
+            }
+            if self.token.as_ref() == Some(token) {
+                p.push("api.read_token", "must differ from api.token (it would grant full access)");
+            }
+        }
+        if self.read_token_file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            p.push("api.read_token_file", "must not be empty");
+        }
+        if let Some(metrics) = self.metrics {
+            if metrics.port() == 0 {
+                p.push("api.metrics", "needs a port (e.g. \"127.0.0.1:9181\")");
+            }
+            if self.tcp == Some(metrics) {
+                p.push("api.metrics", format!("{metrics} is api.tcp already: use another port"));
+            }
+        }
     }
 }
 

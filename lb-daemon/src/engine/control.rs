@@ -105,15 +105,21 @@ impl Control for Engine {
     }
 
     fn metrics(&self) -> Result<String, ApiError> {
-        let (source, timeouts) = self.lock().flow_scan();
-        let flows = FlowCounts::scan(source.as_ref(), timeouts)?;
+        let (flows, age) = self.flow_cache.get(std::time::Instant::now(), || {
+            let (source, timeouts) = self.lock().flow_scan();
+            FlowCounts::scan(source.as_ref(), timeouts)
+        })?;
         let core = self.lock();
         let mut text = metrics::render(&core.layout, &core.state, &core.maps, &core.down, &flows);
+        metrics::render_flow_table(&mut text, &flows, core.maps.options().flow_entries, age);
+        metrics::render_last_switch(&mut text, &core.layout, &core.state);
+        metrics::render_pool_health(&mut text, &core.layout, &core.down);
         core.maps.render_link_metrics(&mut text);
         drop(core);
         if let Some(m) = self.health.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             m.render_metrics(&mut text);
         }
+        crate::process_metrics::render(&mut text);
         Ok(text)
     }
 }

@@ -64,6 +64,11 @@ impl FlowCounts {
         Ok(counts)
     }
 
+    /// Entries the scan walked (the flow table's occupancy).
+    pub fn entries(&self) -> u64 {
+        self.scanned
+    }
+
     /// Counts of one backend (zero when it has no flow).
     pub fn of(&self, backend: u32) -> BackendFlows {
         self.by_backend.get(&backend).copied().unwrap_or_default()

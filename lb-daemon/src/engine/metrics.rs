@@ -2,7 +2,9 @@
 
 use super::{drain::FlowCounts, layout::Layout, state::PersistedState};
 use crate::{api::model::HistoryKind, dataplane::Maps};
-use lb_common::stats::{ALL_REASONS, backend_counter, backend_new_flow_counter, reason_counter, vip_counter};
+use lb_common::stats::{
+    ALL_REASONS, Reason, backend_counter, backend_new_flow_counter, reason_counter, vip_counter,
+};
 use std::{collections::BTreeSet, fmt::Write};
 
 /// Escapes a label value.
@@ -13,6 +15,30 @@ fn esc(v: &str) -> String {
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The history kinds that change a service's active pool, with their label value (a reload is
+/// not one: it changes the configuration, not which pool is active).
+pub const SWITCH_KINDS: [(HistoryKind, &str); 4] = [
+    (HistoryKind::Switch, "switch"),
+    (HistoryKind::Rollback, "rollback"),
+    (HistoryKind::Split, "split"),
+    (HistoryKind::AutoRollback, "auto_rollback"),
+];
+
+/// The `event` label of a reason counter that counts something that happened to a flow rather
+/// than what was done with the packet (the packet has its own outcome counter too), or None
+/// for a packet outcome. Keeps `lb_packets_total` summing to the packets seen.
+pub fn flow_event(reason: Reason) -> Option<&'static str> {
+    Some(match reason {
+        Reason::NewFlow => "new_flow",
+        Reason::FlowRebalanced => "rebalanced",
+        Reason::FlowBackendDown => "backend_down",
+        Reason::FlowExpired => "expired",
+        Reason::FloodNotRecorded => "flood_not_recorded",
+        Reason::StatelessRst => "stateless_rst",
+        _ => return None,
+    })
 }
 
 /// Renders every metric. `flows` holds the flow-table counts by backend index.
@@ -33,16 +59,28 @@ pub fn render(
         "counter",
         "Packets seen by the XDP program, by what it did with them.",
     );
-    for r in ALL_REASONS {
+    for r in ALL_REASONS.into_iter().filter(|r| flow_event(*r).is_none()) {
         let c = dp.counter(reason_counter(r)).unwrap_or_default();
         let _ = writeln!(out, "lb_packets_total{{reason=\"{}\"}} {}", r.name(), c.packets);
+    }
+    header(
+        &mut out,
+        "lb_flow_events_total",
+        "counter",
+        "What happened to flows, by event; the packets involved are counted once more in lb_packets_total by what was done with them.",
+    );
+    for r in ALL_REASONS {
+        if let Some(event) = flow_event(r) {
+            let c = dp.counter(reason_counter(r)).unwrap_or_default();
+            let _ = writeln!(out, "lb_flow_events_total{{event=\"{event}\"}} {}", c.packets);
+        }
     }
 
     header(
         &mut out,
         "lb_flood_mode",
         "gauge",
-        "CPUs whose new-flow rate is over flows.new_flow_limit: their SYNs are forwarded without being recorded (counted in lb_packets_total{reason=\"flood_not_recorded\"}).",
+        "CPUs whose new-flow rate is over flows.new_flow_limit: their SYNs are forwarded without being recorded (counted in lb_flow_events_total{event=\"flood_not_recorded\"}).",
     );
     let flood = dp.cpus_in_flood(crate::dataplane::maps::monotonic_coarse_ns()).unwrap_or(0);
     let _ = writeln!(out, "lb_flood_mode {flood}");
@@ -177,25 +215,89 @@ pub fn render(
         &mut out,
         "lb_switches_total",
         "counter",
-        "Changes of a service's active pool kept in the daemon's history, by kind; automatic=\"true\" marks rollbacks the daemon made by itself.",
+        "Changes of a service's active pool kept in the daemon's history, by kind (switch, rollback, split, auto_rollback: a rollback the daemon made by itself); reloads are not counted.",
     );
-    const KINDS: [(HistoryKind, &str); 5] = [
-        (HistoryKind::Switch, "switch"),
-        (HistoryKind::Rollback, "rollback"),
-        (HistoryKind::Split, "split"),
-        (HistoryKind::Reload, "reload"),
-        (HistoryKind::AutoRollback, "auto_rollback"),
-    ];
     for s in &layout.services {
-        for (kind, name) in KINDS {
+        for (kind, name) in SWITCH_KINDS {
             let n = state.history.iter().filter(|h| h.service == s.name && h.kind == kind).count();
-            let automatic = kind == HistoryKind::AutoRollback;
-            let _ = writeln!(
-                out,
-                "lb_switches_total{{service=\"{}\",kind=\"{name}\",automatic=\"{automatic}\"}} {n}",
-                esc(&s.name)
-            );
+            let _ = writeln!(out, "lb_switches_total{{service=\"{}\",kind=\"{name}\"}} {n}", esc(&s.name));
         }
     }
     out
+}
+
+/// Renders the flow table's occupancy: `flows` is a scan taken `age` ago (scans are cached, see
+/// [`super::flow_cache`]), `capacity` the entries the table was created with.
+pub fn render_flow_table(out: &mut String, flows: &FlowCounts, capacity: u32, age: std::time::Duration) {
+    header(
+        out,
+        "lb_flow_table_entries",
+        "gauge",
+        "Entries in the flow table (all states), from the last scan (taken at most every few seconds).",
+    );
+    let _ = writeln!(out, "lb_flow_table_entries {}", flows.entries());
+    header(out, "lb_flow_table_capacity", "gauge", "Entries the flow table holds at most (flow_table_size).");
+    let _ = writeln!(out, "lb_flow_table_capacity {capacity}");
+    header(
+        out,
+        "lb_flow_table_scan_age_seconds",
+        "gauge",
+        "Age of the flow-table scan these counts come from.",
+    );
+    let _ = writeln!(out, "lb_flow_table_scan_age_seconds {}", age.as_secs_f64());
+}
+
+/// Renders, per service, when its active pool last changed (switch, rollback, split or
+/// automatic rollback kept in the history; 0 when none is).
+pub fn render_last_switch(out: &mut String, layout: &Layout, state: &PersistedState) {
+    header(
+        out,
+        "lb_last_switch_timestamp_seconds",
+        "gauge",
+        "Unix time of the last change of the service's active pool kept in the history (0: none).",
+    );
+    for s in &layout.services {
+        let last = state
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.service == s.name && SWITCH_KINDS.iter().any(|(k, _)| *k == h.kind))
+            .and_then(|h| humantime::parse_rfc3339(&h.time).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        let _ = writeln!(out, "lb_last_switch_timestamp_seconds{{service=\"{}\"}} {last}", esc(&s.name));
+    }
+}
+
+/// Renders, per pool, its healthy backends and its `min_healthy`, so an alert can compare them.
+pub fn render_pool_health(out: &mut String, layout: &Layout, down: &BTreeSet<u32>) {
+    header(out, "lb_pool_healthy_backends", "gauge", "Backends of the pool that passed their health checks.");
+    for s in &layout.services {
+        for p in &s.pools {
+            let n = p.backends.iter().filter(|b| !down.contains(&b.index)).count();
+            let _ = writeln!(
+                out,
+                "lb_pool_healthy_backends{{service=\"{}\",pool=\"{}\"}} {n}",
+                esc(&s.name),
+                esc(&p.name)
+            );
+        }
+    }
+    header(
+        out,
+        "lb_pool_min_healthy",
+        "gauge",
+        "Fewest healthy backends the pool needs (min_healthy): below it a switch to it is refused and a watch rolls back.",
+    );
+    for s in &layout.services {
+        for p in &s.pools {
+            let _ = writeln!(
+                out,
+                "lb_pool_min_healthy{{service=\"{}\",pool=\"{}\"}} {}",
+                esc(&s.name),
+                esc(&p.name),
+                p.min_healthy
+            );
+        }
+    }
 }

@@ -14,6 +14,7 @@
 mod control;
 pub mod core;
 pub mod drain;
+pub mod flow_cache;
 pub mod keys;
 pub mod layout;
 pub mod metrics;
@@ -73,6 +74,8 @@ pub struct Engine {
     warnings: crate::preflight::Warnings,
     /// The BGP announcer (`[bgp]`), told of a reload's new `[bgp]` settings before the rest.
     bgp: std::sync::OnceLock<std::sync::Weak<crate::fleet::Fleet>>,
+    /// The flow-table scan `/metrics` reports, refreshed at most every few seconds.
+    flow_cache: flow_cache::FlowScanCache,
 }
 
 impl Engine {
@@ -94,6 +97,7 @@ impl Engine {
             neighbours: NeighbourKeeper::new(),
             warnings: Default::default(),
             bgp: std::sync::OnceLock::new(),
+            flow_cache: Default::default(),
         })
     }
 

@@ -38,8 +38,10 @@ use tokio::time::MissedTickBehavior;
 use crate::config::HealthConfig;
 
 mod probe;
+pub mod stats;
 
 use probe::{ProbeError, probe};
+use stats::{HealthStats, ProbeResult};
 
 /// One backend to check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +117,8 @@ struct Shared {
     sink: HealthSink,
     /// Probes that failed because of the checker itself (see the module doc).
     local_errors: AtomicU64,
+    /// Probe results and durations, for `/metrics`.
+    stats: HealthStats,
 }
 
 #[derive(Default)]
@@ -177,6 +181,7 @@ impl HealthMonitor {
                 state: Mutex::new(State::default()),
                 sink,
                 local_errors: AtomicU64::new(0),
+                stats: HealthStats::default(),
             }),
             handle,
         }
@@ -196,6 +201,7 @@ impl HealthMonitor {
         );
         let _ = writeln!(out, "# TYPE lb_health_check_local_errors_total counter");
         let _ = writeln!(out, "lb_health_check_local_errors_total {}", self.local_errors());
+        self.shared.stats.render(out);
     }
 
     /// Replaces the set of targets. Targets whose (index, addr, check) are unchanged keep their
@@ -281,7 +287,17 @@ async fn run_checks(shared: Weak<Shared>, generation: u64, target: HealthTarget)
     loop {
         // The first tick completes at once: new targets are probed immediately.
         ticker.tick().await;
-        let result = match probe(addr, &check).await {
+        let started = std::time::Instant::now();
+        let outcome = probe(addr, &check).await;
+        if let Some(strong) = shared.upgrade() {
+            let result = match &outcome {
+                Ok(()) => ProbeResult::Pass,
+                Err(ProbeError::Backend(_)) => ProbeResult::Fail,
+                Err(ProbeError::Local(_)) => ProbeResult::LocalError,
+            };
+            strong.stats.record(result, started.elapsed());
+        }
+        let result = match outcome {
             Err(ProbeError::Local(error)) => {
                 let Some(strong) = shared.upgrade() else {
                     return;
@@ -400,6 +416,14 @@ mod tests {
             assert!(start.elapsed() < LIMIT, "timed out waiting until {what}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// `lb_health_checks_total{result="<result>"}` of the monitor's metrics.
+    fn checks_total(m: &HealthMonitor, result: &str) -> u64 {
+        let mut text = String::new();
+        m.render_metrics(&mut text);
+        let prefix = format!("lb_health_checks_total{{result=\"{result}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).expect(&prefix).parse().unwrap()
     }
 
     fn health(m: &HealthMonitor, index: u32) -> BackendHealth {
@@ -543,6 +567,8 @@ mod tests {
         // Still down and failing, without another transition.
         wait_until("more failures", || health(&m, 7).consecutive_fail >= 4).await;
         assert!(rx.try_recv().is_err(), "one transition expected");
+        // Every probe is counted (before it is recorded), with its duration.
+        assert!(checks_total(&m, "fail") >= 4 && checks_total(&m, "pass") == 0);
 
         // A listener appears on that port: up after `rise` passed checks.
         let accepted = serve_counting(socket.listen(64).unwrap());
@@ -552,6 +578,17 @@ mod tests {
         assert!(h.up && h.consecutive_ok == 3 && h.consecutive_fail == 0, "{h:?}");
         assert!(m.is_up(7));
         wait_until("3 connections", || accepted.load(Ordering::SeqCst) >= 3).await;
+        assert!(checks_total(&m, "pass") >= 3);
+        let mut text = String::new();
+        m.render_metrics(&mut text);
+        let count =
+            |line: &str| -> u64 { text.lines().find_map(|l| l.strip_prefix(line)).unwrap().parse().unwrap() };
+        let total = count("lb_health_check_duration_seconds_count ");
+        let results = count("lb_health_checks_total{result=\"pass\"} ")
+            + count("lb_health_checks_total{result=\"fail\"} ")
+            + count("lb_health_checks_total{result=\"local_error\"} ");
+        // (One probe may be between its two increments.)
+        assert!(total.abs_diff(results) <= 1 && total >= 7, "{text}");
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(rx.try_recv().is_err(), "one transition expected");
         assert!(health(&m, 7).up);

@@ -7,7 +7,8 @@ use super::*;
 /// file descriptors away from its health checks and the data plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ApiLimits {
-    /// Connections served at once per listener (Unix and TCP each); more are closed at once.
+    /// Connections served at once per listener (Unix, TCP and metrics each); more are closed
+    /// at once.
     pub max_connections: usize,
     /// A TCP connection must send a request with the right token within this time.
     pub auth_deadline: Duration,
@@ -34,8 +35,8 @@ impl Default for ApiLimits {
 /// What the connection bounds did, for `/metrics`.
 #[derive(Default)]
 pub(super) struct ConnStats {
-    /// Closed at once because the listener was full (Unix, TCP).
-    pub(super) refused: [AtomicU64; 2],
+    /// Closed at once because the listener was full (Unix, TCP, metrics).
+    pub(super) refused: [AtomicU64; 3],
     /// TCP connections closed for sending no authenticated request in time.
     pub(super) unauthenticated: AtomicU64,
     /// Connections closed after `idle_timeout` without a request.
@@ -46,7 +47,7 @@ pub(super) struct ConnStats {
     pub(super) last_refusal_log: Mutex<Option<Instant>>,
 }
 
-pub(super) const LISTENERS: [&str; 2] = ["unix", "tcp"];
+pub(super) const LISTENERS: [&str; 3] = ["unix", "tcp", "metrics"];
 
 impl Shared {
     /// Prometheus text of the connection bounds.

@@ -89,6 +89,10 @@ pub struct ServeOptions {
     pub limits: ApiLimits,
     /// The BGP announcer (`[bgp]`), for the `/v1/host` endpoints and `bgp` in the status.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// A second TCP bearer token that may only read (GET); changes sent with it get 403.
+    pub read_token: Option<String>,
+    /// Optional listener serving only `GET /metrics`, without a token.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -98,6 +102,8 @@ impl std::fmt::Debug for ServeOptions {
             .field("unix_socket", &self.unix_socket)
             .field("tcp", &self.tcp.as_ref().map(|(addr, _)| (addr, "<token>")))
             .field("limits", &self.limits)
+            .field("read_token", &self.read_token.as_ref().map(|_| "<token>"))
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -129,6 +135,19 @@ pub async fn serve_notifying(
     {
         bail!("the TCP API needs a non-empty bearer token");
     }
+    if opts.read_token.as_ref().is_some_and(|t| t.trim().is_empty()) {
+        bail!("the read-only token must not be empty");
+    }
+    let metrics = match opts.metrics {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for /metrics (api.metrics)"))?;
+            tracing::info!(%addr, "serving GET /metrics on TCP (no token, nothing else)");
+            Some(listener)
+        }
+        None => None,
+    };
     let unix = bind_unix(&opts.unix_socket)?;
     let tcp = match opts.tcp {
         Some((addr, token)) => {
@@ -141,8 +160,18 @@ pub async fn serve_notifying(
         None => None,
     };
     listening();
-    serve_on(control, unix, tcp, opts.limits, opts.fleet, shutdown).await;
+    let extra = Extra { read_token: opts.read_token, metrics };
+    serve_listeners(control, unix, tcp, extra, opts.limits, opts.fleet, shutdown).await;
     Ok(())
+}
+
+/// What [`serve_listeners`] takes beyond [`serve_on`]'s listeners.
+#[derive(Default)]
+struct Extra {
+    /// The read-only TCP bearer token.
+    read_token: Option<String>,
+    /// The listener serving only `GET /metrics`.
+    metrics: Option<TcpListener>,
 }
 
 /// Per-server state shared by every connection.
@@ -150,9 +179,11 @@ struct Shared {
     control: Arc<dyn Control>,
     /// Bearer token for TCP connections.
     token: Option<String>,
+    /// Read-only bearer token for TCP connections (GET requests only).
+    read_token: Option<String>,
     limits: ApiLimits,
-    /// Connection slots of the Unix listener, then of the TCP one.
-    slots: [Arc<Semaphore>; 2],
+    /// Connection slots of the Unix listener, of the TCP one and of the metrics one.
+    slots: [Arc<Semaphore>; 3],
     stats: ConnStats,
     /// The BGP announcer, when configured.
     fleet: Option<Arc<crate::fleet::Fleet>>,
@@ -165,9 +196,20 @@ struct Peer {
     desc: Arc<str>,
     /// TCP connections must authenticate.
     tcp: bool,
+    /// A connection of the `api.metrics` listener: `GET /metrics` and nothing else.
+    metrics_only: bool,
 }
 
-/// The accept loops, then the drain. Listeners are already bound.
+impl Peer {
+    /// Index of the peer's listener in `Shared::slots` and [`limits::LISTENERS`].
+    fn listener(&self) -> usize {
+        if self.metrics_only { 2 } else { usize::from(self.tcp) }
+    }
+}
+
+/// The accept loops, then the drain. Listeners are already bound. (Tests; [`serve`] calls
+/// [`serve_listeners`].)
+#[cfg(test)]
 async fn serve_on(
     control: Arc<dyn Control>,
     unix: UnixSocket,
@@ -176,6 +218,21 @@ async fn serve_on(
     fleet: Option<Arc<crate::fleet::Fleet>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    serve_listeners(control, unix, tcp, Extra::default(), limits, fleet, shutdown).await;
+}
+
+/// The accept loops, then the drain, with the read-only token and the metrics listener.
+/// Listeners are already bound.
+async fn serve_listeners(
+    control: Arc<dyn Control>,
+    unix: UnixSocket,
+    tcp: Option<(TcpListener, String)>,
+    extra: Extra,
+    limits: ApiLimits,
+    fleet: Option<Arc<crate::fleet::Fleet>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let Extra { read_token, metrics: metrics_listener } = extra;
     let (tcp_listener, token) = match tcp {
         Some((l, t)) => (Some(l), Some(t)),
         None => (None, None),
@@ -184,8 +241,9 @@ async fn serve_on(
     let shared = Arc::new(Shared {
         control,
         token,
+        read_token,
         limits,
-        slots: [slots(), slots()],
+        slots: [slots(), slots(), slots()],
         stats: ConnStats::default(),
         fleet,
     });
@@ -206,7 +264,7 @@ async fn serve_on(
                         },
                         Err(e) => format!("unix peer, credentials unknown: {e}"),
                     };
-                    let peer = Peer { desc: desc.into(), tcp: false };
+                    let peer = Peer { desc: desc.into(), tcp: false, metrics_only: false };
                     spawn_connection(stream, peer, &shared, &stop_rx, &alive_tx);
                 }
                 Err(e) => accept_failed("unix", e).await,
@@ -214,14 +272,23 @@ async fn serve_on(
             accepted = accept_tcp(tcp_listener.as_ref()) => match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let peer = Peer { desc: format!("tcp:{addr}").into(), tcp: true };
+                    let peer = Peer { desc: format!("tcp:{addr}").into(), tcp: true, metrics_only: false };
                     spawn_connection(stream, peer, &shared, &stop_rx, &alive_tx);
                 }
                 Err(e) => accept_failed("tcp", e).await,
             },
+            accepted = accept_tcp(metrics_listener.as_ref()) => match accepted {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let peer = Peer { desc: format!("metrics:{addr}").into(), tcp: false, metrics_only: true };
+                    spawn_connection(stream, peer, &shared, &stop_rx, &alive_tx);
+                }
+                Err(e) => accept_failed("metrics", e).await,
+            },
         }
     }
     drop(tcp_listener);
+    drop(metrics_listener);
     let _ = stop_tx.send(true);
     drop(alive_tx);
     if tokio::time::timeout(DRAIN_TIMEOUT, alive_rx.recv()).await.is_err() {
@@ -255,7 +322,7 @@ fn spawn_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let listener = usize::from(peer.tcp);
+    let listener = peer.listener();
     let Ok(slot) = shared.slots[listener].clone().try_acquire_owned() else {
         shared.stats.refused[listener].fetch_add(1, Ordering::Relaxed);
         shared.log_refusal(listener);

@@ -136,16 +136,34 @@ pub(super) async fn route_and_dispatch(
     activity: &ConnActivity,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Failure> {
+    if peer.metrics_only {
+        return metrics_only(shared, &req).await;
+    }
     if peer.tcp {
         let expected = shared.token.as_deref().unwrap_or_default();
-        if !bearer_matches(req.headers(), expected) {
+        let read_only = shared.read_token.as_deref().unwrap_or_default();
+        if bearer_matches(req.headers(), expected) {
+            activity.authenticated.store(true, Ordering::Relaxed);
+        } else if bearer_matches(req.headers(), read_only) {
+            activity.authenticated.store(true, Ordering::Relaxed);
+            if !is_read(req.method()) {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "the read-only token may not change anything ({} {}); use the full token",
+                        req.method(),
+                        req.uri().path()
+                    ),
+                )
+                .into());
+            }
+        } else {
             return Err(ApiError::new(
                 ErrorCode::Unauthorized,
                 "missing or wrong bearer token (send `Authorization: Bearer <token>`)",
             )
             .into());
         }
-        activity.authenticated.store(true, Ordering::Relaxed);
     }
     let body_timeout = (shared.limits.body_timeout, &shared.stats.body_timeouts);
     let path = req.uri().path();
@@ -221,6 +239,33 @@ pub(super) async fn route_and_dispatch(
         }
     };
     Ok(resp)
+}
+
+/// Whether a method only reads: the read-only token may send these, nothing else (every
+/// change, present or future, is a POST or another method).
+pub(super) fn is_read(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+/// A request on the `api.metrics` listener: `GET /metrics`, 404 for any other path, 405 for
+/// another method.
+async fn metrics_only(shared: &Shared, req: &Request<Incoming>) -> Result<Response<Full<Bytes>>, Failure> {
+    let path = req.uri().path();
+    if path != "/metrics" {
+        return Err(ApiError::not_found(format!(
+            "no such path: {path} (this listener serves only /metrics)"
+        ))
+        .into());
+    }
+    if req.method() != Method::GET {
+        let error = ApiError::invalid(format!("method {} not allowed on /metrics; use GET", req.method()));
+        let mut resp = error_response(405, &error);
+        resp.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        return Ok(resp);
+    }
+    let mut text = call(&shared.control, |c| c.metrics()).await?;
+    shared.render_metrics(&mut text);
+    Ok(response(200, METRICS_CONTENT_TYPE, Bytes::from(text)))
 }
 
 /// Body of `POST /v1/reload`: nothing (or `{}`).

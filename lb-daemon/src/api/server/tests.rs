@@ -216,7 +216,14 @@ impl TestServer {
             });
             (task, Some(addr))
         } else {
-            let opts = ServeOptions { unix_socket: socket.clone(), tcp: None, limits, fleet: None };
+            let opts = ServeOptions {
+                unix_socket: socket.clone(),
+                tcp: None,
+                limits,
+                fleet: None,
+                read_token: None,
+                metrics: None,
+            };
             let task = tokio::spawn(serve(control, opts, shutdown));
             for _ in 0..200 {
                 if socket.exists() {
@@ -728,4 +735,191 @@ fn openapi_lists_every_route() {
         let pointer = r.strip_prefix('#').expect(r);
         assert!(doc.pointer(pointer).is_some(), "dangling $ref {r}");
     }
+}
+
+const READ_TOKEN: &str = "read-only-token-0123";
+
+impl TestServer {
+    /// A server with TCP (full and read-only token) and the metrics listener; returns it with
+    /// the metrics listener's address.
+    async fn start_observable() -> (TestServer, SocketAddr) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("lb.sock");
+        let fake = Arc::new(Fake::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let control: Arc<dyn Control> = fake.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
+        let unix = bind_unix(&socket).unwrap();
+        let extra = Extra { read_token: Some(READ_TOKEN.into()), metrics: Some(metrics) };
+        let task = tokio::spawn(async move {
+            let tcp = Some((listener, TOKEN.to_owned()));
+            serve_listeners(control, unix, tcp, extra, ApiLimits::default(), None, shutdown).await;
+            Ok(())
+        });
+        let server =
+            TestServer { _dir: dir, socket, fake, stop: Some(stop), task: Some(task), tcp_addr: Some(addr) };
+        (server, metrics_addr)
+    }
+}
+
+/// Sends raw bytes over TCP and returns the whole response (the request should close).
+fn raw_tcp(addr: SocketAddr, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Every mutating route of the API: the POST paths of the OpenAPI document (so a route added
+/// there is covered too) and the host paths of `[bgp]`.
+fn mutating_paths() -> Vec<String> {
+    let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+    let mut paths: Vec<String> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, ops)| ops.get("post").is_some())
+        .map(|(p, _)| p.replace("{name}", "web").replace("{addr}", "10.0.0.1:8080"))
+        .collect();
+    paths.extend(["/v1/host/drain".to_owned(), "/v1/host/undrain".to_owned()]);
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_token_may_read_but_not_change_anything() {
+    let (server, _) = TestServer::start_observable().await;
+    let addr = server.tcp_addr.unwrap().to_string();
+    let paths = mutating_paths();
+    assert!(paths.len() >= 10, "{paths:?}");
+    let (reads, refused, full) = blocking({
+        let addr = addr.clone();
+        move || {
+            let with = |token: &str| {
+                Client::new(
+                    Endpoint::Tcp { addr: addr.clone(), token: token.into() },
+                    "dashboard".into(),
+                    Duration::from_secs(5),
+                )
+            };
+            let read = with(READ_TOKEN);
+            let reads = [
+                "/v1/health",
+                "/v1/status",
+                "/v1/services",
+                "/v1/services/web",
+                "/v1/drain",
+                "/v1/services/web/drain",
+                "/v1/watch",
+                "/v1/history",
+                "/v1/history?service=web&limit=2",
+                "/v1/openapi.json",
+            ]
+            .map(|p| (p, read.get::<serde_json::Value>(p).map(|_| ())));
+            let metrics = read.get_text("/metrics");
+            // Every change, with a body that would be valid for the full token.
+            let body = serde_json::json!({ "pool": "pool-b", "hard": true, "shares": { "pool-a": 50, "pool-b": 50 } });
+            let refused: Vec<_> = paths
+                .iter()
+                .map(|p| (p.clone(), read.post::<_, serde_json::Value>(p, &body)))
+                .collect();
+            // The full token still changes things.
+            let full = with(TOKEN)
+                .post::<_, SwitchOutcome>("/v1/switch", &SwitchRequest { pool: "pool-b".into(), ..Default::default() });
+            ((reads, metrics), refused, full)
+        }
+    })
+    .await;
+    let (reads, metrics) = reads;
+    for (path, r) in reads {
+        assert!(r.is_ok(), "GET {path} with the read-only token: {r:?}");
+    }
+    assert!(metrics.unwrap().contains("lb_up 1"));
+    for (path, r) in refused {
+        let (status, e) = api_error(r);
+        assert_eq!((status, e.code), (403, ErrorCode::Forbidden), "POST {path}: {e:?}");
+        assert!(e.message.contains("read-only token"), "{path}: {}", e.message);
+    }
+    // Nothing reached the control plane but the full token's switch.
+    assert_eq!(full.unwrap().after, Active::Pool("pool-b".into()));
+    let requesters = server.fake.requesters.lock().unwrap().clone();
+    assert_eq!(requesters.len(), 1, "{requesters:?}");
+    assert!(requesters[0].starts_with("dashboard (tcp:"), "{requesters:?}");
+
+    // Other methods are changes too; a wrong token is still 401.
+    let tcp = server.tcp_addr.unwrap();
+    for method in ["PUT", "DELETE", "PATCH"] {
+        let resp = blocking(move || {
+            raw_tcp(
+                tcp,
+                &format!(
+                    "{method} /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ_TOKEN}\r\n\
+                     Content-Length: 0\r\nConnection: close\r\n\r\n"
+                ),
+            )
+        })
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 403"), "{method}: {resp}");
+        assert!(resp.contains("\"forbidden\""), "{resp}");
+    }
+    let wrong = blocking(move || {
+        raw_tcp(
+            tcp,
+            "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer read-only-token-0124\r\n\
+             Connection: close\r\n\r\n",
+        )
+    })
+    .await;
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listener_serves_only_get_metrics() {
+    let (server, metrics) = TestServer::start_observable().await;
+    let get = |path: &'static str| {
+        blocking(move || {
+            raw_tcp(metrics, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        })
+    };
+    let ok = get("/metrics").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("text/plain; version=0.0.4"), "{ok}");
+    assert!(ok.contains("\r\n\r\nlb_up 1\n"), "{ok}");
+    // The listener's own connections are counted under their own name.
+    assert!(ok.contains("lb_api_connections{listener=\"metrics\"} 1"), "{ok}");
+    for path in ["/v1/status", "/v1/health", "/v1/history", "/v1/openapi.json", "/", "/metrics/x"] {
+        let resp = get(path).await;
+        assert!(resp.starts_with("HTTP/1.1 404"), "{path}: {resp}");
+    }
+    // No change either, token or not.
+    let switch = blocking(move || {
+        raw_tcp(
+            metrics,
+            &format!(
+                "POST /v1/switch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 17\r\nConnection: close\r\n\r\n\
+                 {{\"pool\":\"pool-b\"}}"
+            ),
+        )
+    })
+    .await;
+    assert!(switch.starts_with("HTTP/1.1 404"), "{switch}");
+    let post = blocking(move || {
+        raw_tcp(
+            metrics,
+            "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await;
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    assert!(server.fake.requesters.lock().unwrap().is_empty());
+    server.stop().await;
 }

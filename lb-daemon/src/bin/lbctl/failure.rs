@@ -56,7 +56,7 @@ impl Failure {
     /// | 4 | not found (unknown service or pool) |
     /// | 5 | invalid request or refused (e.g. a pool below min_healthy without `--force`) |
     /// | 6 | conflict (`--expect-active` did not match, or the service changed during `--wait-drained`) |
-    /// | 7 | unauthorized (TCP without the right token) |
+    /// | 7 | unauthorized (TCP without the right token) or forbidden (a change with the read-only token) |
     /// | 8 | a wait (`--wait`, `--wait-drained`) timed out |
     /// | 9 | the daemon rolled back automatically during `--watch` |
     pub fn exit_code(&self) -> i32 {
@@ -82,7 +82,7 @@ fn request_exit_code(error: &ClientError) -> i32 {
             ErrorCode::NotFound => 4,
             ErrorCode::InvalidRequest | ErrorCode::Refused => 5,
             ErrorCode::Conflict => 6,
-            ErrorCode::Unauthorized => 7,
+            ErrorCode::Unauthorized | ErrorCode::Forbidden => 7,
             ErrorCode::Internal => 1,
         },
         ClientError::Protocol(_) => 1,
@@ -120,6 +120,9 @@ pub fn report(failure: &Failure, json: bool, one_line: bool, unix: bool) {
         Failure::Request(ClientError::Api { error, .. }) if error.code == ErrorCode::Unauthorized => {
             " (check --token-file or LB_TOKEN)"
         }
+        Failure::Request(ClientError::Api { error, .. }) if error.code == ErrorCode::Forbidden => {
+            " (the token given by --token-file or LB_TOKEN is the read-only one)"
+        }
         _ => "",
     };
     eprintln!("{} {failure}{hint}", Paint::stderr().error("lbctl:"));
@@ -143,6 +146,7 @@ mod tests {
         assert_eq!(code(api(ErrorCode::Refused)), 5);
         assert_eq!(code(api(ErrorCode::Conflict)), 6);
         assert_eq!(code(api(ErrorCode::Unauthorized)), 7);
+        assert_eq!(code(api(ErrorCode::Forbidden)), 7);
         assert_eq!(code(api(ErrorCode::Internal)), 1);
         assert_eq!(code(ClientError::Protocol("bad".into())), 1);
         // 405 and 413 carry invalid_request.

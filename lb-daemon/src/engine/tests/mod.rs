@@ -5,6 +5,7 @@ mod adopt;
 mod drain;
 mod durability;
 mod health;
+mod metrics;
 mod reload;
 mod switch;
 mod watch;
