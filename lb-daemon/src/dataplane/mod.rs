@@ -15,7 +15,7 @@ mod options_file;
 
 pub use batch::{BATCH, FlowReader};
 pub use handle::{
-    AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir, syn_flow_entries,
+    AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir,
 };
 pub use iface_mac::interface_mac;
 pub use maps::{FlowSource, Maps};
