@@ -233,7 +233,8 @@ pub const DEFAULT_CLOSED_TIMEOUT_NS: u64 = 5_000_000_000;
 pub struct Settings {
     /// Bare SYNs per second and CPU (retransmits included) above which that CPU is in flood
     /// mode: SYNs are forwarded by the hash without a flow lookup and not recorded in `FLOWS`
-    /// (NAT: kept in the small `SYN_FLOWS` instead, which their replies need). 0: never.
+    /// (their handshakes are kept in `HALF_OPEN` instead). ACKs without a flow count too.
+    /// 0: never.
     pub new_flow_limit: u32,
     /// Explicit padding, always zero.
     pub _pad: u32,
