@@ -185,6 +185,37 @@ impl FlowValue {
     }
 }
 
+/// Slots of `HALF_OPEN` (a power of two: the slot is `flow_hash & (HALF_OPEN_SLOTS - 1)`).
+/// 131,072 slots of 80 bytes: 10 MB, as many as the LRU side table it replaced had for a
+/// 1M-entry flow table. A flood of `r` SYNs/s overwrites a real handshake's slot within its
+/// round trip `t` with probability about `r * t / HALF_OPEN_SLOTS` (1M/s, 1 ms: 0.8%).
+pub const HALF_OPEN_SLOTS: u32 = 1 << 17;
+
+/// `HalfOpen::flags`: `synack_seq` holds the sequence number of the backend's SYN-ACK (NAT; a
+/// DSR backend's SYN-ACK does not pass the balancer).
+pub const HALF_OPEN_SYNACK_SEEN: u32 = 1 << 0;
+
+/// Value of `HALF_OPEN`, a direct-mapped table (an array indexed by the flow hash, a new entry
+/// overwrites whatever the slot held): a handshake whose SYN came in flood mode and was not
+/// recorded in `FLOWS`. Its SYN-ACK (NAT) is returned with `flow`'s client MACs and interface,
+/// and its first ACK is recorded with `flow`'s backend. An array slot is written without the
+/// LRU map's locks and list moves, which were most of the flood-mode SYN's cost.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HalfOpen {
+    /// The client → VIP 5-tuple the slot holds (the slot is shared by every tuple with the same
+    /// hash bits: compared before use).
+    pub key: FlowKey,
+    /// The entry the first ACK records (`flags` 0: not established).
+    pub flow: FlowValue,
+    /// `HALF_OPEN_*` bits.
+    pub flags: u32,
+    /// Sequence number of the backend's SYN-ACK (network order), when `HALF_OPEN_SYNACK_SEEN`:
+    /// in flood mode a NAT flow's first ACK is recorded only when it acknowledges it, which a
+    /// spoofed ACK (its sender never saw the SYN-ACK) cannot do.
+    pub synack_seq: u32,
+}
+
 /// Default `Settings::new_flow_limit`: new flows per second and CPU above which flood mode
 /// engages (Katran's guard uses 125,000 per CPU).
 pub const DEFAULT_NEW_FLOW_LIMIT: u32 = 125_000;
@@ -202,7 +233,8 @@ pub const DEFAULT_CLOSED_TIMEOUT_NS: u64 = 5_000_000_000;
 pub struct Settings {
     /// Bare SYNs per second and CPU (retransmits included) above which that CPU is in flood
     /// mode: SYNs are forwarded by the hash without a flow lookup and not recorded in `FLOWS`
-    /// (NAT: kept in the small `SYN_FLOWS` instead, which their replies need). 0: never.
+    /// (their handshakes are kept in `HALF_OPEN` instead). ACKs without a flow count too.
+    /// 0: never.
     pub new_flow_limit: u32,
     /// Explicit padding, always zero.
     pub _pad: u32,
@@ -334,6 +366,7 @@ mod pod {
     unsafe impl aya::Pod for BenchPacket {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for FloodState {}
+    unsafe impl aya::Pod for HalfOpen {}
 }
 
 #[cfg(test)]
@@ -352,6 +385,7 @@ mod tests {
         assert_eq!((size_of::<FlowValue>(), align_of::<FlowValue>()), (32, 4));
         assert_eq!((size_of::<Settings>(), align_of::<Settings>()), (24, 8));
         assert_eq!((size_of::<FloodState>(), align_of::<FloodState>()), (16, 8));
+        assert_eq!((size_of::<HalfOpen>(), align_of::<HalfOpen>()), (80, 4));
         assert_eq!((size_of::<NextHop>(), align_of::<NextHop>()), (24, 8));
         assert_eq!((size_of::<NatBackend>(), align_of::<NatBackend>()), (84, 4));
         assert_eq!((size_of::<Counter>(), align_of::<Counter>()), (16, 8));

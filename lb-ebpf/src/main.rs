@@ -6,8 +6,12 @@
 //!    never completed, idle past its timeout); otherwise pick from the service's active Maglev
 //!    table and record the flow. A bare SYN records its flow unless this CPU is in flood mode
 //!    (more SYNs per second than `Settings::new_flow_limit`): then it is forwarded by the hash
-//!    without a flow lookup and the flow is recorded on its first ACK. Segments that can neither start nor
-//!    continue a connection are dropped; a RST without a flow is forwarded by the hash only;
+//!    without a flow lookup, its handshake kept in the direct-mapped `HALF_OPEN`, and the flow is
+//!    recorded on its first ACK. An ACK without a flow counts in the guard too; in flood mode it
+//!    is recorded only when it completes a handshake of `HALF_OPEN` (NAT: acknowledges the
+//!    backend's SYN-ACK), else forwarded by the hash, so a spoofed ACK flood cannot evict
+//!    established flows. Segments that can neither start nor continue a connection are
+//!    dropped; a RST without a flow is forwarded by the hash only;
 //! 2. in NAT mode, a backend's reply (its VIPs found in `NAT_BACKENDS`, its flow in `FLOWS`) is
 //!    rewritten back to the VIP and returned the way the client's packets came;
 //! 3. an ICMP "too big" about a VIP flow goes to that flow's backend (`icmp`);
@@ -33,8 +37,8 @@ use lb_common::{
     hash::flow_hash,
     maps::{
         BACKEND_UP, EndpointKey, FLOOD_WINDOW_NS, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FLOW_TOUCH_TICKS,
-        FlowKey, FlowValue, MAX_VIPS_PER_BACKEND, NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR,
-        SERVICE_ENABLED, Service, VipValue, flow_ticks,
+        FlowKey, FlowValue, HALF_OPEN_SLOTS, HALF_OPEN_SYNACK_SEEN, HalfOpen, MAX_VIPS_PER_BACKEND,
+        NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED, Service, VipValue, flow_ticks,
     },
     packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::{Reason, backend_counter, backend_new_flow_counter, reason_counter, vip_counter},
@@ -43,7 +47,7 @@ use lb_common::{
 use crate::{
     forward::{End, egress_action, rewrite, set_macs},
     maps::{
-        BACKEND_FILTER, BACKENDS, FLOOD, FLOWS, NAT_BACKENDS, NEXTHOPS, SERVICES, SETTINGS, STATS, SYN_FLOWS,
+        BACKEND_FILTER, BACKENDS, FLOOD, FLOWS, HALF_OPEN, NAT_BACKENDS, NEXTHOPS, SERVICES, SETTINGS, STATS,
         TABLES, VIP_FILTER, VIPS,
     },
     parse::{Packet, parse},
@@ -74,8 +78,17 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
-#[inline(always)]
+/// Counts a packet under counter `index`. Not inlined: an inlined per-CPU array lookup and two
+/// additions are about 17 translated instructions, and the program counts in some 40 places;
+/// the hot paths (a forwarded packet, a non-VIP packet) use `count_inline`.
+#[inline(never)]
 fn count(index: u32, bytes: u64) {
+    count_inline(index, bytes)
+}
+
+/// `count` without the call, for the per-packet hot paths.
+#[inline(always)]
+fn count_inline(index: u32, bytes: u64) {
     if let Some(c) = STATS.get_ptr_mut(index) {
         unsafe {
             (*c).packets += 1;
@@ -130,7 +143,7 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
         if bare_syn || (flags & TCP_SYN == 0 && flags & (TCP_ACK | TCP_RST) != 0) {
             // Flood mode: a SYN is forwarded by the hash without a flow lookup (on a large table
             // the lookup of a new 5-tuple is a cache and TLB miss, most of this path's cost).
-            let flood = bare_syn && flood_mode(now);
+            let mut flood = bare_syn && flood_mode(now);
             // Otherwise the lookup comes first, also for a SYN (a retransmit, or a reused
             // 5-tuple, follows its entry): a failing `BPF_NOEXIST` insert into a full LRU map
             // would still take, and so evict, an entry.
@@ -139,6 +152,11 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
                     if let Some(action) = established(ctx, pkt, unsafe { &mut *flow }, now, bytes) {
                         return action;
                     }
+                }
+                // An ACK without an entry would record one: it counts in the rate guard like a
+                // SYN, so a spoofed ACK flood engages flood mode and then records nothing.
+                if !bare_syn && flags & TCP_RST == 0 {
+                    flood = flood_mode(now);
                 }
             }
             if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
@@ -163,7 +181,8 @@ fn handle(ctx: &XdpContext, pkt: &Packet, bytes: u64) -> u32 {
             }
         }
     }
-    pass(Reason::PassNotVip, bytes)
+    count_inline(reason_counter(Reason::PassNotVip), bytes);
+    xdp_action::XDP_PASS
 }
 
 /// Counts a SYN in this CPU's new-flow rate guard and says whether the CPU is in flood mode.
@@ -196,11 +215,13 @@ fn under_flood(now: u64, limit: u32) -> bool {
 
 /// A bare SYN, ACK or RST to a VIP without a usable flow entry (one place, so the forwarding
 /// code is inlined once):
-/// - a SYN is recorded in `FLOWS`; in flood mode it is not (NAT keeps it in the small
-///   `SYN_FLOWS`, which its SYN-ACK and first ACK need; DSR records nothing);
+/// - a SYN is recorded in `FLOWS`; in flood mode it is not, its handshake is kept in
+///   `HALF_OPEN` (which its SYN-ACK and first ACK need) instead;
 /// - an ACK is the first ACK of a handshake whose SYN was not recorded (flood mode), or a
 ///   connection whose entry was evicted or expired: it goes where its half-open entry says, else
-///   by the hash, and is recorded as established;
+///   by the hash, and is recorded as established; in flood mode only when it completes a
+///   handshake of `HALF_OPEN` (NAT: acknowledging the backend's SYN-ACK), so a spoofed ACK flood
+///   records nothing;
 /// - a RST goes the same way and records nothing.
 #[inline(always)]
 fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes: u64, flood: bool) -> u32 {
@@ -212,35 +233,54 @@ fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes
     }
     let syn = pkt.tcp_flags & TCP_SYN != 0;
     let nat = svc.flags & SERVICE_DSR == 0;
+    let hash = flow_hash(&pkt.key);
+    let slot = hash & (HALF_OPEN_SLOTS - 1);
+    // A handshake in `HALF_OPEN`: its backend, and whether this ACK completes it.
     let mut chosen = None;
-    if !syn || (flood && nat) {
-        if let Some(half) = unsafe { SYN_FLOWS.get(&pkt.key) } {
-            let up = match BACKENDS.get(half.backend as u32) {
-                Some(b) => b.flags & BACKEND_UP != 0,
-                None => false,
-            };
-            if up && half.epoch == svc.epoch && half.service as u32 == vip.service {
-                chosen = Some(half.backend as u32);
-            }
+    let mut completes = false;
+    let half = if !syn || flood { HALF_OPEN.get_ptr_mut(slot) } else { None };
+    if let Some(half) = half {
+        let half = unsafe { &*half };
+        let up = match BACKENDS.get(half.flow.backend as u32) {
+            Some(b) => b.flags & BACKEND_UP != 0,
+            None => false,
+        };
+        if half.key == pkt.key
+            && up
+            && half.flow.epoch == svc.epoch
+            && half.flow.service as u32 == vip.service
+        {
+            chosen = Some(half.flow.backend as u32);
+            completes = !nat
+                || (half.flags & HALF_OPEN_SYNACK_SEEN != 0
+                    && u32::from_be(unsafe { (*pkt.tcp).ack })
+                        == u32::from_be(half.synack_seq).wrapping_add(1));
         }
     }
     let known_half_open = chosen.is_some();
     let backend = match chosen {
         Some(b) => b,
-        None => match pick(svc.table, &pkt.key) {
+        None => match pick_hashed(svc.table, hash) {
             Some(b) => b,
             None => return drop(Reason::DropNoBackend, bytes),
         },
     };
     if syn && flood {
         // A retransmitted SYN finds its half-open entry and writes nothing.
-        if nat && !known_half_open {
-            let value = flow_value(ctx, pkt, vip, svc, backend, now, 0);
-            let _ = SYN_FLOWS.insert(&pkt.key, &value, BPF_ANY);
+        if !known_half_open {
+            if let Some(half) = HALF_OPEN.get_ptr_mut(slot) {
+                let flow = flow_value(ctx, pkt, vip, svc, backend, now, 0);
+                unsafe { *half = HalfOpen { key: pkt.key, flow, flags: 0, synack_seq: 0 } };
+            }
         }
         count(reason_counter(Reason::FloodNotRecorded), bytes);
     } else if pkt.tcp_flags & TCP_RST != 0 {
         count(reason_counter(Reason::StatelessRst), bytes);
+    } else if flood && !completes {
+        // Flood mode, an ACK that completes no handshake seen here: spoofed, or a connection
+        // whose entry was evicted. Forwarded where its half-open entry or the hash says, and
+        // recorded by its first packet after the flood.
+        count(reason_counter(Reason::FloodNotRecorded), bytes);
     } else {
         let flags =
             if syn { 0 } else { FLOW_ESTABLISHED | if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 } };
@@ -255,11 +295,24 @@ fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes
 /// Picks the backend for a flow from the service's active table.
 #[inline(always)]
 fn pick(table: u32, key: &FlowKey) -> Option<u32> {
+    pick_hashed(table, flow_hash(key))
+}
+
+/// The `HALF_OPEN` slot of a client → VIP 5-tuple. Not inlined: the NAT reply path's unrolled
+/// loop would copy the hash once per VIP.
+#[inline(never)]
+fn half_open_slot(key: &FlowKey) -> u32 {
+    flow_hash(key) & (HALF_OPEN_SLOTS - 1)
+}
+
+/// `pick` for a flow whose hash is known.
+#[inline(always)]
+fn pick_hashed(table: u32, hash: u32) -> Option<u32> {
     let m = ring_size();
     if m == 0 {
         return None;
     }
-    let slot = table.wrapping_mul(m).wrapping_add(flow_hash(key) % m);
+    let slot = table.wrapping_mul(m).wrapping_add(hash % m);
     match TABLES.get(slot) {
         Some(b) if *b != NO_BACKEND => Some(*b),
         _ => None,
@@ -422,9 +475,9 @@ fn to_backend(
         rewrite(pkt, End::Dst, &b.addr, b.port);
     }
     set_macs(pkt, nh.dmac, nh.smac);
-    count(vip_counter(vip_index), bytes);
-    count(backend_counter(backend), bytes);
-    count(
+    count_inline(vip_counter(vip_index), bytes);
+    count_inline(backend_counter(backend), bytes);
+    count_inline(
         reason_counter(if action == xdp_action::XDP_TX { Reason::FwdTx } else { Reason::FwdRedirect }),
         bytes,
     );
@@ -438,11 +491,14 @@ fn to_backend(
 fn reply(ctx: &XdpContext, pkt: &Packet, nat: &NatBackend, bytes: u64) -> Option<u32> {
     let key = &pkt.key;
     let vips = nat.count as usize;
+    // Find the flow first, rewrite once after the loop (the loop is unrolled: a rewrite inside it
+    // was copied once per VIP).
+    let mut found = None;
     for i in 0..MAX_VIPS_PER_BACKEND {
         if i >= vips {
             break;
         }
-        let vip = &nat.vips[i];
+        let vip = nat.vips[i];
         let flow_key = FlowKey {
             src: key.dst,
             dst: vip.addr,
@@ -452,41 +508,59 @@ fn reply(ctx: &XdpContext, pkt: &Packet, nat: &NatBackend, bytes: u64) -> Option
             family: key.family,
             _pad: [0; 2],
         };
-        // A SYN-ACK may answer a SYN that flood mode kept out of `FLOWS`.
-        let found = match FLOWS.get_ptr_mut(&flow_key) {
-            Some(f) => Some(f),
-            None if pkt.tcp_flags & TCP_SYN != 0 => SYN_FLOWS.get_ptr_mut(&flow_key),
-            None => None,
+        // A SYN-ACK may answer a SYN that flood mode kept out of `FLOWS`: it is noted in the
+        // half-open entry, whose first ACK must acknowledge it to be recorded.
+        let mut half_open = None;
+        let flow = match FLOWS.get_ptr_mut(&flow_key) {
+            Some(f) => f,
+            None if pkt.tcp_flags & TCP_SYN != 0 => {
+                let Some(h) = HALF_OPEN.get_ptr_mut(half_open_slot(&flow_key)) else {
+                    continue;
+                };
+                if unsafe { (*h).key } != flow_key {
+                    continue;
+                }
+                half_open = Some(h);
+                unsafe { &raw mut (*h).flow }
+            }
+            None => continue,
         };
-        let Some(flow) = found else { continue };
-        let flow = unsafe { &mut *flow };
-        match BACKENDS.get(flow.backend as u32) {
+        match BACKENDS.get(unsafe { (*flow).backend } as u32) {
             Some(b) if b.addr == key.src && b.port == key.sport => {}
             _ => continue,
         }
-        // A SYN-ACK answering a closed VIP flow belongs to a new connection the client opened
-        // to the backend directly, reusing the port: forget the old flow, leave this alone.
-        if pkt.tcp_flags & TCP_SYN != 0 && flow.flags & (FLOW_FIN | FLOW_RST) != 0 {
-            let _ = FLOWS.remove(&flow_key);
-            return None;
-        }
-        // The backend ending the connection closes the flow too, so that a later SYN reusing
-        // the client's port is balanced as a new flow.
-        if pkt.tcp_flags & TCP_RST != 0 && flow.flags & FLOW_RST == 0 {
-            flow.flags |= FLOW_RST;
-        }
-        if pkt.tcp_flags & TCP_FIN != 0 && flow.flags & FLOW_FIN == 0 {
-            flow.flags |= FLOW_FIN;
-        }
-        let action = egress_action(ctx, flow.client_ifindex);
-        rewrite(pkt, End::Src, &vip.addr, vip.port);
-        if action == xdp_action::XDP_PASS {
-            return Some(pass(Reason::PassEgressUnknown, bytes));
-        }
-        set_macs(pkt, flow.client_mac, flow.lb_mac);
-        count(vip_counter(flow.vip_index as u32), bytes);
-        count(reason_counter(Reason::FwdReply), bytes);
-        return Some(action);
+        found = Some((vip, flow_key, flow, half_open));
+        break;
     }
-    None
+    let (vip, flow_key, flow, half_open) = found?;
+    let flow = unsafe { &mut *flow };
+    if let Some(h) = half_open {
+        unsafe {
+            (*h).synack_seq = (*pkt.tcp).seq;
+            (*h).flags |= HALF_OPEN_SYNACK_SEEN;
+        }
+    }
+    // A SYN-ACK answering a closed VIP flow belongs to a new connection the client opened
+    // to the backend directly, reusing the port: forget the old flow, leave this alone.
+    if pkt.tcp_flags & TCP_SYN != 0 && flow.flags & (FLOW_FIN | FLOW_RST) != 0 {
+        let _ = FLOWS.remove(&flow_key);
+        return None;
+    }
+    // The backend ending the connection closes the flow too, so that a later SYN reusing
+    // the client's port is balanced as a new flow.
+    if pkt.tcp_flags & TCP_RST != 0 && flow.flags & FLOW_RST == 0 {
+        flow.flags |= FLOW_RST;
+    }
+    if pkt.tcp_flags & TCP_FIN != 0 && flow.flags & FLOW_FIN == 0 {
+        flow.flags |= FLOW_FIN;
+    }
+    let action = egress_action(ctx, flow.client_ifindex);
+    rewrite(pkt, End::Src, &vip.addr, vip.port);
+    if action == xdp_action::XDP_PASS {
+        return Some(pass(Reason::PassEgressUnknown, bytes));
+    }
+    set_macs(pkt, flow.client_mac, flow.lb_mac);
+    count_inline(vip_counter(flow.vip_index as u32), bytes);
+    count_inline(reason_counter(Reason::FwdReply), bytes);
+    Some(action)
 }

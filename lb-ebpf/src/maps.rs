@@ -9,8 +9,8 @@ use lb_common::{
     filter::FILTER_WORDS,
     maps::{
         Backend, Counter, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, EndpointKey,
-        FloodState, FlowKey, FlowValue, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, NatBackend, NextHop, Service,
-        Settings, VipValue,
+        FloodState, FlowKey, FlowValue, HALF_OPEN_SLOTS, HalfOpen, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS,
+        NatBackend, NextHop, Service, Settings, VipValue,
     },
     stats::STATS_ENTRIES,
 };
@@ -40,13 +40,13 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
-/// Flood mode, NAT services only: half-open flows whose SYN was not recorded in `FLOWS`, kept
-/// so the backend's SYN-ACK can be rewritten back to the client and the first ACK finds the
-/// backend its SYN went to. Small: a flood churns this map, never `FLOWS`. Written by the XDP
-/// program. Resized at load.
+/// Flood mode: handshakes whose SYN was not recorded in `FLOWS`, in a direct-mapped table
+/// (slot `flow_hash & (HALF_OPEN_SLOTS - 1)`; a new handshake overwrites the slot), so a NAT
+/// backend's SYN-ACK can be rewritten back to the client and the first ACK finds the backend
+/// its SYN went to. An array slot costs no LRU lock or list move, and a flood churns this
+/// table, never `FLOWS`. Written by the XDP program.
 #[map]
-pub static SYN_FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES / 8, 0);
+pub static HALF_OPEN: Array<HalfOpen> = Array::with_max_entries(HALF_OPEN_SLOTS, 0);
 
 /// Tunables (index 0): flood-mode limit, timeouts of closed and never-established entries.
 /// Written by the daemon from its config.

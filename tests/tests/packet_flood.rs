@@ -263,21 +263,82 @@ fn first_ack_without_a_recorded_syn_is_recorded_where_its_syn_went() {
     // NAT keeps the half-open flow beside the flow table: a switch between the SYN and the first
     // ACK does not move the connection.
     bed.switch(SVC_NAT, 1, false).unwrap();
+    // An ACK before the backend's SYN-ACK went through (a spoofer's SYN + ACK pair) goes where the
+    // SYN went but is not recorded: in flood mode only an ACK of the SYN-ACK records the flow.
+    assert_to_backend(&bed, &Frame::syn(client, vip).with(ACK, b""), SVC_NAT, on_a);
+    assert!(!recorded(&bed, client, vip), "an ACK acknowledging no SYN-ACK records nothing");
+    // The SYN-ACK (seq 7776: the test frames' ACKs acknowledge 7777) goes back to the client.
+    let backend = bed.backends[&on_a];
+    let synack = Frame {
+        src_mac: backend_mac(backend.ip()),
+        dst_mac: LB_MAC,
+        seq: 7776,
+        ..Frame::syn(backend, client)
+    }
+    .with(SYN | ACK, b"");
+    let out = run(bed.dp.program(), &synack.build(), Some(bed.v0)).unwrap();
+    assert_eq!((out.verdict, out.packet), (XDP_TX, bed.reply_to_client(&synack, SVC_NAT).build()));
     assert_to_backend(&bed, &Frame::syn(client, vip).with(ACK, b""), SVC_NAT, on_a);
     let flow = bed.dp.flow(&flow_key(client, vip)).unwrap().expect("recorded on the first ACK");
     assert_eq!((u32::from(flow.backend), flow.flags & FLOW_ESTABLISHED), (on_a, FLOW_ESTABLISHED));
     assert_to_backend(&bed, &Frame::syn(client, vip).with(ACK | PSH, b"data"), SVC_NAT, on_a);
 
     // A bare ACK with no entry anywhere (evicted, or another host's connection) goes by the hash
-    // of the active table and is recorded.
+    // of the active table; in flood mode it is not recorded (a spoofed ACK flood must not evict
+    // established flows), out of it it is.
     let stranger = sa(&format!("{CLIENT_V4}:49998"));
+    let ack = Frame::syn(stranger, vip).with(ACK, b"");
+    let flood_before = bed.packets(reason_counter(Reason::FloodNotRecorded));
+    assert_to_backend(&bed, &ack, SVC_NAT, bed.expected_backend(1, stranger, vip));
+    assert!(!recorded(&bed, stranger, vip), "flood mode: an ACK without a handshake records nothing");
+    assert_eq!(bed.packets(reason_counter(Reason::FloodNotRecorded)), flood_before + 1);
+    with_limit(&mut bed, 0);
+    assert_to_backend(&bed, &ack, SVC_NAT, bed.expected_backend(1, stranger, vip));
+    assert!(recorded(&bed, stranger, vip), "out of flood mode the ACK is recorded");
+}
+
+#[test]
+fn a_spoofed_ack_flood_engages_flood_mode_and_evicts_nothing() {
+    let mut bed = PacketBed::new().unwrap();
+    let vip = sa(NAT_VIP);
+    with_limit(&mut bed, 5);
+    // ACKs without a flow count in the rate guard like SYNs: the first 5 of the window are
+    // recorded (connections whose entry was evicted), then flood mode engages.
+    let flood_before = bed.packets(reason_counter(Reason::FloodNotRecorded));
+    let mut recorded_acks = 0;
+    for p in 0..40 {
+        let client = sa(&format!("{CLIENT_V4}:{}", 51000 + p));
+        assert_to_backend(
+            &bed,
+            &Frame::syn(client, vip).with(ACK, b""),
+            SVC_NAT,
+            bed.expected_backend(0, client, vip),
+        );
+        recorded_acks += recorded(&bed, client, vip) as u32;
+    }
+    // The guard is per CPU and test_run runs on whichever CPU the test thread is on.
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    assert!(recorded_acks <= 5 * cpus, "{recorded_acks} spoofed ACKs recorded ({cpus} CPUs)");
+    assert_eq!(
+        bed.packets(reason_counter(Reason::FloodNotRecorded)),
+        flood_before + u64::from(40 - recorded_acks),
+        "every ACK not recorded is counted"
+    );
+    assert!(bed.dp.cpus_in_flood(coarse_now_ns()).unwrap() >= 1, "the ACK flood engaged flood mode");
+
+    // DSR: the SYN-ACK does not pass the balancer, so a handshake of `HALF_OPEN` is completed by
+    // any ACK of its 5-tuple (a spoofer must send SYN and ACK to record one flow).
+    let vip = sa(DSR_VIP);
+    let client = sa(&format!("{CLIENT_V4}:51500"));
+    assert_to_backend(&bed, &Frame::syn(client, vip), SVC_DSR, bed.expected_backend(2, client, vip));
+    assert!(!recorded(&bed, client, vip));
     assert_to_backend(
         &bed,
-        &Frame::syn(stranger, vip).with(ACK, b""),
-        SVC_NAT,
-        bed.expected_backend(1, stranger, vip),
+        &Frame::syn(client, vip).with(ACK, b""),
+        SVC_DSR,
+        bed.expected_backend(2, client, vip),
     );
-    assert!(recorded(&bed, stranger, vip));
+    assert!(recorded(&bed, client, vip), "DSR: the first ACK of a half-open handshake is recorded");
 }
 
 #[test]
@@ -296,9 +357,10 @@ fn switch_between_syn_and_ack() {
     bed.switch(SVC_DSR, 6, false).unwrap();
     assert_to_backend(&bed, &Frame::syn(client, vip).with(ACK, b""), SVC_DSR, first);
 
-    // Flood mode, DSR: nothing is recorded for the SYN, so an ACK that crosses a switch follows
-    // the new table. This is the one window in which a real connection is mis-sent: a drain
-    // switch during its handshake (one round trip) while this CPU is in flood mode.
+    // Flood mode, DSR: the SYN is not recorded in `FLOWS` but kept in `HALF_OPEN`, so an ACK that
+    // crosses a switch keeps the SYN's backend too (unless a flood overwrote its slot within
+    // that round trip: the window README describes; an ACK without a half-open entry follows the
+    // active table, see `first_ack_without_a_recorded_syn_is_recorded_where_its_syn_went`).
     bed.switch(SVC_DSR, 2, false).unwrap();
     with_limit(&mut bed, 1);
     let engage = sa(&format!("{CLIENT_V4}:50999"));
@@ -311,7 +373,8 @@ fn switch_between_syn_and_ack() {
     assert_to_backend(&bed, &Frame::syn(client, vip), SVC_DSR, first);
     assert!(!recorded(&bed, client, vip));
     bed.switch(SVC_DSR, 7, false).unwrap();
-    assert_to_backend(&bed, &Frame::syn(client, vip).with(ACK, b""), SVC_DSR, other);
+    assert_to_backend(&bed, &Frame::syn(client, vip).with(ACK, b""), SVC_DSR, first);
+    assert!(recorded(&bed, client, vip));
 }
 
 #[test]

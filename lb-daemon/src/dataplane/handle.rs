@@ -40,7 +40,7 @@ pub const MAP_NAMES: [&str; 15] = [
     "VIP_FILTER",
     "BACKEND_FILTER",
     "STATS",
-    "SYN_FLOWS",
+    "HALF_OPEN",
     "SETTINGS",
     "FLOOD",
     "IFACE_MACS",
@@ -152,13 +152,6 @@ pub struct Dataplane {
     links: super::links::Links,
 }
 
-/// Entries of `SYN_FLOWS` (flood mode's half-open NAT flows) for a flow table of `flow_entries`:
-/// an eighth, at least 1024. A flood churns it; a real handshake needs its entry for one round
-/// trip.
-pub fn syn_flow_entries(flow_entries: u32) -> u32 {
-    (flow_entries / 8).max(1024)
-}
-
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -227,8 +220,7 @@ impl Dataplane {
         loader
             .override_global("RING_SIZE", &options.ring_size, true)
             .map_max_entries("TABLES", table_entries)
-            .map_max_entries("FLOWS", options.flow_entries)
-            .map_max_entries("SYN_FLOWS", syn_flow_entries(options.flow_entries));
+            .map_max_entries("FLOWS", options.flow_entries);
         let map_paths: Vec<(&str, PathBuf)> = match &pins {
             Some(p) => MAP_NAMES.iter().map(|n| (*n, p.maps().join(n))).collect(),
             None => Vec::new(),

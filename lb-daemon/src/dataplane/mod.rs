@@ -14,9 +14,7 @@ mod objects;
 mod options_file;
 
 pub use batch::{BATCH, FlowReader};
-pub use handle::{
-    AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir, syn_flow_entries,
-};
+pub use handle::{AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir};
 pub use iface_mac::interface_mac;
 pub use maps::{FlowSource, Maps};
 pub use objects::{BENCH_XDP_OBJECT, LB_XDP_OBJECT, objects_are_stubs, require_real_objects};

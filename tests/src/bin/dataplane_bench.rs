@@ -233,7 +233,7 @@ fn bench_table_size(
             new_flow_limit: 1,
         },
         Case {
-            name: "SYN new source, nat v4, flood mode engaged (SYN_FLOWS)",
+            name: "SYN new source, nat v4, flood mode engaged (HALF_OPEN)",
             frame: Frame::syn(client, nat).build(),
             target: Target::Lb,
             vary_offset: IPV4_SRC_OFFSET,
