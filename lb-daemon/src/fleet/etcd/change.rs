@@ -228,7 +228,7 @@ impl<M: Maps> FleetNode<M> {
         let mut hosts: Vec<HostStatus> =
             snapshot.kvs.iter().filter_map(|kv| serde_json::from_str::<HostStatus>(&kv.value).ok()).collect();
         hosts.retain(|h| h.host != self.host);
-        hosts.push(HostStatus { services: self.core().fleet_health(), ..self.host_status() });
+        hosts.push(self.host_status());
         hosts.sort_by(|a, b| a.host.cmp(&b.host));
         let mut problems = Vec::new();
         for h in &hosts {

@@ -134,6 +134,10 @@ impl<M: Maps> FleetNode<M> {
     /// the host's status and check the `--watch` records.
     pub fn step(&self, wait: Duration) {
         let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        if feed.is_some() && !self.sync().connected {
+            // A call failed meanwhile (status, rollback): read everything again once etcd answers.
+            *feed = None;
+        }
         if feed.is_none() {
             let due = self.sync().retry_after.is_none_or(|t| Instant::now() >= t);
             if !due {

@@ -17,12 +17,14 @@ use crate::engine::tests::{CONFIG, MemStore as StateMem, Rig};
 struct Host {
     node: Arc<FleetNode<FakeMaps>>,
     state: StateMem,
+    clock: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn host(store: &MemStore, id: u32, name: &str) -> Host {
     let rig = Rig::new(CONFIG);
     let state = rig.store.clone();
     let clock = rig.clock.clone();
+    let host_clock = clock.clone();
     let core = Arc::new(Mutex::new(rig.core));
     let node = FleetNode::new(
         "edge1",
@@ -34,7 +36,7 @@ fn host(store: &MemStore, id: u32, name: &str) -> Host {
         None,
         Box::new(move || clock.load(Ordering::SeqCst)),
     );
-    Host { node: Arc::new(node), state }
+    Host { node: Arc::new(node), state, clock: host_clock }
 }
 
 impl Host {
@@ -273,16 +275,28 @@ fn a_watch_that_ends_healthy_passes_and_a_later_change_cancels_the_next() {
     a.node.change(None, &req, "ci").unwrap();
     a.step();
     b.step();
-    let w = a.node.watch_view("web").unwrap();
-    assert_eq!(w.state, WatchState::Watching);
+    assert_eq!(b.node.watch_view("web").unwrap().state, WatchState::Watching);
+    // The window ends with pool-b healthy (by lb2's clock): passed, for every host.
+    b.clock.fetch_add(1_001, Ordering::SeqCst);
+    b.step();
+    a.step();
+    assert_eq!(a.node.watch_view("web").unwrap().state, WatchState::Passed);
+    // A new watch, then a rollback by someone: the watch is cancelled, nothing rolls back.
     let back = ChangeRequest { kind: Some(HistoryKind::Rollback), ..ChangeRequest::default() };
+    b.node.change(None, &back, "ci").unwrap();
+    a.step();
+    let req = ChangeRequest { watch_s: Some(60), ..a.switch("pool-b") };
+    a.node.change(None, &req, "ci").unwrap();
+    a.step();
     b.node.change(None, &back, "ci").unwrap();
     a.step();
     b.step();
     assert_eq!(a.node.watch_view("web").unwrap().state, WatchState::Cancelled);
     a.down(3);
     a.step();
+    b.step();
     assert_eq!(history(&store).iter().filter(|r| r.kind == HistoryKind::AutoRollback).count(), 0);
+    assert_eq!(a.active(), pool("pool-a"));
 }
 
 #[test]
