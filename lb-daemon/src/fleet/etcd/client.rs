@@ -97,7 +97,9 @@ impl EtcdStore {
 
     /// Runs `f` on the runtime, bounded by the timeout.
     fn bounded<T>(&self, f: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, StoreError> {
-        match self.handle.block_on(tokio::time::timeout(self.timeout, f)) {
+        // The timer is created inside the runtime (a plain thread has no timer of its own).
+        let timeout = self.timeout;
+        match self.handle.block_on(async move { tokio::time::timeout(timeout, f).await }) {
             Ok(r) => r.map_err(map_err),
             Err(_) => Err(StoreError::Unavailable(format!(
                 "no answer within {}",
@@ -218,10 +220,12 @@ struct EtcdFeed {
 
 impl Feed for EtcdFeed {
     fn next(&mut self, wait: Duration) -> Result<Option<Vec<Event>>, StoreError> {
-        let message = match self.handle.block_on(tokio::time::timeout(wait, self.stream.message())) {
-            Err(_) => return Ok(None),
-            Ok(m) => m.map_err(map_err)?,
-        };
+        let stream = &mut self.stream;
+        let message =
+            match self.handle.block_on(async move { tokio::time::timeout(wait, stream.message()).await }) {
+                Err(_) => return Ok(None),
+                Ok(m) => m.map_err(map_err)?,
+            };
         let Some(resp) = message else {
             return Err(StoreError::Unavailable("the watch stream ended".into()));
         };
