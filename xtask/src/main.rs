@@ -133,19 +133,25 @@ fn main() -> Result<()> {
             toolchain::ensure()?;
         }
         Command::Install { prefix, destdir, bins } => {
-            system::ensure_debian_packages(&[("strip", "binutils")])?;
+            system::ensure_debian_packages(&[("strip", "binutils"), ("protoc", "protobuf-compiler")])?;
             install::install(&destdir, &prefix, &bins.ready()?)?;
         }
         Command::Uninstall { prefix, destdir } => {
             install::uninstall(&destdir, &prefix)?;
         }
         Command::Package { out, bins } => {
-            system::ensure_debian_packages(&[("strip", "binutils"), ("dpkg-deb", "dpkg")])?;
+            system::ensure_debian_packages(&[
+                ("strip", "binutils"),
+                ("dpkg-deb", "dpkg"),
+                ("protoc", "protobuf-compiler"),
+            ])?;
             let bin_dir = bins.ready()?;
             let out = out.unwrap_or_else(|| system::workspace_root().join("target/package"));
             println!("{}", package::package(&bin_dir, &out)?.display());
         }
         Command::Man => {
+            // etcd-client's build generates its gRPC code with protoc.
+            system::ensure_debian_packages(&[("protoc", "protobuf-compiler")])?;
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
             system::cargo(&["build", "--release", "-p", "lb-daemon", "--bins"])?;
@@ -154,6 +160,8 @@ fn main() -> Result<()> {
             }
         }
         Command::Build => {
+            // etcd-client's build generates its gRPC code with protoc.
+            system::ensure_debian_packages(&[("protoc", "protobuf-compiler")])?;
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
             system::cargo(&["build", "--release", "--workspace", "--all-targets"])?;
@@ -166,6 +174,8 @@ fn main() -> Result<()> {
                 ("promtool", "prometheus"),
                 ("systemd-analyze", "systemd"),
                 ("bird", "bird2"),
+                ("etcd", "etcd-server"),
+                ("protoc", "protobuf-compiler"),
             ])?;
             let tc = toolchain::ensure()?;
             // Formatting and lints first, both workspaces: they fail in seconds, a build does
@@ -195,7 +205,13 @@ fn main() -> Result<()> {
             system::require_root(
                 "test_run needs CAP_BPF and CAP_NET_ADMIN; the control-plane bench creates network namespaces",
             )?;
-            system::ensure_debian_packages(&[("ip", "iproute2"), ("ethtool", "ethtool"), ("bird", "bird2")])?;
+            system::ensure_debian_packages(&[
+                ("ip", "iproute2"),
+                ("ethtool", "ethtool"),
+                ("bird", "bird2"),
+                ("etcd", "etcd-server"),
+                ("protoc", "protobuf-compiler"),
+            ])?;
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
             // The control-plane bench runs the real lb-daemon, lbctl and test-backend binaries.
@@ -223,7 +239,11 @@ fn main() -> Result<()> {
         }
         Command::Demo => {
             system::require_root("the demo creates network namespaces and attaches an XDP program")?;
-            system::ensure_debian_packages(&[("ip", "iproute2"), ("ethtool", "ethtool")])?;
+            system::ensure_debian_packages(&[
+                ("ip", "iproute2"),
+                ("ethtool", "ethtool"),
+                ("protoc", "protobuf-compiler"),
+            ])?;
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
             system::cargo(&["build", "--release", "--workspace", "--bins"])?;

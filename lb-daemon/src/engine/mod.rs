@@ -15,6 +15,7 @@ mod control;
 pub mod core;
 pub mod drain;
 pub mod flow_cache;
+pub mod fleet;
 pub mod keys;
 pub mod layout;
 pub mod metrics;
@@ -23,7 +24,7 @@ pub mod reload;
 pub mod state;
 pub mod switch;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod view;
 pub mod watch;
 
@@ -61,7 +62,7 @@ pub enum ShutdownKind {
 
 /// The control plane's state and the operations on it. Implements the API's `Control`.
 pub struct Engine {
-    core: Mutex<Core<Dataplane>>,
+    core: Arc<Mutex<Core<Dataplane>>>,
     config_path: PathBuf,
     started: Instant,
     adopted: bool,
@@ -76,6 +77,8 @@ pub struct Engine {
     bgp: std::sync::OnceLock<std::sync::Weak<crate::fleet::Fleet>>,
     /// The flow-table scan `/metrics` reports, refreshed at most every few seconds.
     flow_cache: flow_cache::FlowScanCache,
+    /// With `[fleet]`: the desired state comes from etcd and changes go there.
+    fleet: std::sync::OnceLock<Arc<crate::fleet::etcd::FleetNode<Dataplane>>>,
 }
 
 impl Engine {
@@ -87,7 +90,7 @@ impl Engine {
         let core = Core::start(config, dp, state, Box::new(StateFile(path)), adopted, core::system_clock())?;
         let (shutdown, _) = signal::channel(ShutdownKind::Running);
         Ok(Self {
-            core: Mutex::new(core),
+            core: Arc::new(Mutex::new(core)),
             config_path,
             started: Instant::now(),
             adopted,
@@ -98,7 +101,18 @@ impl Engine {
             warnings: Default::default(),
             bgp: std::sync::OnceLock::new(),
             flow_cache: Default::default(),
+            fleet: Default::default(),
         })
+    }
+
+    /// The core, shared with the fleet node (which applies the fleet's desired state to it).
+    pub fn shared_core(&self) -> Arc<Mutex<Core<Dataplane>>> {
+        self.core.clone()
+    }
+
+    /// From now on switches, rollbacks and splits go through the fleet's etcd (`[fleet]`).
+    pub fn join_fleet(&self, node: Arc<crate::fleet::etcd::FleetNode<Dataplane>>) {
+        let _ = self.fleet.set(node);
     }
 
     /// The warnings shown in the status and `/v1/health`.
