@@ -132,7 +132,9 @@ fn run(args: Args) -> Result<()> {
         flow_entries: config.flow_table_size,
     };
     let pins = PinDir(config.pin_dir());
-    let (dp, adopted) = Dataplane::open_pinned(
+    // The data plane reports flows to the flow sync only when there is one.
+    lb_daemon::dataplane::set_flow_reports(config.sync.is_some());
+    let (mut dp, adopted) = Dataplane::open_pinned(
         options,
         pins.clone(),
         &config.state_dir.join(format!("{}.dataplane.json", config.instance)),
@@ -143,8 +145,15 @@ fn run(args: Args) -> Result<()> {
         tcp: config.api.tcp.zip(host.token),
         limits: ApiLimits::default(),
         fleet: None,
+        sync: None,
     };
     let (bgp, state_dir, instance) = (config.bgp.clone(), config.state_dir.clone(), config.instance.clone());
+    // The flow sync's handles on the maps, taken before the engine owns the data plane.
+    let sync_cfg = config.sync.clone();
+    let sync_maps = match &sync_cfg {
+        Some(_) => Some((dp.take_flow_events(), dp.flow_reader(), dp.flow_writer()?)),
+        None => None,
+    };
     let engine = match Engine::start(args.config.clone(), config, dp, adopted) {
         Ok(engine) => Arc::new(engine),
         Err(e) => return Err(forget_fresh_pins(e, adopted, &pins, None)),
@@ -160,9 +169,28 @@ fn run(args: Args) -> Result<()> {
     engine.start_background(runtime.handle().clone());
     // BGP announcements (only with [bgp]): from now on, the data plane being attached.
     let control: Arc<dyn Control> = engine.clone();
-    let mut fleet = Fleet::start(bgp, &state_dir, &instance, &control, runtime.handle())?;
+    // Flow sync (only with [sync]); a joining host announces once it has its peers' flows.
+    let sync = match (sync_cfg, sync_maps) {
+        (Some(cfg), Some((ring, reader, writer))) => {
+            let peers = Box::new(lb_daemon::fleet::sync::StaticPeers(cfg.peers.clone()));
+            let local: Arc<dyn lb_daemon::fleet::sync::LocalSource> = engine.clone();
+            lb_daemon::fleet::sync::FlowSync::start(
+                Some(cfg),
+                peers,
+                local,
+                ring,
+                reader,
+                writer,
+                runtime.handle(),
+            )?
+        }
+        _ => None,
+    };
+    let gate = sync.clone().map(|s| s as Arc<dyn lb_daemon::fleet::host::AnnounceGate>);
+    let mut fleet = Fleet::start_gated(bgp, &state_dir, &instance, &control, runtime.handle(), gate)?;
     drop(control);
     serve_opts.fleet = fleet.clone();
+    serve_opts.sync = sync;
     let kind = runtime.block_on(async {
         let mut requested = engine.shutdown_requested();
         let stop = {

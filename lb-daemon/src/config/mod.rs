@@ -148,6 +148,10 @@ pub struct Config {
     /// absent: nothing is announced and nothing about BGP runs.
     #[serde(default)]
     pub bgp: Option<crate::fleet::BgpConfig>,
+    /// Flow-state sync between the hosts of a fleet (`[sync]`, see
+    /// [`crate::fleet::sync::SyncConfig`]); absent: no flow is shared.
+    #[serde(default)]
+    pub sync: Option<crate::fleet::sync::SyncConfig>,
 }
 
 /// How the XDP program is attached to the interfaces.

@@ -16,6 +16,9 @@ impl Config {
         if let Some(bgp) = &self.bgp {
             p.0.extend(bgp.problems(&self.services));
         }
+        if let Some(sync) = &self.sync {
+            p.0.extend(sync.problems());
+        }
         p.0
     }
 

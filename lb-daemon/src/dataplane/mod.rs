@@ -5,6 +5,7 @@
 mod batch;
 #[cfg(test)]
 pub mod fake;
+mod flow_writer;
 mod handle;
 mod iface_mac;
 pub mod links;
@@ -14,8 +15,10 @@ mod objects;
 mod options_file;
 
 pub use batch::{BATCH, FlowReader};
+pub use flow_writer::FlowWriter;
 pub use handle::{
-    AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir, syn_flow_entries,
+    AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir, set_flow_reports,
+    syn_flow_entries,
 };
 pub use iface_mac::interface_mac;
 pub use maps::{FlowSource, Maps};

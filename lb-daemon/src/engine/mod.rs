@@ -21,6 +21,7 @@ pub mod rebuild;
 pub mod reload;
 pub mod state;
 pub mod switch;
+mod sync_view;
 #[cfg(test)]
 mod tests;
 pub mod view;

@@ -20,6 +20,7 @@ pub mod api;
 pub mod bird;
 pub mod config;
 pub mod host;
+pub mod sync;
 
 pub use config::BgpConfig;
 pub use host::{EVALUATE_EVERY, Fleet};

@@ -89,6 +89,8 @@ pub struct ServeOptions {
     pub limits: ApiLimits,
     /// The BGP announcer (`[bgp]`), for the `/v1/host` endpoints and `bgp` in the status.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// The flow sync (`[sync]`), for `sync` in the status and the `lb_sync_*` metrics.
+    pub sync: Option<Arc<crate::fleet::sync::FlowSync>>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -128,7 +130,7 @@ pub async fn serve(
         }
         None => None,
     };
-    serve_on(control, unix, tcp, opts.limits, opts.fleet, shutdown).await;
+    serve_on(control, unix, tcp, opts.limits, (opts.fleet, opts.sync), shutdown).await;
     Ok(())
 }
 
@@ -143,6 +145,8 @@ struct Shared {
     stats: ConnStats,
     /// The BGP announcer, when configured.
     fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// The flow sync, when configured.
+    sync: Option<Arc<crate::fleet::sync::FlowSync>>,
 }
 
 /// Who is on the other end of a connection.
@@ -160,7 +164,7 @@ async fn serve_on(
     unix: UnixSocket,
     tcp: Option<(TcpListener, String)>,
     limits: ApiLimits,
-    fleet: Option<Arc<crate::fleet::Fleet>>,
+    (fleet, sync): (Option<Arc<crate::fleet::Fleet>>, Option<Arc<crate::fleet::sync::FlowSync>>),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let (tcp_listener, token) = match tcp {
@@ -175,6 +179,7 @@ async fn serve_on(
         slots: [slots(), slots()],
         stats: ConnStats::default(),
         fleet,
+        sync,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; `recv` returns None once all of them are gone.

@@ -211,12 +211,14 @@ impl TestServer {
             let addr = listener.local_addr().unwrap();
             let unix = bind_unix(&socket).unwrap();
             let task = tokio::spawn(async move {
-                serve_on(control, unix, Some((listener, TOKEN.to_owned())), limits, None, shutdown).await;
+                serve_on(control, unix, Some((listener, TOKEN.to_owned())), limits, (None, None), shutdown)
+                    .await;
                 Ok(())
             });
             (task, Some(addr))
         } else {
-            let opts = ServeOptions { unix_socket: socket.clone(), tcp: None, limits, fleet: None };
+            let opts =
+                ServeOptions { unix_socket: socket.clone(), tcp: None, limits, fleet: None, sync: None };
             let task = tokio::spawn(serve(control, opts, shutdown));
             for _ in 0..200 {
                 if socket.exists() {
