@@ -771,9 +771,10 @@ impl Balancer {
 
     /// `POST /v1/services/web/switch` to `pool` (what `lbctl switch` sends).
     pub fn switch(&self, pool: &str, hard: bool) -> Result<serde_json::Value> {
-        Ok(self
-            .client()
-            .post("/v1/services/web/switch", &serde_json::json!({ "pool": pool, "hard": hard, "force": true }))?)
+        Ok(self.client().post(
+            "/v1/services/web/switch",
+            &serde_json::json!({ "pool": pool, "hard": hard, "force": true }),
+        )?)
     }
 }
 
@@ -813,7 +814,9 @@ impl FleetRig {
                 self.balancers.iter().map(Balancer::sync_view).collect::<Result<_>>()?;
             let linked = views.iter().all(|v| {
                 v["ready"] == true
-                    && v["peers"].as_array().is_some_and(|p| !p.is_empty() && p.iter().all(|p| p["connected"] == true))
+                    && v["peers"]
+                        .as_array()
+                        .is_some_and(|p| !p.is_empty() && p.iter().all(|p| p["connected"] == true))
             });
             if linked {
                 return Ok(());

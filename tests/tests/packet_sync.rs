@@ -43,7 +43,11 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case { name: "a SYN alone reports nothing (a flood costs no sync)", packets: &[SYN], reports: &[] },
-    Case { name: "a new flow: one record at its first ACK", packets: &[SYN, ACK], reports: &[FLOW_ESTABLISHED] },
+    Case {
+        name: "a new flow: one record at its first ACK",
+        packets: &[SYN, ACK],
+        reports: &[FLOW_ESTABLISHED],
+    },
     Case {
         name: "established packets report nothing more",
         packets: &[SYN, ACK, ACK | PSH, ACK | PSH, ACK],
@@ -112,8 +116,11 @@ fn add_pool_b(bed: &mut PacketBed) {
     bed.set_backend(6, sa("10.0.0.21:80"), true).unwrap();
     bed.set_backend(7, sa("10.0.0.22:80"), true).unwrap();
     let keys = ["10.0.0.21:80", "10.0.0.22:80"];
-    let mb: Vec<MaglevBackend> =
-        keys.iter().zip([6, 7]).map(|(k, index)| MaglevBackend { key: k.as_bytes(), index, weight: 1 }).collect();
+    let mb: Vec<MaglevBackend> = keys
+        .iter()
+        .zip([6, 7])
+        .map(|(k, index)| MaglevBackend { key: k.as_bytes(), index, weight: 1 })
+        .collect();
     let entries = build_table(&mb, bed.dp.options().ring_size).unwrap();
     bed.dp.write_table(6, &entries).unwrap();
     bed.tables.insert(6, entries);
@@ -177,7 +184,7 @@ fn a_synced_entry_forwards_like_a_local_one_also_after_a_drain_switch() {
 
 #[test]
 fn this_hosts_own_entry_wins_and_unknown_records_are_refused() {
-    let mut bed = {
+    let bed = {
         lb_daemon::dataplane::set_flow_reports(true);
         PacketBed::new().unwrap()
     };
@@ -188,7 +195,7 @@ fn this_hosts_own_entry_wins_and_unknown_records_are_refused() {
         run(bed.dp.program(), &Frame::syn(client, sa(VIP)).with(flags, b"").build(), Some(bed.v0)).unwrap();
     }
     let records = [
-        record(client, "10.0.0.12:80", 1),      // local entry exists: kept
+        record(client, "10.0.0.12:80", 1),            // local entry exists: kept
         record(client_on(&bed, 5), "10.9.9.9:80", 1), // backend not in the service
         WireFlow { key: flow_key(client, sa("10.0.0.250:80")), ..record(client, "10.0.0.12:80", 1) },
         record(client_on(&bed, 5), "10.0.0.12:80", 7), // another epoch

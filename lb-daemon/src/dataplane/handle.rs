@@ -238,10 +238,11 @@ impl Dataplane {
             .ring_size
             .checked_mul(options.table_slots)
             .ok_or_else(|| DataplaneError::OutOfRange("ring size × table slots overflows".into()))?;
+        let flow_reports = flow_reports() as u32;
         let mut loader = EbpfLoader::new();
         loader
             .override_global("RING_SIZE", &options.ring_size, true)
-            .override_global("FLOW_REPORTS", &(flow_reports() as u32), true)
+            .override_global("FLOW_REPORTS", &flow_reports, true)
             .map_max_entries("TABLES", table_entries)
             .map_max_entries("FLOWS", options.flow_entries)
             .map_max_entries("SYN_FLOWS", syn_flow_entries(options.flow_entries));

@@ -14,9 +14,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::local::{LocalView, Refusal, may_replace};
+use super::wire::{self, Hello, Kind, WireFlow};
 use super::{Counters, FlowSync};
 use crate::dataplane::FlowWriter;
-use super::wire::{self, Hello, Kind, WireFlow};
 use crate::dataplane::maps::monotonic_coarse_ns;
 
 /// Accepts links until the sync stops.
