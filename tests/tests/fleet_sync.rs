@@ -37,6 +37,12 @@ fn drained_connections_survive_the_loss_of_their_host() {
     eprintln!("reported by lb1, lb2: {reported:?}; inserted by lb1, lb2: {inserted:?}");
     assert!(reported[0] > 0 && reported[1] > 0, "connections through both hosts: {reported:?}");
     assert!(inserted[1] >= reported[0] && inserted[0] >= reported[1], "each host has the other's flows");
+    let bytes: u64 = (0..2).map(|i| counter(&rig, i, "bytes_sent")).sum();
+    eprintln!(
+        "sync traffic: {bytes} bytes sent for {} records over {:?} (pings included)",
+        reported[0] + reported[1],
+        10 * INTERVAL
+    );
 
     // Drain switch of the fleet (each host, as the rig has no etcd).
     for b in &rig.balancers {
@@ -78,9 +84,15 @@ fn hosts_that_disagree_on_the_epoch_never_resurrect_a_flow() {
     // A hard switch applied on lb1 only: lb1 serves pool-b under a new epoch, lb2 pool-a under
     // the old one.
     rig.balancers[0].switch("pool-b", true).expect("hard switch on lb1");
+    rig.wait_next_hops(&both, Duration::from_secs(10)).expect("both hosts announce");
     let mut conns = LongLived::open(&rig.client, vip_addr(), 100).expect("long-lived connections");
     let first: Vec<String> = conns.ask().into_iter().map(|r| r.expect("answer")).collect();
     let via_lb2 = first.iter().filter(|b| pool_of(b) == 'a').count();
+    eprintln!(
+        "{via_lb2} of {} connections through lb2 (pool-a); router next hops {:?}",
+        first.len(),
+        rig.next_hops()
+    );
     assert!(via_lb2 > 0 && via_lb2 < first.len(), "connections through both hosts: {first:?}");
     std::thread::sleep(10 * INTERVAL);
     let refused: Vec<u64> = (0..2).map(|i| counter(&rig, i, "refused_stale_epoch")).collect();
