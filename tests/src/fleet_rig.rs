@@ -732,22 +732,6 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn next_hops_of_single_and_multipath_routes() {
-        assert_eq!(parse_next_hops(""), Vec::<Ipv4Addr>::new());
-        assert_eq!(
-            parse_next_hops("10.77.100.1 via 10.77.2.3 dev eth0 proto bird metric 32 \n"),
-            vec![Ipv4Addr::new(10, 77, 2, 3)]
-        );
-        let multi = "10.77.100.1 proto bird metric 32 \n\tnexthop via 10.77.2.2 dev eth0 weight 1 \n\tnexthop via 10.77.2.3 dev eth0 weight 1 \n";
-        assert_eq!(parse_next_hops(multi), vec![Ipv4Addr::new(10, 77, 2, 2), Ipv4Addr::new(10, 77, 2, 3)]);
-    }
-}
-
 /// Port of the flow sync on every balancer of the rig.
 pub const SYNC_PORT: u16 = 7946;
 
@@ -824,5 +808,21 @@ impl FleetRig {
             ensure!(start.elapsed() < timeout, "flow sync not linked within {timeout:?}: {views:#?}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_hops_of_single_and_multipath_routes() {
+        assert_eq!(parse_next_hops(""), Vec::<Ipv4Addr>::new());
+        assert_eq!(
+            parse_next_hops("10.77.100.1 via 10.77.2.3 dev eth0 proto bird metric 32 \n"),
+            vec![Ipv4Addr::new(10, 77, 2, 3)]
+        );
+        let multi = "10.77.100.1 proto bird metric 32 \n\tnexthop via 10.77.2.2 dev eth0 weight 1 \n\tnexthop via 10.77.2.3 dev eth0 weight 1 \n";
+        assert_eq!(parse_next_hops(multi), vec![Ipv4Addr::new(10, 77, 2, 2), Ipv4Addr::new(10, 77, 2, 3)]);
     }
 }

@@ -124,10 +124,8 @@ pub fn decide(host: HostState, services: &[ServiceState]) -> Vec<VipDecision> {
         Some("the host is drained for maintenance (lbctl host undrain to announce again)".to_owned())
     } else if !host.attached {
         Some("the data plane is not attached".to_owned())
-    } else if let Some(why) = host.not_ready {
-        Some(why.to_owned())
     } else {
-        None
+        host.not_ready.map(str::to_owned)
     };
     by_vip
         .into_iter()

@@ -139,13 +139,11 @@ async fn session(sync: &FlowSync, peer: &PeerState) -> anyhow::Result<()> {
     };
     tokio::pin!(io);
     tokio::pin!(acks);
-    loop {
-        tokio::select! {
-            r = &mut io => return r,
-            e = &mut acks => {
-                peer.timeouts.fetch_add(1, Ordering::Relaxed);
-                anyhow::bail!(e)
-            }
+    tokio::select! {
+        r = &mut io => r,
+        e = &mut acks => {
+            peer.timeouts.fetch_add(1, Ordering::Relaxed);
+            anyhow::bail!(e)
         }
     }
 }

@@ -390,7 +390,7 @@ pub fn parse_frame(body: &[u8]) -> Result<RawFrame, WireError> {
 pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<RawFrame> {
     use tokio::io::AsyncReadExt;
     let len = r.read_u32().await? as usize;
-    if len > MAX_FRAME || len < HEADER_BYTES + TAG_BYTES {
+    if !(HEADER_BYTES + TAG_BYTES..=MAX_FRAME).contains(&len) {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
     }
     let mut body = vec![0u8; len];
