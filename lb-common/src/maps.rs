@@ -131,6 +131,11 @@ pub const FLOW_RST: u8 = 1 << 1;
 /// completed. An entry without it is a handshake in progress (or one that never completed) and
 /// expires after `Settings::handshake_timeout_ns`.
 pub const FLOW_ESTABLISHED: u8 = 1 << 2;
+/// `FlowValue::flags`: the entry was not recorded by this host's data plane but received from a
+/// peer of the fleet (flow sync), so that a connection ECMP moves here keeps its backend. The
+/// data plane forwards by it like by its own entries (same epoch and staleness rules); status
+/// and drain-status count such entries apart. A packet reopening the 5-tuple clears it.
+pub const FLOW_SYNCED: u8 = 1 << 3;
 
 /// `FlowValue::last_seen` counts in ticks of 2^`FLOW_TICK_SHIFT` ns (about 1.05 ms), so the
 /// time fits 32 bits (it wraps after about 52 days; ages are computed with wrapping arithmetic).
@@ -334,6 +339,25 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// Bytes of `FLOW_EVENTS`, the ring buffer through which the data plane reports flows to the
+/// daemon's flow sync (a power of two, a multiple of the page size). 4 MiB hold about 52,000
+/// records of [`FlowEvent`] (72 bytes + an 8-byte header): over 5 s of 10,000 new flows/s, far
+/// more than the daemon's reader ever lets pile up (it drains the ring every few ms).
+pub const FLOW_EVENTS_BYTES: u32 = 4 << 20;
+
+/// A record of `FLOW_EVENTS`: a flow whose handshake completed (its first ACK, whether or not
+/// its SYN was recorded) or that closed (its first FIN or RST), with its entry as it stands
+/// after the packet. Only completed handshakes are reported, so a spoofed SYN flood produces
+/// no sync traffic at all; the close lets peers expire their copy quickly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// The flow's 5-tuple, as in `FLOWS`.
+    pub key: FlowKey,
+    /// Its entry, as in `FLOWS` (`flags` says established or closed).
+    pub value: FlowValue,
+}
+
 /// Value of the bench wrapper's `BENCH_PACKET` map: the packet to restore before each repeat.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,6 +391,7 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for FloodState {}
     unsafe impl aya::Pod for HalfOpen {}
+    unsafe impl aya::Pod for FlowEvent {}
 }
 
 #[cfg(test)]
@@ -389,6 +414,7 @@ mod tests {
         assert_eq!((size_of::<NextHop>(), align_of::<NextHop>()), (24, 8));
         assert_eq!((size_of::<NatBackend>(), align_of::<NatBackend>()), (84, 4));
         assert_eq!((size_of::<Counter>(), align_of::<Counter>()), (16, 8));
+        assert_eq!((size_of::<FlowEvent>(), align_of::<FlowEvent>()), (72, 4));
         assert_eq!(size_of::<BenchPacket>(), BENCH_PACKET_MAX + 8);
     }
 

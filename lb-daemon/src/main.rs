@@ -139,7 +139,9 @@ fn run(args: Args) -> Result<()> {
         flow_entries: config.flow_table_size,
     };
     let pins = PinDir(config.pin_dir());
-    let (dp, adopted) = Dataplane::open_pinned(
+    // The data plane reports flows to the flow sync only when there is one.
+    lb_daemon::dataplane::set_flow_reports(config.sync.is_some());
+    let (mut dp, adopted) = Dataplane::open_pinned(
         options,
         pins.clone(),
         &config.state_dir.join(format!("{}.dataplane.json", config.instance)),
@@ -152,9 +154,16 @@ fn run(args: Args) -> Result<()> {
         fleet: None,
         read_token: host.read_token,
         metrics: config.api.metrics,
+        sync: None,
     };
     let (bgp, state_dir, instance) = (config.bgp.clone(), config.state_dir.clone(), config.instance.clone());
     let (fleet_cfg, api_tcp) = (config.fleet.clone(), config.api.tcp.map(|a| a.to_string()));
+    // The flow sync's handles on the maps, taken before the engine owns the data plane.
+    let sync_cfg = config.sync.clone();
+    let sync_maps = match &sync_cfg {
+        Some(_) => Some((dp.take_flow_events(), dp.flow_reader(), dp.flow_writer()?)),
+        None => None,
+    };
     let engine = match Engine::start(args.config.clone(), config, dp, adopted) {
         Ok(engine) => Arc::new(engine),
         Err(e) => return Err(forget_fresh_pins(e, adopted, &pins, None)),
@@ -170,12 +179,31 @@ fn run(args: Args) -> Result<()> {
     engine.start_background(runtime.handle().clone());
     // BGP announcements (only with [bgp]): from now on, the data plane being attached.
     let control: Arc<dyn Control> = engine.clone();
-    let mut fleet = Fleet::start(bgp, &state_dir, &instance, &control, runtime.handle())?;
+    // Flow sync (only with [sync]); a joining host announces once it has its peers' flows.
+    let sync = match (sync_cfg, sync_maps) {
+        (Some(cfg), Some((ring, reader, writer))) => {
+            let peers = Box::new(lb_daemon::fleet::sync::StaticPeers(cfg.peers.clone()));
+            let local: Arc<dyn lb_daemon::fleet::sync::LocalSource> = engine.clone();
+            lb_daemon::fleet::sync::FlowSync::start(
+                Some(cfg),
+                peers,
+                local,
+                ring,
+                reader,
+                writer,
+                runtime.handle(),
+            )?
+        }
+        _ => None,
+    };
+    let gate = sync.clone().map(|s| s as Arc<dyn lb_daemon::fleet::host::AnnounceGate>);
+    let mut fleet = Fleet::start_gated(bgp, &state_dir, &instance, &control, runtime.handle(), gate)?;
     if let Some(fleet) = &fleet {
         engine.set_bgp_announcer(fleet);
     }
     drop(control);
     serve_opts.fleet = fleet.clone();
+    serve_opts.sync = sync;
     // Shared desired state (only with [fleet]): from now on changes go through etcd.
     let fleet_thread = match &fleet_cfg {
         Some(cfg) => {

@@ -29,6 +29,7 @@ mod l2;
 mod maps;
 mod nexthop;
 mod parse;
+mod sync;
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
@@ -286,6 +287,9 @@ fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes
             if syn { 0 } else { FLOW_ESTABLISHED | if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 } };
         let value = flow_value(ctx, pkt, vip, svc, backend, now, flags);
         let _ = FLOWS.insert(&pkt.key, &value, BPF_ANY);
+        if flags != 0 {
+            sync::report(&pkt.key, &value);
+        }
         count(reason_counter(Reason::NewFlow), bytes);
         count(backend_new_flow_counter(backend), bytes);
     }
@@ -391,15 +395,20 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
         flow.last_seen = t;
     }
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        let was_closed = flow.flags & (FLOW_FIN | FLOW_RST) != 0;
         if pkt.tcp_flags & TCP_FIN != 0 {
             flow.flags |= FLOW_FIN;
         }
         if pkt.tcp_flags & TCP_RST != 0 {
             flow.flags |= FLOW_RST;
         }
+        if !was_closed {
+            sync::report(&pkt.key, flow);
+        }
     }
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK && flow.flags & FLOW_ESTABLISHED == 0 {
         flow.flags |= FLOW_ESTABLISHED;
+        sync::report(&pkt.key, flow);
     }
     Some(to_backend(ctx, pkt, svc, flow.backend as u32, flow.vip_index as u32, now, bytes))
 }

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
     filter::FILTER_WORDS,
@@ -93,3 +93,9 @@ pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENT
 /// Written by the daemon at attach.
 #[map]
 pub static IFACE_MACS: Array<[u8; 6]> = Array::with_max_entries(lb_common::maps::IFACE_MAC_SLOTS, 0);
+
+/// Flows whose handshake completed or that closed, reported to the daemon for the fleet's flow
+/// sync (`lb_common::maps::FlowEvent` records; see `sync`). Written by the XDP program; read by
+/// the daemon, which sends them to the other balancer hosts.
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(lb_common::maps::FLOW_EVENTS_BYTES, 0);

@@ -742,6 +742,85 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Port of the flow sync on every balancer of the rig.
+pub const SYNC_PORT: u16 = 7946;
+
+impl Balancer {
+    /// This host's flow-sync address.
+    pub fn sync_addr(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.addr, SYNC_PORT))
+    }
+
+    /// The `sync` member of the status (null without `[sync]`).
+    pub fn sync_view(&self) -> Result<serde_json::Value> {
+        Ok(self.status_json()?["sync"].clone())
+    }
+
+    /// Stops the daemon (forwarding continues from the pins) and starts it again with its
+    /// config as it now is.
+    pub fn restart_daemon(&mut self) -> Result<()> {
+        self.shutdown_daemon(false)?;
+        self.start_daemon()
+    }
+
+    /// `POST /v1/services/web/switch` to `pool` (what `lbctl switch` sends).
+    pub fn switch(&self, pool: &str, hard: bool) -> Result<serde_json::Value> {
+        Ok(self.client().post(
+            "/v1/services/web/switch",
+            &serde_json::json!({ "pool": pool, "hard": hard, "force": true }),
+        )?)
+    }
+}
+
+impl FleetRig {
+    /// Turns on flow sync between the balancers: one shared key (mode 0600), a `[sync]` table in
+    /// each daemon's config (listen on its segment address, the others as peers, `interval`),
+    /// and a daemon restart (flows survive it in the pins). Waits (bounded) until every host is
+    /// ready and linked to every peer.
+    pub fn enable_sync(&mut self, interval: Duration) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let addrs: Vec<SocketAddr> = self.balancers.iter().map(Balancer::sync_addr).collect();
+        for b in &mut self.balancers {
+            let key = b.dir.path().join("sync.key");
+            std::fs::write(&key, "fleet-rig-shared-sync-key-0123456789\n")?;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+            let peers: Vec<String> =
+                addrs.iter().filter(|a| **a != b.sync_addr()).map(|a| format!("\"{a}\"")).collect();
+            let mut config = std::fs::read_to_string(b.config_path())?;
+            config += &format!(
+                "\n[sync]\nlisten = \"{}\"\nkey_file = \"{}\"\npeers = [{}]\ninterval = \"{}ms\"\n",
+                b.sync_addr(),
+                key.display(),
+                peers.join(", "),
+                interval.as_millis()
+            );
+            std::fs::write(b.config_path(), config)?;
+            b.restart_daemon()?;
+        }
+        self.wait_sync_linked(Duration::from_secs(20))
+    }
+
+    /// Waits until every balancer's sync is ready and its links to every peer are up.
+    pub fn wait_sync_linked(&self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let views: Vec<serde_json::Value> =
+                self.balancers.iter().map(Balancer::sync_view).collect::<Result<_>>()?;
+            let linked = views.iter().all(|v| {
+                v["ready"] == true
+                    && v["peers"]
+                        .as_array()
+                        .is_some_and(|p| !p.is_empty() && p.iter().all(|p| p["connected"] == true))
+            });
+            if linked {
+                return Ok(());
+            }
+            ensure!(start.elapsed() < timeout, "flow sync not linked within {timeout:?}: {views:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

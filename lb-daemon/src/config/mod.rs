@@ -152,6 +152,10 @@ pub struct Config {
     /// absent: the state file alone holds the desired state and nothing about etcd runs.
     #[serde(default)]
     pub fleet: Option<crate::fleet::etcd::FleetConfig>,
+    /// Flow-state sync between the hosts of a fleet (`[sync]`, see
+    /// [`crate::fleet::sync::SyncConfig`]); absent: no flow is shared.
+    #[serde(default)]
+    pub sync: Option<crate::fleet::sync::SyncConfig>,
 }
 
 /// How the XDP program is attached to the interfaces.

@@ -19,6 +19,9 @@ impl Config {
         if let Some(fleet) = &self.fleet {
             p.0.extend(fleet.problems(&self.services));
         }
+        if let Some(sync) = &self.sync {
+            p.0.extend(sync.problems());
+        }
         p.0
     }
 

@@ -28,7 +28,7 @@ use super::objects::LB_XDP_OBJECT;
 pub const PROGRAM_NAME: &str = "lb_xdp";
 
 /// Every map of the program, by name (all are pinned together).
-pub const MAP_NAMES: [&str; 15] = [
+pub const MAP_NAMES: [&str; 16] = [
     "VIPS",
     "SERVICES",
     "TABLES",
@@ -44,6 +44,7 @@ pub const MAP_NAMES: [&str; 15] = [
     "SETTINGS",
     "FLOOD",
     "IFACE_MACS",
+    "FLOW_EVENTS",
 ];
 
 /// Sizes fixed when the program is loaded.
@@ -152,6 +153,20 @@ pub struct Dataplane {
     links: super::links::Links,
 }
 
+/// Whether programs loaded from now on report flows to `FLOW_EVENTS` (flow sync).
+static FLOW_REPORTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the programs loaded from now on in this process report flows (or not) to the
+/// `FLOW_EVENTS` ring buffer: on with `[sync]`. Off, the verifier removes the reporting code, so
+/// a single host pays nothing for the fleet's flow sync.
+pub fn set_flow_reports(on: bool) {
+    FLOW_REPORTS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn flow_reports() -> bool {
+    FLOW_REPORTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -216,9 +231,11 @@ impl Dataplane {
             .ring_size
             .checked_mul(options.table_slots)
             .ok_or_else(|| DataplaneError::OutOfRange("ring size × table slots overflows".into()))?;
+        let flow_reports = flow_reports() as u32;
         let mut loader = EbpfLoader::new();
         loader
             .override_global("RING_SIZE", &options.ring_size, true)
+            .override_global("FLOW_REPORTS", &flow_reports, true)
             .map_max_entries("TABLES", table_entries)
             .map_max_entries("FLOWS", options.flow_entries);
         let map_paths: Vec<(&str, PathBuf)> = match &pins {
@@ -538,6 +555,18 @@ impl Dataplane {
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             r => op("NAT_BACKENDS", "remove", r),
         }
+    }
+
+    /// The `FLOW_EVENTS` ring buffer (flow sync), once: its only reader is the daemon's flow
+    /// sync; `None` when it was taken already.
+    pub fn take_flow_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        let map = self.ebpf.take_map("FLOW_EVENTS")?;
+        aya::maps::RingBuf::try_from(map).ok()
+    }
+
+    /// A writer of `FLOWS` for the flow sync's inserts, usable without this handle.
+    pub fn flow_writer(&self) -> Result<super::FlowWriter, DataplaneError> {
+        super::FlowWriter::new(&self.flows_fd)
     }
 
     /// Forgets every cached next hop (after a neighbour or route change).

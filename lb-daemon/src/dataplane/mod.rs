@@ -5,6 +5,7 @@
 mod batch;
 #[cfg(test)]
 pub mod fake;
+mod flow_writer;
 mod handle;
 mod iface_mac;
 pub mod links;
@@ -14,7 +15,8 @@ mod objects;
 mod options_file;
 
 pub use batch::{BATCH, FlowReader};
-pub use handle::{AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir};
+pub use flow_writer::FlowWriter;
+pub use handle::{AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir, set_flow_reports};
 pub use iface_mac::interface_mac;
 pub use maps::{FlowSource, Maps};
 pub use objects::{BENCH_XDP_OBJECT, LB_XDP_OBJECT, objects_are_stubs, require_real_objects};

@@ -23,6 +23,7 @@ pub mod rebuild;
 pub mod reload;
 pub mod state;
 pub mod switch;
+mod sync_view;
 #[cfg(test)]
 pub(crate) mod tests;
 pub mod view;

@@ -26,6 +26,9 @@ pub struct HostState {
     pub drained: bool,
     /// `lbctl shutdown --detach` is under way: withdraw everything before forwarding stops.
     pub detaching: bool,
+    /// Why this host must not draw traffic yet although it could forward: the flow sync
+    /// still waits for its peers' flows (a joining host would reset their moved connections).
+    pub not_ready: Option<&'static str>,
 }
 
 /// A pool that receives new flows, with its health.
@@ -122,7 +125,7 @@ pub fn decide(host: HostState, services: &[ServiceState]) -> Vec<VipDecision> {
     } else if !host.attached {
         Some("the data plane is not attached".to_owned())
     } else {
-        None
+        host.not_ready.map(str::to_owned)
     };
     by_vip
         .into_iter()
@@ -145,7 +148,7 @@ pub fn decide(host: HostState, services: &[ServiceState]) -> Vec<VipDecision> {
 mod tests {
     use super::*;
 
-    const UP: HostState = HostState { attached: true, drained: false, detaching: false };
+    const UP: HostState = HostState { attached: true, drained: false, detaching: false, not_ready: None };
 
     fn pool(name: &str, healthy: u32, min_healthy: u32) -> PoolHealth {
         PoolHealth { name: name.into(), healthy, min_healthy }
@@ -188,6 +191,7 @@ mod tests {
             (HostState { detaching: true, ..UP }, "detaching"),
             (HostState { detaching: true, drained: true, ..UP }, "detaching"),
             (HostState { attached: false, ..UP }, "not attached"),
+            (HostState { not_ready: Some("waiting for the peers' flows"), ..UP }, "peers' flows"),
         ] {
             let d = decide(host, &services);
             assert_eq!(announced(&d), Vec::<String>::new(), "{host:?}");

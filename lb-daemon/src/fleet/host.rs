@@ -103,6 +103,13 @@ struct State {
     last_error_log: Option<Instant>,
 }
 
+/// A condition the host must meet before it announces anything (the flow sync: the peers'
+/// flows received). `Some(reason)` while not met.
+pub trait AnnounceGate: Send + Sync {
+    /// Why not yet, or `None` when met.
+    fn not_ready(&self) -> Option<&'static str>;
+}
+
 /// The announcer; see the module documentation.
 pub struct Fleet {
     /// The `[bgp]` settings in use; replaced by [`reconfigure`](Self::reconfigure) on reload.
@@ -113,6 +120,8 @@ pub struct Fleet {
     state: Mutex<State>,
     /// Serializes evaluations (file write + `birdc configure`).
     apply: Mutex<()>,
+    /// Met before anything is announced (the flow sync's readiness), when set.
+    gate: Option<Arc<dyn AnnounceGate>>,
 }
 
 fn now_rfc3339() -> String {
@@ -130,6 +139,19 @@ impl Fleet {
         instance: &str,
         control: &Arc<dyn Control>,
         handle: &tokio::runtime::Handle,
+    ) -> anyhow::Result<Option<Arc<Fleet>>> {
+        Self::start_gated(cfg, state_dir, instance, control, handle, None)
+    }
+
+    /// [`Fleet::start`], announcing nothing until `gate` is met (the flow sync: a joining host
+    /// first receives its peers' flows).
+    pub fn start_gated(
+        cfg: Option<BgpConfig>,
+        state_dir: &Path,
+        instance: &str,
+        control: &Arc<dyn Control>,
+        handle: &tokio::runtime::Handle,
+        gate: Option<Arc<dyn AnnounceGate>>,
     ) -> anyhow::Result<Option<Arc<Fleet>>> {
         let Some(cfg) = cfg else { return Ok(None) };
         let record_file = state_dir.join(format!("{instance}.bgp.json"));
@@ -152,6 +174,7 @@ impl Fleet {
             control: Arc::downgrade(control),
             state: Mutex::new(State { record, ..State::default() }),
             apply: Mutex::new(()),
+            gate,
         });
         let weak = Arc::downgrade(&fleet);
         handle.spawn(async move {
@@ -193,6 +216,7 @@ impl Fleet {
                 attached: !status.interfaces.is_empty() && status.interfaces.iter().all(|i| i.attached),
                 drained: st.record.drained,
                 detaching: st.detaching,
+                not_ready: self.gate.as_ref().and_then(|g| g.not_ready()),
             }
         };
         let decisions = decide(host, &services_of(status));
@@ -410,6 +434,7 @@ impl Fleet {
             control,
             state: Mutex::new(State::default()),
             apply: Mutex::new(()),
+            gate: None,
         }
     }
 

@@ -24,6 +24,7 @@ pub mod config;
 pub mod etcd;
 pub mod host;
 pub mod reload;
+pub mod sync;
 
 pub use config::BgpConfig;
 pub use host::{EVALUATE_EVERY, Fleet};

@@ -40,6 +40,12 @@ struct Args {
     /// floor_median, ratio) instead of the table.
     #[arg(long)]
     json: bool,
+    /// Load the program with flow reports on (as with `[sync]`): a completed handshake or a
+    /// close writes a record to the `FLOW_EVENTS` ring, drained after every test_run call. Keep
+    /// `--repeat` under 50,000 for the reporting cases, or the 4 MiB ring fills within a call
+    /// and the rest of its repeats measure a failing write.
+    #[arg(long)]
+    flow_reports: bool,
 }
 
 /// One measured case, as `--json` prints it.
@@ -111,6 +117,7 @@ fn bench_table_size(
     floor: &mut u64,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
+    lb_daemon::dataplane::set_flow_reports(args.flow_reports);
     let mut bed = PacketBed::with_options(DataplaneOptions {
         table_slots: 8,
         flow_entries,
@@ -233,6 +240,13 @@ fn bench_table_size(
             new_flow_limit: 1,
         },
         Case {
+            name: "first ACK new source, dsr v4 (recorded established; reported)",
+            frame: Frame::syn(client, dsr).with(ACK, b"").build(),
+            target: Target::Lb,
+            vary_offset: IPV4_SRC_OFFSET,
+            new_flow_limit: 0,
+        },
+        Case {
             name: "SYN new source, nat v4, flood mode engaged (HALF_OPEN)",
             frame: Frame::syn(client, nat).build(),
             target: Target::Lb,
@@ -241,6 +255,7 @@ fn bench_table_size(
         },
     ];
 
+    let mut ring = bed.dp.take_flow_events();
     if !args.json {
         let insns = bed.dp.program().info().ok().and_then(|i| i.size_translated()).unwrap_or(0) / 8;
         println!(
@@ -285,6 +300,9 @@ fn bench_table_size(
             })?;
             verdict = r.return_value;
             times.push(r.duration.as_nanos() as u64);
+            if let Some(ring) = ring.as_mut() {
+                while ring.next().is_some() {}
+            }
         }
         times.sort_unstable();
         let (min, median, max) = (times[0], times[times.len() / 2], times[times.len() - 1]);

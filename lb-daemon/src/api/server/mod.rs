@@ -93,6 +93,8 @@ pub struct ServeOptions {
     pub read_token: Option<String>,
     /// Optional listener serving only `GET /metrics`, without a token.
     pub metrics: Option<SocketAddr>,
+    /// The flow sync (`[sync]`), for `sync` in the status and the `lb_sync_*` metrics.
+    pub sync: Option<Arc<crate::fleet::sync::FlowSync>>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -160,7 +162,7 @@ pub async fn serve_notifying(
         None => None,
     };
     listening();
-    let extra = Extra { read_token: opts.read_token, metrics };
+    let extra = Extra { read_token: opts.read_token, metrics, sync: opts.sync };
     serve_listeners(control, unix, tcp, extra, opts.limits, opts.fleet, shutdown).await;
     Ok(())
 }
@@ -172,6 +174,8 @@ struct Extra {
     read_token: Option<String>,
     /// The listener serving only `GET /metrics`.
     metrics: Option<TcpListener>,
+    /// The flow sync (`[sync]`), for `sync` in the status and the `lb_sync_*` metrics.
+    sync: Option<Arc<crate::fleet::sync::FlowSync>>,
 }
 
 /// Per-server state shared by every connection.
@@ -187,6 +191,8 @@ struct Shared {
     stats: ConnStats,
     /// The BGP announcer, when configured.
     fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// The flow sync, when configured.
+    sync: Option<Arc<crate::fleet::sync::FlowSync>>,
 }
 
 /// Who is on the other end of a connection.
@@ -215,10 +221,11 @@ async fn serve_on(
     unix: UnixSocket,
     tcp: Option<(TcpListener, String)>,
     limits: ApiLimits,
-    fleet: Option<Arc<crate::fleet::Fleet>>,
+    (fleet, sync): (Option<Arc<crate::fleet::Fleet>>, Option<Arc<crate::fleet::sync::FlowSync>>),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    serve_listeners(control, unix, tcp, Extra::default(), limits, fleet, shutdown).await;
+    let extra = Extra { sync, ..Extra::default() };
+    serve_listeners(control, unix, tcp, extra, limits, fleet, shutdown).await;
 }
 
 /// The accept loops, then the drain, with the read-only token and the metrics listener.
@@ -232,7 +239,7 @@ async fn serve_listeners(
     fleet: Option<Arc<crate::fleet::Fleet>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let Extra { read_token, metrics: metrics_listener } = extra;
+    let Extra { read_token, metrics: metrics_listener, sync } = extra;
     let (tcp_listener, token) = match tcp {
         Some((l, t)) => (Some(l), Some(t)),
         None => (None, None),
@@ -246,6 +253,7 @@ async fn serve_listeners(
         slots: [slots(), slots(), slots()],
         stats: ConnStats::default(),
         fleet,
+        sync,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; `recv` returns None once all of them are gone.

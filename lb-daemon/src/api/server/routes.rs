@@ -199,7 +199,10 @@ pub(super) async fn route_and_dispatch(
         }
         Route::Status => {
             let status = call(&control, |c| c.status()).await?;
-            let value = crate::fleet::api::status_with_bgp(status, shared.fleet.as_ref());
+            let mut value = crate::fleet::api::status_with_bgp(status, shared.fleet.as_ref());
+            if let (Some(sync), serde_json::Value::Object(map)) = (&shared.sync, &mut value) {
+                map.insert("sync".into(), serde_json::to_value(sync.view()).unwrap_or_default());
+            }
             json_response(&crate::fleet::etcd::api::with_fleet(&control, value).await)
         }
         Route::Services => json_response(&call(&control, |c| c.status().map(|s| s.services)).await?),
@@ -239,6 +242,9 @@ pub(super) async fn route_and_dispatch(
         Route::Metrics => {
             let mut text = call(&control, |c| c.metrics()).await?;
             shared.render_metrics(&mut text);
+            if let Some(sync) = &shared.sync {
+                sync.render_metrics(&mut text);
+            }
             response(200, METRICS_CONTENT_TYPE, Bytes::from(text))
         }
     };

@@ -212,7 +212,8 @@ impl TestServer {
             let addr = listener.local_addr().unwrap();
             let unix = bind_unix(&socket).unwrap();
             let task = tokio::spawn(async move {
-                serve_on(control, unix, Some((listener, TOKEN.to_owned())), limits, None, shutdown).await;
+                serve_on(control, unix, Some((listener, TOKEN.to_owned())), limits, (None, None), shutdown)
+                    .await;
                 Ok(())
             });
             (task, Some(addr))
@@ -224,6 +225,7 @@ impl TestServer {
                 fleet: None,
                 read_token: None,
                 metrics: None,
+                sync: None,
             };
             let task = tokio::spawn(serve(control, opts, shutdown));
             for _ in 0..200 {
