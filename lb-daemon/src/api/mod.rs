@@ -8,8 +8,8 @@ pub mod model;
 pub mod server;
 
 use model::{
-    ApiError, DrainView, HistoryEntry, ReloadOutcome, RollbackRequest, ServiceView, ShutdownRequest,
-    SplitRequest, StatusView, SwitchOutcome, SwitchRequest, WatchView,
+    ApiError, BackendOutcome, BackendRequest, DrainView, HistoryEntry, ReloadOutcome, RollbackRequest,
+    ServiceView, ShutdownRequest, SplitRequest, StatusView, SwitchOutcome, SwitchRequest, WatchView,
 };
 
 /// What the API server needs from the daemon. Implementations serialize mutations themselves;
@@ -53,4 +53,12 @@ pub trait Control: Send + Sync + 'static {
     fn drain(&self, service: Option<&str>) -> Result<DrainView, ApiError>;
     /// The watch of the service's last switch (`None` when there never was one).
     fn watch(&self, service: Option<&str>) -> Result<Option<WatchView>, ApiError>;
+    /// Drains, disables, enables or re-weights one backend (of `service` when named, else
+    /// found in every service by address).
+    fn backend(
+        &self,
+        service: Option<&str>,
+        req: &BackendRequest,
+        requester: &str,
+    ) -> Result<BackendOutcome, ApiError>;
 }

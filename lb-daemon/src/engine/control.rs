@@ -7,8 +7,9 @@ use crate::{
     api::{
         Control,
         model::{
-            ApiError, DrainView, HistoryEntry, ReloadOutcome, RollbackRequest, ServiceView, ShutdownRequest,
-            SplitRequest, StatusView, SwitchOutcome, SwitchRequest, WatchView,
+            ApiError, BackendOutcome, BackendRequest, DrainView, HistoryEntry, ReloadOutcome,
+            RollbackRequest, ServiceView, ShutdownRequest, SplitRequest, StatusView, SwitchOutcome,
+            SwitchRequest, WatchView,
         },
     },
     config::Config,
@@ -100,6 +101,15 @@ impl Control for Engine {
         let core = self.lock();
         let name = core.service_layout(service)?.name.clone();
         Ok(core.watch_view(&name))
+    }
+
+    fn backend(
+        &self,
+        service: Option<&str>,
+        req: &BackendRequest,
+        requester: &str,
+    ) -> Result<BackendOutcome, ApiError> {
+        self.lock().backend(service, req, requester)
     }
 
     fn metrics(&self) -> Result<String, ApiError> {

@@ -11,6 +11,7 @@
 //! wraps a `Core` over the real maps with what needs a kernel or a runtime: attaching XDP,
 //! health-check tasks, neighbour entries, timers. Mutations are serialized by one mutex.
 
+pub mod backend_control;
 mod control;
 pub mod core;
 pub mod drain;

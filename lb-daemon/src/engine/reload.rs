@@ -13,7 +13,7 @@ use crate::{
     config::Config,
     dataplane::Maps,
 };
-use lb_common::maps::{BACKEND_UP, Backend, MAX_VIPS_PER_BACKEND, NatBackend, NatVip, Service, VipValue};
+use lb_common::maps::{Backend, MAX_VIPS_PER_BACKEND, NatBackend, NatVip, Service, VipValue};
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
@@ -139,7 +139,8 @@ impl<M: Maps> Core<M> {
         why: &str,
         history: &mut Vec<String>,
     ) -> Result<(), ApiError> {
-        // 1. Backends: new and kept ones up; retired ones down (their flows re-balance).
+        // 1. Backends: new and kept ones up (unless disabled by an operator); retired ones down
+        // (their flows re-balance).
         let new_indices = layout.backend_indices();
         for svc in &layout.services {
             for (_, b) in svc.backends() {
@@ -147,7 +148,12 @@ impl<M: Maps> Core<M> {
                 self.maps
                     .set_backend(
                         b.index,
-                        &Backend { addr, port: b.addr.port().to_be(), family, flags: BACKEND_UP },
+                        &Backend {
+                            addr,
+                            port: b.addr.port().to_be(),
+                            family,
+                            flags: self.backend_flags(b.index),
+                        },
                     )
                     .map_err(dp_err)?;
             }
@@ -186,6 +192,7 @@ impl<M: Maps> Core<M> {
                     mode: SwitchMode::Drain,
                     requester: why.to_string(),
                     reason: Some("the active pool was removed from the config".into()),
+                    backend: None,
                 });
                 active = configured;
             }

@@ -381,6 +381,7 @@ impl<M: Maps> Core<M> {
             mode,
             requester: requester.to_string(),
             reason: reason.clone().or_else(|| (!warnings.is_empty()).then(|| warnings.join("; "))),
+            backend: None,
         });
         // A change by someone ends the running watch; the automatic rollback ends it itself.
         if kind != HistoryKind::AutoRollback

@@ -42,7 +42,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::Control;
 use super::model::{
-    ApiError, ErrorCode, HealthView, RollbackRequest, ShutdownRequest, SplitRequest, SwitchRequest,
+    ApiError, BackendRequest, ErrorCode, HealthView, RollbackRequest, ShutdownRequest, SplitRequest,
+    SwitchRequest,
 };
 
 /// Largest accepted request body; a bigger one gets 413.

@@ -20,6 +20,8 @@ pub(super) enum Route {
     Shutdown,
     OpenApi,
     Metrics,
+    /// `POST /v1/backend`, `POST /v1/services/{name}/backend`: change one backend.
+    Backend(Option<String>),
 }
 
 impl Route {
@@ -50,6 +52,8 @@ impl Route {
             ["reload"] => Route::Reload,
             ["shutdown"] => Route::Shutdown,
             ["openapi.json"] => Route::OpenApi,
+            ["services", n, "backend"] => Route::Backend(Some(name(n)?)),
+            ["backend"] => Route::Backend(None),
             _ => return None,
         })
     }
@@ -57,9 +61,12 @@ impl Route {
     /// The one method the route answers.
     pub(super) fn method(&self) -> Method {
         match self {
-            Route::Switch(_) | Route::Rollback(_) | Route::Split(_) | Route::Reload | Route::Shutdown => {
-                Method::POST
-            }
+            Route::Switch(_)
+            | Route::Rollback(_)
+            | Route::Split(_)
+            | Route::Reload
+            | Route::Shutdown
+            | Route::Backend(_) => Method::POST,
             _ => Method::GET,
         }
     }
@@ -72,7 +79,8 @@ impl Route {
             | Route::Rollback(Some(n))
             | Route::Split(Some(n))
             | Route::Drain(Some(n))
-            | Route::Watch(Some(n)) => n,
+            | Route::Watch(Some(n))
+            | Route::Backend(Some(n)) => n,
             _ => return Ok(None),
         };
         check_service_name(name).map(Some)
@@ -212,6 +220,11 @@ pub(super) async fn route_and_dispatch(
             let body: ShutdownRequest = read_json(req, true, body_timeout).await?;
             call(&control, move |c| c.shutdown(&body, &requester)).await?;
             json_response(&serde_json::json!({ "ok": true }))
+        }
+        Route::Backend(_) => {
+            let body: BackendRequest = read_json(req, false, body_timeout).await?;
+            let out = call(&control, move |c| c.backend(service.as_deref(), &body, &requester)).await?;
+            json_response(&out)
         }
         Route::OpenApi => response(200, "application/json", Bytes::from_static(OPENAPI_JSON.as_bytes())),
         Route::Metrics => {

@@ -37,6 +37,8 @@ impl Fake {
                         up: true,
                         last_error: None,
                         traffic: Traffic::default(),
+                        admin: Default::default(),
+                        configured_weight: None,
                     }],
                     traffic: Traffic::default(),
                 })
@@ -141,8 +143,34 @@ impl Control for Fake {
                 mode: SwitchMode::Drain,
                 requester: "test".into(),
                 reason: None,
+                backend: None,
             })
             .collect())
+    }
+    fn backend(
+        &self,
+        service: Option<&str>,
+        req: &BackendRequest,
+        requester: &str,
+    ) -> Result<BackendOutcome, ApiError> {
+        self.check(service)?;
+        if req.addr != "10.0.0.1:8080" {
+            return Err(ApiError::not_found(format!("no backend {} in any pool", req.addr)));
+        }
+        self.requesters.lock().unwrap().push(requester.to_owned());
+        let before = BackendSetting { admin: BackendAdmin::Enabled, weight: 1 };
+        let after = BackendSetting { admin: BackendAdmin::Drain, weight: 1 };
+        Ok(BackendOutcome {
+            service: "web".into(),
+            pool: "pool-a".into(),
+            addr: req.addr.clone(),
+            changed: true,
+            before,
+            after,
+            apply_us: 5,
+            history_id: Some(2),
+            warnings: vec![],
+        })
     }
     fn reload(&self, _requester: &str) -> Result<ReloadOutcome, ApiError> {
         Ok(ReloadOutcome { changed: false, changes: vec![] })
