@@ -64,6 +64,7 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// Content type of `GET /metrics` (Prometheus text exposition format).
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+pub mod identity;
 mod limits;
 mod routes;
 #[cfg(test)]
@@ -153,6 +154,8 @@ struct Peer {
     desc: Arc<str>,
     /// TCP connections must authenticate.
     tcp: bool,
+    /// Who the history records (see [`identity`]): the uid's name, or [`identity::TCP_USER`].
+    user: Arc<str>,
 }
 
 /// The accept loops, then the drain. Listeners are already bound.
@@ -186,15 +189,15 @@ async fn serve_on(
             () = &mut shutdown => break,
             accepted = unix.listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let desc = match stream.peer_cred() {
+                    let (desc, user) = match stream.peer_cred() {
                         // tokio reads SO_PEERCRED (getsockopt) here.
-                        Ok(cred) => match cred.pid() {
+                        Ok(cred) => (match cred.pid() {
                             Some(pid) => format!("uid={} pid={pid}", cred.uid()),
                             None => format!("uid={}", cred.uid()),
-                        },
-                        Err(e) => format!("unix peer, credentials unknown: {e}"),
+                        }, identity::user_of_uid(cred.uid())),
+                        Err(e) => (format!("unix peer, credentials unknown: {e}"), "unknown".to_string()),
                     };
-                    let peer = Peer { desc: desc.into(), tcp: false };
+                    let peer = Peer { desc: desc.into(), tcp: false, user: user.into() };
                     spawn_connection(stream, peer, &shared, &stop_rx, &alive_tx);
                 }
                 Err(e) => accept_failed("unix", e).await,
@@ -202,7 +205,8 @@ async fn serve_on(
             accepted = accept_tcp(tcp_listener.as_ref()) => match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let peer = Peer { desc: format!("tcp:{addr}").into(), tcp: true };
+                    let peer =
+                        Peer { desc: format!("tcp:{addr}").into(), tcp: true, user: identity::TCP_USER.into() };
                     spawn_connection(stream, peer, &shared, &stop_rx, &alive_tx);
                 }
                 Err(e) => accept_failed("tcp", e).await,

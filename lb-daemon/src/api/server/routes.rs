@@ -1,6 +1,7 @@
 //! Routes: parsing a request into a [`Route`], authenticating it and dispatching it to
 //! [`Control`], with body limits, the history query and the JSON/error responses.
 
+use super::identity::requester;
 use super::*;
 
 /// The API's routes.
@@ -157,7 +158,7 @@ pub(super) async fn route_and_dispatch(
     }
     let body_timeout = (shared.limits.body_timeout, &shared.stats.body_timeouts);
     let path = req.uri().path();
-    let who = requester(req.headers(), &peer.desc);
+    let who = requester(req.headers(), &peer.user, &peer.desc);
     if let Some(answer) = crate::fleet::api::route(shared.fleet.as_ref(), req.method(), path, &who).await {
         return Ok(json_response(&answer?));
     }
@@ -172,7 +173,7 @@ pub(super) async fn route_and_dispatch(
         return Ok(resp);
     }
     let service = route.service()?.map(str::to_owned);
-    let requester = requester(req.headers(), &peer.desc);
+    let requester = requester(req.headers(), &peer.user, &peer.desc);
     let control = shared.control.clone();
 
     let resp = match route {
@@ -351,20 +352,6 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= u64::from(x ^ y);
     }
     std::hint::black_box(diff) == 0
-}
-
-/// The history's "who asked": the client's `X-LB-Requester` (cleaned up) and the peer.
-pub(super) fn requester(headers: &HeaderMap, peer: &str) -> String {
-    let claimed: String = headers
-        .get("x-lb-requester")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
-    let claimed: String = claimed.trim().chars().take(MAX_REQUESTER_CHARS).collect();
-    let claimed = claimed.trim_end();
-    if claimed.is_empty() { format!("({peer})") } else { format!("{claimed} ({peer})") }
 }
 
 /// 200 with a JSON body.
