@@ -64,7 +64,8 @@ impl Control for Engine {
     fn reload(&self, requester: &str) -> Result<ReloadOutcome, ApiError> {
         crate::preflight::check_forwarding(&self.lock().config, &self.warnings);
         let new = Config::load(&self.config_path)
-            .map_err(|e| ApiError::invalid(format!("config not reloaded, nothing changed: {e}")))?;
+            .map_err(|e| ApiError::invalid(format!("config not reloaded, nothing changed: {e}")))
+            .inspect_err(|e| tracing::error!(requester, error = %e, "reload refused"))?;
         let mut core = self.lock();
         let outcome = core.reload(new, requester);
         // Also after a failure: a reload applied but not persisted serves the new config. The
@@ -74,7 +75,13 @@ impl Control for Engine {
         }
         crate::preflight::check_forwarding(&core.config, &self.warnings);
         drop(core);
-        let outcome = outcome?;
+        // Logged here, whoever asked (lbctl reload, SIGHUP), refused or not.
+        let outcome = outcome.inspect_err(|e| tracing::error!(requester, error = %e, "reload refused"))?;
+        if outcome.changed {
+            tracing::info!(requester, changes = %outcome.changes.join("; "), "config reloaded");
+        } else {
+            tracing::info!(requester, "config reloaded: nothing changed");
+        }
         if outcome.changed {
             self.keep_neighbours(Duration::ZERO);
         }

@@ -20,6 +20,7 @@ pub mod layout;
 pub mod metrics;
 pub mod rebuild;
 pub mod reload;
+mod reload_summary;
 pub mod state;
 pub mod switch;
 #[cfg(test)]

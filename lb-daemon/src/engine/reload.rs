@@ -55,7 +55,11 @@ pub(super) fn service_changes(old: &Config, new: &Config) -> Vec<String> {
     for s in &new.services {
         match old.service(&s.name) {
             None => changes.push(format!("service {} added", s.name)),
-            Some(o) if o != s => changes.push(format!("service {} changed", s.name)),
+            Some(o) if o != s => changes.push(format!(
+                "service {} changed: {}",
+                s.name,
+                super::reload_summary::describe(o, s).join(", ")
+            )),
             _ => {}
         }
     }
@@ -92,7 +96,7 @@ impl<M: Maps> Core<M> {
         }
         let flows_changed = new.flows != self.config.flows;
         if flows_changed {
-            changes.push(format!("flows settings: {:?}", new.flows));
+            changes.extend(super::reload_summary::flows(&self.config.flows, &new.flows));
         }
         if !services_changed {
             if flows_changed {
@@ -125,7 +129,6 @@ impl<M: Maps> Core<M> {
             self.maps.set_settings(&new.flows.settings()).map_err(dp_err)?;
         }
         self.config = new;
-        tracing::info!(requester, changes = ?changes, "config reloaded");
         self.persist()?;
         Ok(ReloadOutcome { changed: true, changes })
     }
