@@ -59,7 +59,11 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: not in journald, files or pipes.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match args.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -231,10 +235,9 @@ fn run(args: Args) -> Result<()> {
             let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
             while hup.recv().await.is_some() {
                 let engine = reloader.clone();
-                match tokio::task::spawn_blocking(move || engine.reload("SIGHUP")).await {
-                    Ok(Ok(outcome)) => tracing::info!(changed = outcome.changed, "SIGHUP reload done"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP reload refused"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP reload panicked"),
+                // The reload logs its outcome itself, as for `lbctl reload` (requester "SIGHUP").
+                if let Err(e) = tokio::task::spawn_blocking(move || engine.reload("SIGHUP")).await {
+                    tracing::error!(error = %e, "SIGHUP reload panicked");
                 }
             }
         });

@@ -148,6 +148,20 @@ impl Client {
         self.post_text(&format!("/v1/host/{verb}"), &serde_json::json!({}))
     }
 
+    /// `POST /v1/backend` (`/v1/services/{service}/backend` when a service is named): drains,
+    /// disables, enables or re-weights one backend.
+    pub fn backend(
+        &self,
+        service: Option<&str>,
+        req: &super::model::BackendRequest,
+    ) -> Result<super::model::BackendOutcome, ClientError> {
+        let path = match service {
+            Some(s) => format!("/v1/services/{s}/backend"),
+            None => "/v1/backend".to_string(),
+        };
+        self.post(&path, req)
+    }
+
     fn post_bytes<B: Serialize>(&self, path: &str, body: &B) -> Result<Bytes, ClientError> {
         let body = serde_json::to_vec(body)
             .map_err(|e| ClientError::Protocol(format!("cannot encode the request: {e}")))?;

@@ -8,8 +8,9 @@ pub mod model;
 pub mod server;
 
 use model::{
-    ApiError, DrainView, FleetView, HistoryEntry, ReloadOutcome, RollbackRequest, ServiceView,
-    ShutdownRequest, SplitRequest, StatusView, SwitchOutcome, SwitchRequest, WatchView,
+    ApiError, BackendOutcome, BackendRequest, DrainView, FleetView, HistoryEntry, ReloadOutcome,
+    RollbackRequest, ServiceView, ShutdownRequest, SplitRequest, StatusView, SwitchOutcome, SwitchRequest,
+    WatchView,
 };
 
 /// What the API server needs from the daemon. Implementations serialize mutations themselves;
@@ -57,4 +58,13 @@ pub trait Control: Send + Sync + 'static {
     fn fleet(&self) -> Result<Option<FleetView>, ApiError> {
         Ok(None)
     }
+
+    /// Drains, disables, enables or re-weights one backend (of `service` when named, else
+    /// found in every service by address).
+    fn backend(
+        &self,
+        service: Option<&str>,
+        req: &BackendRequest,
+        requester: &str,
+    ) -> Result<BackendOutcome, ApiError>;
 }

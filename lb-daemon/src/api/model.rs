@@ -241,6 +241,9 @@ pub enum HistoryKind {
     Reload,
     /// The daemon rolled back by itself.
     AutoRollback,
+    /// An operator changed one backend (`lbctl backend drain|disable|enable|weight`); the
+    /// entry's `backend` says which and how.
+    Backend,
 }
 
 /// One recorded change of a service's active pool.
@@ -265,6 +268,10 @@ pub struct HistoryEntry {
     /// Free text, e.g. why an automatic rollback happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The backend changed, for a `backend` entry (`from` and `to` then both name what the
+    /// service serves, which the change leaves as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendChange>,
 }
 
 /// Counters of a backend, a pool or a VIP, summed over CPUs.
@@ -294,6 +301,13 @@ pub struct BackendView {
     pub last_error: Option<String>,
     /// Its counters.
     pub traffic: Traffic,
+    /// What an operator set (`lbctl backend drain|disable|enable`): `enabled` unless changed.
+    #[serde(default)]
+    pub admin: BackendAdmin,
+    /// The config's weight, when `lbctl backend weight` set another one (`weight` is the one in
+    /// force); `None` when the config's weight is in force.
+    #[serde(default)]
+    pub configured_weight: Option<u32>,
 }
 
 /// One pool of a service.
@@ -600,4 +614,174 @@ pub struct FleetHostView {
     pub api: Option<String>,
     /// Milliseconds since it last wrote its status (by this host's clock).
     pub age_ms: u64,
+}
+
+impl SwitchMode {
+    /// The name as the API spells it (`drain`, `hard`), for logs and text output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchMode::Drain => "drain",
+            SwitchMode::Hard => "hard",
+        }
+    }
+}
+
+impl std::fmt::Display for SwitchMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl HistoryKind {
+    /// The name as the API spells it (`switch`, `auto_rollback`, …), for logs: a log search
+    /// for a value finds the same word the API and the history show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryKind::Switch => "switch",
+            HistoryKind::Rollback => "rollback",
+            HistoryKind::Split => "split",
+            HistoryKind::Reload => "reload",
+            HistoryKind::AutoRollback => "auto_rollback",
+            HistoryKind::Backend => "backend",
+        }
+    }
+}
+
+impl std::fmt::Display for HistoryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an operator set for one backend at runtime (HAProxy's `set server ... state`). Health
+/// checks go on in every state; `healthy` in the status counts only `enabled` backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendAdmin {
+    /// In service: takes new flows while healthy (the default).
+    #[default]
+    Enabled,
+    /// Takes no new flows; established flows stay on it until they end (HAProxy `drain`, or
+    /// `maint` without `shutdown sessions`).
+    Drain,
+    /// Out of service, a hard cut: no new flows, and its established flows move to the pool's
+    /// other backends on their next packet (where they are reset, as after a hard switch).
+    Disabled,
+}
+
+impl BackendAdmin {
+    /// The name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendAdmin::Enabled => "enabled",
+            BackendAdmin::Drain => "drain",
+            BackendAdmin::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `POST /v1/backend` does to one backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendAction {
+    /// No new flows, established ones stay ([`BackendAdmin::Drain`]).
+    #[default]
+    Drain,
+    /// Out of service, established flows move ([`BackendAdmin::Disabled`]).
+    Disable,
+    /// Back in service ([`BackendAdmin::Enabled`]); the weight is left as it is.
+    Enable,
+    /// A new Maglev weight (`weight` in the request), 0 to 10000; 0 takes no new flows.
+    Weight,
+}
+
+impl BackendAction {
+    /// The name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendAction::Drain => "drain",
+            BackendAction::Disable => "disable",
+            BackendAction::Enable => "enable",
+            BackendAction::Weight => "weight",
+        }
+    }
+}
+
+/// `POST /v1/backend` and `POST /v1/services/{name}/backend`: change one backend at runtime.
+/// The backend is found by address in the named service (or in every service); `pool` is
+/// needed when the address is in several pools.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRequest {
+    /// `ip:port` (IPv6 in brackets: `[2001:db8::1]:443`).
+    pub addr: String,
+    /// The pool holding it, when the address is in several.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// What to do.
+    pub action: BackendAction,
+    /// The new weight, for `weight` only.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Change even when it leaves an active pool with fewer in-service healthy backends than
+    /// its `min_healthy` (recorded in the history).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// A backend's runtime setting: its state and the weight in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendSetting {
+    /// State set by an operator.
+    pub admin: BackendAdmin,
+    /// Maglev weight in force.
+    pub weight: u32,
+}
+
+/// The history's record of a backend change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendChange {
+    /// Pool holding the backend.
+    pub pool: String,
+    /// `ip:port`.
+    pub addr: String,
+    /// What was asked.
+    pub action: BackendAction,
+    /// Before.
+    pub before: BackendSetting,
+    /// After.
+    pub after: BackendSetting,
+    /// True when `force` overrode the `min_healthy` refusal.
+    #[serde(default)]
+    pub forced: bool,
+}
+
+/// Result of `POST /v1/backend`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendOutcome {
+    /// Service name.
+    pub service: String,
+    /// Pool holding the backend.
+    pub pool: String,
+    /// `ip:port`.
+    pub addr: String,
+    /// False when the backend already was in the requested state (nothing was written).
+    pub changed: bool,
+    /// Before.
+    pub before: BackendSetting,
+    /// After.
+    pub after: BackendSetting,
+    /// Microseconds from accepting the request to the last map update that made it effective.
+    pub apply_us: u64,
+    /// History entry recorded for it (absent when nothing changed).
+    pub history_id: Option<u64>,
+    /// Things worth knowing (e.g. a forced change below min_healthy).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }

@@ -7,7 +7,8 @@ use crate::{
     api::{
         Control,
         model::{
-            Active, ApiError, DrainView, FleetView, HistoryEntry, HistoryKind, ReloadOutcome,
+            Active, ApiError, BackendOutcome, BackendRequest, DrainView, FleetView, HistoryEntry, HistoryKind,
+            ReloadOutcome,
             RollbackRequest, ServiceView, ShutdownRequest, SplitRequest, StatusView, SwitchOutcome,
             SwitchRequest, WatchView,
         },
@@ -98,9 +99,10 @@ impl Control for Engine {
     fn reload(&self, requester: &str) -> Result<ReloadOutcome, ApiError> {
         crate::preflight::check_forwarding(&self.lock().config, &self.warnings);
         let new = Config::load(&self.config_path)
-            .map_err(|e| ApiError::invalid(format!("config not reloaded, nothing changed: {e}")))?;
+            .map_err(|e| ApiError::invalid(format!("config not reloaded, nothing changed: {e}")))
+            .inspect_err(|e| tracing::error!(requester, error = %e, "reload refused"))?;
         // [bgp] first: BIRD confirms the new settings or the reload is refused, nothing changed.
-        let bgp = self.reload_bgp(&new)?;
+        let bgp = self.reload_bgp(&new).inspect_err(|e| tracing::error!(requester, error = %e, "reload refused"))?;
         let mut core = self.lock();
         let outcome = core.reload(new, requester);
         // Also after a failure: a reload applied but not persisted serves the new config. The
@@ -110,7 +112,14 @@ impl Control for Engine {
         }
         crate::preflight::check_forwarding(&core.config, &self.warnings);
         drop(core);
-        let outcome = with_bgp(outcome, bgp)?;
+        // Logged here, whoever asked (lbctl reload, SIGHUP), refused or not.
+        let outcome =
+            with_bgp(outcome, bgp).inspect_err(|e| tracing::error!(requester, error = %e, "reload refused"))?;
+        if outcome.changed {
+            tracing::info!(requester, changes = %outcome.changes.join("; "), "config reloaded");
+        } else {
+            tracing::info!(requester, "config reloaded: nothing changed");
+        }
         if outcome.changed {
             self.keep_neighbours(Duration::ZERO);
         }
@@ -145,6 +154,15 @@ impl Control for Engine {
 
     fn fleet(&self) -> Result<Option<FleetView>, ApiError> {
         Ok(self.fleet.get().map(|node| node.view()))
+    }
+
+    fn backend(
+        &self,
+        service: Option<&str>,
+        req: &BackendRequest,
+        requester: &str,
+    ) -> Result<BackendOutcome, ApiError> {
+        self.lock().backend(service, req, requester)
     }
 
     fn metrics(&self) -> Result<String, ApiError> {

@@ -67,6 +67,9 @@ pub struct Core<M: Maps> {
     pub(super) health_errors: BTreeMap<u32, String>,
     /// Slots some `SERVICES` entry may still point at (adopted from an earlier daemon).
     pub(super) reserved: BTreeSet<u32>,
+    /// Backends whose runtime setting is persisted but not fully written to the data plane
+    /// yet (a map write failed): repeating the request writes it.
+    pub(super) backend_unapplied: BTreeSet<u32>,
     pub(super) clock: WallClock,
 }
 
@@ -109,6 +112,7 @@ impl<M: Maps> Core<M> {
             down: BTreeSet::new(),
             health_errors: BTreeMap::new(),
             reserved,
+            backend_unapplied: BTreeSet::new(),
             clock,
         };
         let mut history = Vec::new();
@@ -182,9 +186,11 @@ impl<M: Maps> Core<M> {
         Ok(matching.into_iter().skip(skip).collect())
     }
 
-    /// Healthy backends of a pool, its `min_healthy`, and a description of the unhealthy ones.
+    /// Healthy in-service backends of a pool (not drained or disabled by an operator, weight
+    /// above 0), its `min_healthy`, and a description of the others.
     pub(super) fn pool_health(&self, svc: &ServiceLayout, pool: &str) -> (u32, u32, Vec<String>) {
         let Some(p) = svc.pool(pool) else { return (0, 0, Vec::new()) };
+        let out = self.admin_out();
         let mut healthy = 0;
         let mut bad = Vec::new();
         for b in &p.backends {
@@ -192,6 +198,8 @@ impl<M: Maps> Core<M> {
                 let why =
                     self.health_errors.get(&b.index).map(String::as_str).unwrap_or("failing health checks");
                 bad.push(format!("{} ({why})", b.addr));
+            } else if let Some(admin) = out.get(&b.index) {
+                bad.push(format!("{} ({admin} by an operator)", b.addr));
             } else if b.weight > 0 {
                 healthy += 1;
             }
@@ -222,7 +230,9 @@ impl<M: Maps> Core<M> {
     }
 
     pub(super) fn is_up(&self) -> impl Fn(u32) -> bool + '_ {
-        move |i| !self.down.contains(&i)
+        // Backends an operator drained or disabled take no new flows either.
+        let out = self.admin_out();
+        move |i| !self.down.contains(&i) && !out.contains_key(&i)
     }
 
     /// Slots the `SERVICES` entries point at now.

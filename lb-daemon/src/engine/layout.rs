@@ -125,6 +125,7 @@ pub fn plan(config: &Config, state: &mut PersistedState) -> anyhow::Result<Layou
         })
         .collect();
     state.backend_indices.retain(|k, _| wanted_backends.contains(k));
+    state.backend_settings.retain(|k, _| wanted_backends.contains(k));
     let wanted_vips: BTreeSet<String> =
         config.services.iter().flat_map(|s| s.vips.iter().map(|v| v.to_string())).collect();
     state.vip_indices.retain(|k, _| wanted_vips.contains(k));
@@ -166,6 +167,8 @@ pub fn plan(config: &Config, state: &mut PersistedState) -> anyhow::Result<Layou
             let mut backends = Vec::new();
             for b in &pool.backends {
                 let key = backend_key(&svc.name, &pool.name, &b.addr);
+                // A weight set at runtime (`lbctl backend weight`) stays in force over reloads.
+                let weight = state.backend_settings.get(&key).and_then(|o| o.weight).unwrap_or(b.weight);
                 let index = match state.backend_indices.get(&key) {
                     Some(i) => *i,
                     None => {
@@ -176,7 +179,7 @@ pub fn plan(config: &Config, state: &mut PersistedState) -> anyhow::Result<Layou
                         i
                     }
                 };
-                backends.push(BackendLayout { addr: b.addr, weight: b.weight, index });
+                backends.push(BackendLayout { addr: b.addr, weight, index });
             }
             pools.push(PoolLayout { name: pool.name.clone(), backends, min_healthy: pool.min_healthy });
         }

@@ -11,6 +11,7 @@
 //! wraps a `Core` over the real maps with what needs a kernel or a runtime: attaching XDP,
 //! health-check tasks, neighbour entries, timers. Mutations are serialized by one mutex.
 
+pub mod backend_control;
 mod control;
 pub mod core;
 pub mod drain;
@@ -21,6 +22,7 @@ pub mod layout;
 pub mod metrics;
 pub mod rebuild;
 pub mod reload;
+mod reload_summary;
 pub mod state;
 pub mod switch;
 mod sync_view;

@@ -13,7 +13,7 @@ use crate::{
     config::Config,
     dataplane::Maps,
 };
-use lb_common::maps::{BACKEND_UP, Backend, MAX_VIPS_PER_BACKEND, NatBackend, NatVip, Service, VipValue};
+use lb_common::maps::{Backend, MAX_VIPS_PER_BACKEND, NatBackend, NatVip, Service, VipValue};
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
@@ -59,7 +59,11 @@ pub(super) fn service_changes(old: &Config, new: &Config) -> Vec<String> {
     for s in &new.services {
         match old.service(&s.name) {
             None => changes.push(format!("service {} added", s.name)),
-            Some(o) if o != s => changes.push(format!("service {} changed", s.name)),
+            Some(o) if o != s => changes.push(format!(
+                "service {} changed: {}",
+                s.name,
+                super::reload_summary::describe(o, s).join(", ")
+            )),
             _ => {}
         }
     }
@@ -96,7 +100,7 @@ impl<M: Maps> Core<M> {
         }
         let flows_changed = new.flows != self.config.flows;
         if flows_changed {
-            changes.push(format!("flows settings: {:?}", new.flows));
+            changes.extend(super::reload_summary::flows(&self.config.flows, &new.flows));
         }
         if !services_changed {
             if flows_changed {
@@ -129,7 +133,6 @@ impl<M: Maps> Core<M> {
             self.maps.set_settings(&new.flows.settings()).map_err(dp_err)?;
         }
         self.config = new;
-        tracing::info!(requester, changes = ?changes, "config reloaded");
         self.persist()?;
         Ok(ReloadOutcome { changed: true, changes })
     }
@@ -143,7 +146,8 @@ impl<M: Maps> Core<M> {
         why: &str,
         history: &mut Vec<String>,
     ) -> Result<(), ApiError> {
-        // 1. Backends: new and kept ones up; retired ones down (their flows re-balance).
+        // 1. Backends: new and kept ones up (unless disabled by an operator); retired ones down
+        // (their flows re-balance).
         let new_indices = layout.backend_indices();
         for svc in &layout.services {
             for (_, b) in svc.backends() {
@@ -151,7 +155,12 @@ impl<M: Maps> Core<M> {
                 self.maps
                     .set_backend(
                         b.index,
-                        &Backend { addr, port: b.addr.port().to_be(), family, flags: BACKEND_UP },
+                        &Backend {
+                            addr,
+                            port: b.addr.port().to_be(),
+                            family,
+                            flags: self.backend_flags(b.index),
+                        },
                     )
                     .map_err(dp_err)?;
             }
@@ -190,6 +199,7 @@ impl<M: Maps> Core<M> {
                     mode: SwitchMode::Drain,
                     requester: why.to_string(),
                     reason: Some("the active pool was removed from the config".into()),
+                    backend: None,
                 });
                 active = configured;
             }

@@ -4,7 +4,7 @@
 //! folder) after every change, so a restart or a reboot comes back to the last switch.
 
 use crate::{
-    api::model::{Active, HistoryEntry, WatchState},
+    api::model::{Active, BackendAdmin, HistoryEntry, WatchState},
     atomic_file::write_atomic,
 };
 use anyhow::{Context, Result};
@@ -82,6 +82,21 @@ pub struct PersistedState {
     /// none yet), so a restart without etcd says which fleet state it serves.
     #[serde(default)]
     pub fleet_revision: i64,
+    /// Runtime settings of backends (`lbctl backend ...`) by `service/pool/addr`, kept across
+    /// restarts and reloads until the config removes the backend. Absent: as configured.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backend_settings: BTreeMap<String, BackendOverride>,
+}
+
+/// What an operator changed of one backend; what is left out is as configured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendOverride {
+    /// State set by `lbctl backend drain|disable|enable`.
+    #[serde(default)]
+    pub admin: BackendAdmin,
+    /// Weight set by `lbctl backend weight`, in force instead of the config's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 impl PersistedState {
@@ -158,6 +173,7 @@ mod tests {
             mode: SwitchMode::Drain,
             requester: "test".into(),
             reason: None,
+            backend: None,
         }
     }
 

@@ -386,6 +386,7 @@ impl<M: Maps> Core<M> {
             mode,
             requester: requester.to_string(),
             reason: reason.clone().or_else(|| (!warnings.is_empty()).then(|| warnings.join("; "))),
+            backend: None,
         });
         // A change by someone ends the running watch; the automatic rollback ends it itself.
         if kind != HistoryKind::AutoRollback
@@ -427,7 +428,7 @@ impl<M: Maps> Core<M> {
             ))));
         }
         let apply_us = started.elapsed().as_micros() as u64;
-        tracing::info!(service = %svc.name, from = %st.active, to = %target, mode = ?mode, kind = ?kind, requester, apply_us, "switched");
+        tracing::info!(service = %svc.name, from = %st.active, to = %target, mode = mode.as_str(), kind = kind.as_str(), requester, apply_us, "switched");
         let watch = self.watch_view(&svc.name).filter(|_| opts.watch_s.is_some());
         Ok(outcome(true, apply_us, Some(id), warnings, watch))
     }

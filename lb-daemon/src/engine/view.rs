@@ -51,13 +51,16 @@ impl<M: Maps> Core<M> {
                 let backends: Vec<BackendView> = p
                     .backends
                     .iter()
-                    .map(|b| BackendView {
+                    .map(|b| (b, self.backend_admin_view(&svc.name, &p.name, &b.addr)))
+                    .map(|(b, (admin, configured_weight))| BackendView {
                         addr: b.addr.to_string(),
                         weight: b.weight,
                         index: b.index,
                         up: !self.down.contains(&b.index),
                         last_error: self.health_errors.get(&b.index).cloned(),
                         traffic: self.traffic(b.index),
+                        admin,
+                        configured_weight,
                     })
                     .collect();
                 let traffic = backends.iter().fold(Traffic::default(), |a, b| Traffic {

@@ -42,7 +42,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::Control;
 use super::model::{
-    ApiError, ErrorCode, HealthView, RollbackRequest, ShutdownRequest, SplitRequest, SwitchRequest,
+    ApiError, BackendRequest, ErrorCode, HealthView, RollbackRequest, ShutdownRequest, SplitRequest,
+    SwitchRequest,
 };
 
 /// Largest accepted request body; a bigger one gets 413.
@@ -63,6 +64,7 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// Content type of `GET /metrics` (Prometheus text exposition format).
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+pub mod identity;
 mod limits;
 mod routes;
 #[cfg(test)]
@@ -204,6 +206,8 @@ struct Peer {
     tcp: bool,
     /// A connection of the `api.metrics` listener: `GET /metrics` and nothing else.
     metrics_only: bool,
+    /// Who the history records (see [`identity`]): the uid's name, or [`identity::TCP_USER`].
+    user: Arc<str>,
 }
 
 impl Peer {
@@ -264,15 +268,15 @@ async fn serve_listeners(
             () = &mut shutdown => break,
             accepted = unix.listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let desc = match stream.peer_cred() {
+                    let (desc, user) = match stream.peer_cred() {
                         // tokio reads SO_PEERCRED (getsockopt) here.
-                        Ok(cred) => match cred.pid() {
+                        Ok(cred) => (match cred.pid() {
                             Some(pid) => format!("uid={} pid={pid}", cred.uid()),
                             None => format!("uid={}", cred.uid()),
-                        },
-                        Err(e) => format!("unix peer, credentials unknown: {e}"),
+                        }, identity::user_of_uid(cred.uid())),
+                        Err(e) => (format!("unix peer, credentials unknown: {e}"), "unknown".to_string()),
                     };
-                    let peer = Peer { desc: desc.into(), tcp: false, metrics_only: false };
+                    let peer = Peer { desc: desc.into(), tcp: false, metrics_only: false, user: user.into() };
                     spawn_connection(stream, peer, &shared, &stop_rx, &alive_tx);
                 }
                 Err(e) => accept_failed("unix", e).await,
@@ -280,7 +284,12 @@ async fn serve_listeners(
             accepted = accept_tcp(tcp_listener.as_ref()) => match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let peer = Peer { desc: format!("tcp:{addr}").into(), tcp: true, metrics_only: false };
+                    let peer = Peer {
+                        desc: format!("tcp:{addr}").into(),
+                        tcp: true,
+                        metrics_only: false,
+                        user: identity::TCP_USER.into(),
+                    };
                     spawn_connection(stream, peer, &shared, &stop_rx, &alive_tx);
                 }
                 Err(e) => accept_failed("tcp", e).await,
@@ -288,7 +297,12 @@ async fn serve_listeners(
             accepted = accept_tcp(metrics_listener.as_ref()) => match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let peer = Peer { desc: format!("metrics:{addr}").into(), tcp: false, metrics_only: true };
+                    let peer = Peer {
+                        desc: format!("metrics:{addr}").into(),
+                        tcp: false,
+                        metrics_only: true,
+                        user: "metrics".into(),
+                    };
                     spawn_connection(stream, peer, &shared, &stop_rx, &alive_tx);
                 }
                 Err(e) => accept_failed("metrics", e).await,

@@ -1,6 +1,7 @@
 //! Routes: parsing a request into a [`Route`], authenticating it and dispatching it to
 //! [`Control`], with body limits, the history query and the JSON/error responses.
 
+use super::identity::requester;
 use super::*;
 
 /// The API's routes.
@@ -20,6 +21,8 @@ pub(super) enum Route {
     Shutdown,
     OpenApi,
     Metrics,
+    /// `POST /v1/backend`, `POST /v1/services/{name}/backend`: change one backend.
+    Backend(Option<String>),
 }
 
 impl Route {
@@ -50,6 +53,8 @@ impl Route {
             ["reload"] => Route::Reload,
             ["shutdown"] => Route::Shutdown,
             ["openapi.json"] => Route::OpenApi,
+            ["services", n, "backend"] => Route::Backend(Some(name(n)?)),
+            ["backend"] => Route::Backend(None),
             _ => return None,
         })
     }
@@ -57,9 +62,12 @@ impl Route {
     /// The one method the route answers.
     pub(super) fn method(&self) -> Method {
         match self {
-            Route::Switch(_) | Route::Rollback(_) | Route::Split(_) | Route::Reload | Route::Shutdown => {
-                Method::POST
-            }
+            Route::Switch(_)
+            | Route::Rollback(_)
+            | Route::Split(_)
+            | Route::Reload
+            | Route::Shutdown
+            | Route::Backend(_) => Method::POST,
             _ => Method::GET,
         }
     }
@@ -72,7 +80,8 @@ impl Route {
             | Route::Rollback(Some(n))
             | Route::Split(Some(n))
             | Route::Drain(Some(n))
-            | Route::Watch(Some(n)) => n,
+            | Route::Watch(Some(n))
+            | Route::Backend(Some(n)) => n,
             _ => return Ok(None),
         };
         check_service_name(name).map(Some)
@@ -167,7 +176,7 @@ pub(super) async fn route_and_dispatch(
     }
     let body_timeout = (shared.limits.body_timeout, &shared.stats.body_timeouts);
     let path = req.uri().path();
-    let who = requester(req.headers(), &peer.desc);
+    let who = requester(req.headers(), &peer.user, &peer.desc);
     if let Some(answer) = crate::fleet::api::route(shared.fleet.as_ref(), req.method(), path, &who).await {
         return Ok(json_response(&answer?));
     }
@@ -185,7 +194,7 @@ pub(super) async fn route_and_dispatch(
         return Ok(resp);
     }
     let service = route.service()?.map(str::to_owned);
-    let requester = requester(req.headers(), &peer.desc);
+    let requester = requester(req.headers(), &peer.user, &peer.desc);
     let control = shared.control.clone();
 
     let resp = match route {
@@ -237,6 +246,11 @@ pub(super) async fn route_and_dispatch(
             let body: ShutdownRequest = read_json(req, true, body_timeout).await?;
             call(&control, move |c| c.shutdown(&body, &requester)).await?;
             json_response(&serde_json::json!({ "ok": true }))
+        }
+        Route::Backend(_) => {
+            let body: BackendRequest = read_json(req, false, body_timeout).await?;
+            let out = call(&control, move |c| c.backend(service.as_deref(), &body, &requester)).await?;
+            json_response(&out)
         }
         Route::OpenApi => response(200, "application/json", Bytes::from_static(OPENAPI_JSON.as_bytes())),
         Route::Metrics => {
@@ -393,20 +407,6 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= u64::from(x ^ y);
     }
     std::hint::black_box(diff) == 0
-}
-
-/// The history's "who asked": the client's `X-LB-Requester` (cleaned up) and the peer.
-pub(super) fn requester(headers: &HeaderMap, peer: &str) -> String {
-    let claimed: String = headers
-        .get("x-lb-requester")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
-    let claimed: String = claimed.trim().chars().take(MAX_REQUESTER_CHARS).collect();
-    let claimed = claimed.trim_end();
-    if claimed.is_empty() { format!("({peer})") } else { format!("{claimed} ({peer})") }
 }
 
 /// 200 with a JSON body.

@@ -1,4 +1,4 @@
-use super::{limits::*, routes::*, unix::*, *};
+use super::{identity::requester, limits::*, routes::*, unix::*, *};
 use crate::api::client::{Client, ClientError, Endpoint};
 use crate::api::model::*;
 use std::io::{Read, Write};
@@ -37,6 +37,8 @@ impl Fake {
                         up: true,
                         last_error: None,
                         traffic: Traffic::default(),
+                        admin: Default::default(),
+                        configured_weight: None,
                     }],
                     traffic: Traffic::default(),
                 })
@@ -142,8 +144,34 @@ impl Control for Fake {
                 mode: SwitchMode::Drain,
                 requester: "test".into(),
                 reason: None,
+                backend: None,
             })
             .collect())
+    }
+    fn backend(
+        &self,
+        service: Option<&str>,
+        req: &BackendRequest,
+        requester: &str,
+    ) -> Result<BackendOutcome, ApiError> {
+        self.check(service)?;
+        if req.addr != "10.0.0.1:8080" {
+            return Err(ApiError::not_found(format!("no backend {} in any pool", req.addr)));
+        }
+        self.requesters.lock().unwrap().push(requester.to_owned());
+        let before = BackendSetting { admin: BackendAdmin::Enabled, weight: 1 };
+        let after = BackendSetting { admin: BackendAdmin::Drain, weight: 1 };
+        Ok(BackendOutcome {
+            service: "web".into(),
+            pool: "pool-a".into(),
+            addr: req.addr.clone(),
+            changed: true,
+            before,
+            after,
+            apply_us: 5,
+            history_id: Some(2),
+            warnings: vec![],
+        })
     }
     fn reload(&self, _requester: &str) -> Result<ReloadOutcome, ApiError> {
         Ok(ReloadOutcome { changed: false, changes: vec![] })
@@ -317,9 +345,14 @@ async fn switch_succeeds_and_records_requester() {
     assert!(!unnamed.changed);
     let requesters = server.fake.requesters.lock().unwrap().clone();
     assert_eq!(requesters.len(), 2);
+    // The client claims to be alice; the history records the name of this process's uid,
+    // read from the socket's peer credentials.
+    let uid = nix::unistd::getuid();
+    let me = nix::unistd::User::from_uid(uid).unwrap().map(|u| u.name).unwrap_or(format!("uid:{uid}"));
+    assert_ne!(me, "alice");
     for r in &requesters {
-        assert!(r.starts_with("test-suite user=alice ("), "{r}");
-        assert!(r.contains("uid="), "{r}");
+        assert!(r.starts_with(&format!("{me} (test-suite; uid={uid} pid=")), "{r}");
+        assert!(!r.contains("alice"), "{r}");
         assert!(r.contains(&format!("pid={}", std::process::id())), "{r}");
     }
     server.stop().await;
@@ -490,7 +523,7 @@ async fn tcp_needs_the_bearer_token() {
     })
     .await;
     let requesters = server.fake.requesters.lock().unwrap().clone();
-    assert!(requesters[0].starts_with("ci-bot (tcp:127.0.0.1:"), "{requesters:?}");
+    assert!(requesters[0].starts_with("api-token (ci-bot; tcp:127.0.0.1:"), "{requesters:?}");
     server.stop().await;
 }
 
@@ -623,15 +656,45 @@ async fn idle_tcp_connections_are_capped_and_unauthenticated_ones_closed() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_route_changes_one_backend_and_records_the_peer_s_user() {
+    let server = TestServer::start(false).await;
+    let client = server.client();
+    let (named, unnamed, unknown) = blocking(move || {
+        let req = BackendRequest {
+            addr: "10.0.0.1:8080".into(),
+            action: BackendAction::Drain,
+            ..Default::default()
+        };
+        let named = client.backend(Some("web"), &req).unwrap();
+        let unnamed: BackendOutcome = client.post("/v1/backend", &req).unwrap();
+        let other = BackendRequest { addr: "10.9.9.9:1".into(), ..req };
+        (named, unnamed, client.post::<_, serde_json::Value>("/v1/backend", &other))
+    })
+    .await;
+    assert_eq!((named.pool.as_str(), named.after.admin), ("pool-a", BackendAdmin::Drain));
+    assert_eq!(unnamed, named);
+    let (status, e) = api_error(unknown);
+    assert_eq!((status, e.code), (404, ErrorCode::NotFound));
+    let requesters = server.fake.requesters.lock().unwrap().clone();
+    assert_eq!(requesters.len(), 2);
+    assert!(
+        requesters.iter().all(|r| !r.contains("alice") && r.contains("(test-suite; uid=")),
+        "{requesters:?}"
+    );
+    server.stop().await;
+}
+
 #[test]
 fn requester_is_cleaned_up() {
     let mut headers = HeaderMap::new();
-    assert_eq!(requester(&headers, "uid=0 pid=1"), "(uid=0 pid=1)");
-    headers.insert("x-lb-requester", header::HeaderValue::from_static("  lbctl/0.1.0\tuser=alice  "));
-    assert_eq!(requester(&headers, "uid=0 pid=1"), "lbctl/0.1.0user=alice (uid=0 pid=1)");
+    assert_eq!(requester(&headers, "root", "uid=0 pid=1"), "root (uid=0 pid=1)");
+    headers
+        .insert("x-lb-requester", header::HeaderValue::from_static("  lbctl/0.1.0 user=mallory\thost=h  "));
+    assert_eq!(requester(&headers, "bob", "uid=1000 pid=1"), "bob (lbctl/0.1.0 host=h; uid=1000 pid=1)");
     headers.insert("x-lb-requester", header::HeaderValue::from_str(&"é".repeat(300)).unwrap());
-    let r = requester(&headers, "tcp:[::1]:5");
-    assert_eq!(r.chars().count(), MAX_REQUESTER_CHARS + " (tcp:[::1]:5)".len());
+    let r = requester(&headers, "api-token", "tcp:[::1]:5");
+    assert_eq!(r.chars().count(), "api-token (".len() + MAX_REQUESTER_CHARS + "; tcp:[::1]:5)".len());
 }
 
 #[test]
@@ -687,6 +750,8 @@ fn openapi_lists_every_route() {
         ("/v1/shutdown", "post"),
         ("/v1/openapi.json", "get"),
         ("/metrics", "get"),
+        ("/v1/services/{name}/backend", "post"),
+        ("/v1/backend", "post"),
     ];
     // The host paths, answered by `fleet::api::route` before the routes above.
     let host_routes = [("/v1/host", "get"), ("/v1/host/drain", "post"), ("/v1/host/undrain", "post")];

@@ -1,7 +1,6 @@
 //! Who lbctl talks to and who it says it is: the endpoint from `--socket`, `--url`,
 //! `--token-file` and `LB_TOKEN`, and the requester recorded in the daemon's history.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use lb_daemon::api::client::Endpoint;
@@ -30,7 +29,9 @@ pub fn from_cli(url: Option<&str>, socket: &Path, token_file: Option<&Path>) -> 
     Ok(Endpoint::Tcp { addr: addr.to_owned(), token })
 }
 
-/// `lbctl/<version> user=<user> host=<host>[ ci=<id>]` for this process.
+/// `lbctl/<version> host=<host>[ sudo_user=<user>][ ci=<id>]` for this process: context for
+/// the history. The user itself is not sent: the daemon records the name of the caller's uid
+/// from the socket's peer credentials (over TCP: the token).
 pub fn requester() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -38,16 +39,17 @@ pub fn requester() -> String {
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".into());
-    // /proc/self belongs to the effective uid: getuid's, as lbctl is not setuid (and no unsafe).
-    let uid = std::fs::metadata("/proc/self").map(|m| m.uid().to_string()).unwrap_or_else(|_| "?".into());
-    requester_from(|name| std::env::var(name).ok(), &uid, &host)
+    requester_from(|name| std::env::var(name).ok(), &host)
 }
 
-/// `lbctl/<version> user=<user> host=<host>[ ci=<id>]`, from `env` lookups.
-fn requester_from(env: impl Fn(&str) -> Option<String>, uid: &str, host: &str) -> String {
+/// `lbctl/<version> host=<host>[ sudo_user=<user>][ ci=<id>]`, from `env` lookups.
+fn requester_from(env: impl Fn(&str) -> Option<String>, host: &str) -> String {
     let var = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-    let user = var("SUDO_USER").or_else(|| var("USER")).unwrap_or_else(|| uid.to_owned());
-    let mut s = format!("lbctl/{} user={user} host={host}", env!("CARGO_PKG_VERSION"));
+    let mut s = format!("lbctl/{} host={host}", env!("CARGO_PKG_VERSION"));
+    // Who ran sudo: the daemon sees root's uid, this says on whose behalf (as sudo tells).
+    if let Some(user) = var("SUDO_USER") {
+        s.push_str(&format!(" sudo_user={user}"));
+    }
     if let Some(run) = var("GITHUB_RUN_ID") {
         let job = var("GITHUB_JOB").unwrap_or_else(|| "?".into());
         s.push_str(&format!(" ci=github:{run}/{job}"));
@@ -68,21 +70,18 @@ mod tests {
         };
         let v = env!("CARGO_PKG_VERSION");
         assert_eq!(
-            requester_from(env(&[("USER", "root"), ("SUDO_USER", "alice")]), "0", "edge1"),
-            format!("lbctl/{v} user=alice host=edge1")
+            requester_from(env(&[("USER", "root"), ("SUDO_USER", "alice")]), "edge1"),
+            format!("lbctl/{v} host=edge1 sudo_user=alice")
         );
-        assert_eq!(requester_from(env(&[]), "1000", "h"), format!("lbctl/{v} user=1000 host=h"));
+        // $USER is not sent: the daemon names the user from the socket's peer credentials.
+        assert_eq!(requester_from(env(&[("USER", "mallory")]), "h"), format!("lbctl/{v} host=h"));
         assert_eq!(
-            requester_from(
-                env(&[("USER", "ci"), ("GITHUB_RUN_ID", "77"), ("GITHUB_JOB", "deploy")]),
-                "0",
-                "h"
-            ),
-            format!("lbctl/{v} user=ci host=h ci=github:77/deploy")
+            requester_from(env(&[("USER", "ci"), ("GITHUB_RUN_ID", "77"), ("GITHUB_JOB", "deploy")]), "h"),
+            format!("lbctl/{v} host=h ci=github:77/deploy")
         );
         assert_eq!(
-            requester_from(env(&[("USER", "ci"), ("CI_JOB_ID", "42")]), "0", "h"),
-            format!("lbctl/{v} user=ci host=h ci=gitlab:42")
+            requester_from(env(&[("USER", "ci"), ("CI_JOB_ID", "42")]), "h"),
+            format!("lbctl/{v} host=h ci=gitlab:42")
         );
     }
 

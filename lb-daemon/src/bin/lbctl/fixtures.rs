@@ -49,6 +49,8 @@ pub fn backend(addr: &str, up: bool, new_flows: u64, error: Option<&str>) -> Bac
         up,
         last_error: error.map(String::from),
         traffic: Traffic { packets: 10, bytes: 1000, new_flows },
+        admin: Default::default(),
+        configured_weight: None,
     }
 }
 

@@ -174,6 +174,14 @@ pub enum Command {
     /// List every backend of the service: pool, address, weight, state, counters, last error.
     #[command(after_help = help!("backends"))]
     Backends,
+    /// Change one backend: drain, disable, enable it, or set its weight (`lbctl backends`
+    /// lists them).
+    #[command(after_help = help!("backend"))]
+    Backend {
+        /// What to do.
+        #[command(subcommand)]
+        action: commands::backend::BackendCommand,
+    },
     /// Show recorded changes (switches, rollbacks, splits), newest last.
     #[command(after_help = help!("history"))]
     History {
@@ -340,6 +348,7 @@ fn run(
         Command::DrainStatus => drain_status::run(client, service, json),
         Command::Pools => pools::run(client, service, json),
         Command::Backends => backends::run(client, service, json),
+        Command::Backend { action } => backend::run(client, service, json, action),
         Command::History { limit } => history::run(client, service, json, *limit),
         Command::Reload => reload::run(client, json),
         Command::Shutdown { detach } => shutdown::run(client, json, *detach),

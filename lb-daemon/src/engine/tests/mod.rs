@@ -2,6 +2,7 @@
 //! no root, no kernel. Each test asserts the exact map writes a request makes.
 
 mod adopt;
+mod backend;
 mod drain;
 mod durability;
 mod health;

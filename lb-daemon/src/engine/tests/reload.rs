@@ -18,7 +18,7 @@ fn changed_flow_settings_are_one_settings_write_and_no_flip() {
     let mut r = Rig::new(CONFIG);
     let text = CONFIG.replace("ring_size = 401", "ring_size = 401\n[flows]\nnew_flow_limit = 500");
     let out = r.core.reload(config(&text), "test").unwrap();
-    assert!(out.changed && out.changes[0].starts_with("flows settings"), "{:?}", out.changes);
+    assert_eq!(out.changes, vec!["flows.new_flow_limit 125000 -> 500".to_string()]);
     let expected = lb_common::maps::Settings { new_flow_limit: 500, ..Default::default() };
     assert_eq!(r.writes(), vec![MapWrite::Settings(expected)]);
     assert_eq!(r.core.maps.settings, expected);
@@ -46,7 +46,13 @@ fn a_new_backend_gets_a_fresh_index_new_tables_and_one_flip() {
         CONFIG.replace(r#"["10.0.1.1:8080", "10.0.1.2:8080"]"#, r#"["10.0.1.1:8080", "10.0.1.3:8080"]"#);
     let out = r.core.reload(config(&text), "test").unwrap();
     assert!(out.changed);
-    assert_eq!(out.changes, vec!["service web changed".to_string()]);
+    assert_eq!(
+        out.changes,
+        vec![
+            "service web changed: pool pool-a: backend 10.0.1.3:8080 added, backend 10.0.1.2:8080 removed"
+                .to_string()
+        ]
+    );
     let w = r.writes();
     assert!(w.contains(&MapWrite::Backend(4, r.core.maps.backends[&4])));
     assert_eq!(r.core.maps.backends[&4].flags, BACKEND_UP);

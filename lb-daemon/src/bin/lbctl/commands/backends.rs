@@ -5,7 +5,7 @@ use lb_daemon::api::model::ServiceView;
 
 use super::service_view;
 use crate::failure::Failure;
-use crate::render::{Paint, json, parts, table};
+use crate::render::{Paint, json, table};
 
 /// `GET /v1/services/{name}` of `--service` or the only service.
 pub fn run(client: &Client, service: Option<&str>, json_out: bool) -> Result<String, Failure> {
@@ -23,8 +23,8 @@ pub fn render(svc: &ServiceView, paint: Paint) -> String {
             rows.push(vec![
                 p.name.clone(),
                 b.addr.clone(),
-                b.weight.to_string(),
-                parts::up_down(b.up, paint),
+                super::backend::weight_text(b),
+                super::backend::state_text(b, paint),
                 b.traffic.packets.to_string(),
                 b.traffic.new_flows.to_string(),
                 b.last_error.clone().unwrap_or_default(),

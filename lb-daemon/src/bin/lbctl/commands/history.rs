@@ -1,7 +1,7 @@
 //! `lbctl history`: who switched what, when, newest last.
 
 use lb_daemon::api::client::Client;
-use lb_daemon::api::model::{HistoryEntry, HistoryKind};
+use lb_daemon::api::model::{BackendChange, HistoryEntry, HistoryKind};
 
 use super::parse;
 use crate::failure::Failure;
@@ -31,7 +31,25 @@ pub fn render(entries: &[HistoryEntry]) -> String {
             HistoryKind::Split => "split",
             HistoryKind::Reload => "reload",
             HistoryKind::AutoRollback => "auto-rollback",
+            HistoryKind::Backend => "backend",
         };
+        if let Some(b) = &e.backend {
+            out.push_str(&format!(
+                "#{} {} {} {}: {}/{} {} by {}\n",
+                e.id,
+                e.time,
+                e.service,
+                kind,
+                b.pool,
+                b.addr,
+                backend_change(b),
+                e.requester
+            ));
+            if let Some(reason) = &e.reason {
+                out.push_str(&format!("    reason: {reason}\n"));
+            }
+            continue;
+        }
         out.push_str(&format!(
             "#{} {} {} {}: {} -> {} ({}) by {}\n",
             e.id,
@@ -48,6 +66,22 @@ pub fn render(entries: &[HistoryEntry]) -> String {
         }
     }
     out
+}
+
+/// `enabled -> drain`, `weight 1 -> 3`, or both.
+fn backend_change(b: &BackendChange) -> String {
+    let mut parts = Vec::new();
+    if b.before.admin != b.after.admin {
+        parts.push(format!("{} -> {}", b.before.admin, b.after.admin));
+    }
+    if b.before.weight != b.after.weight {
+        parts.push(format!("weight {} -> {}", b.before.weight, b.after.weight));
+    }
+    if parts.is_empty() {
+        parts.push(format!("{} (no change)", b.action.as_str()));
+    }
+    let forced = if b.forced { " (forced)" } else { "" };
+    format!("{}{forced}", parts.join(", "))
 }
 
 #[cfg(test)]
@@ -68,6 +102,7 @@ mod tests {
             mode: SwitchMode::Drain,
             requester: "lb-daemon watch of switch #7".into(),
             reason: Some("pool-b: 0 of 2 backends healthy".into()),
+            backend: None,
         };
         assert_eq!(
             render(&[entry]),

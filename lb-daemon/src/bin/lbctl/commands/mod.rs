@@ -1,6 +1,7 @@
 //! One file per command: the requests it makes and, for text output, how it renders the
 //! answer. What several commands share is here: decoding, the service path, the only service.
 
+pub mod backend;
 pub mod backends;
 pub mod completions;
 pub mod drain_status;

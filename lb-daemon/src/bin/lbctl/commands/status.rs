@@ -68,7 +68,7 @@ pub fn render(s: &StatusView, only: Option<&str>, paint: Paint) -> String {
                 rows.push(vec![
                     p.name.clone(),
                     b.addr.clone(),
-                    parts::up_down(b.up, paint),
+                    super::backend::state_text(b, paint),
                     b.traffic.packets.to_string(),
                     b.traffic.new_flows.to_string(),
                 ]);
