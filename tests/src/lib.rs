@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod daemon;
 pub mod e2e;
+pub mod etcd;
+pub mod fleet_ctl;
 pub mod fleet_rig;
 pub mod flood;
 pub mod interrupt;
