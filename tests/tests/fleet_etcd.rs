@@ -1,7 +1,8 @@
 //! A fleet with shared desired state in etcd (`lb_tests::fleet_rig` with etcd): two balancer
 //! hosts behind the ECMP router, one switch for all. A switch and a rollback under load with
-//! `--wait-fleet`; etcd lost and back; two lbctl racing with `--expect-active` against two
-//! hosts; an auto-rollback executed by the host that did not hold the watch.
+//! `--wait-fleet`; a flow moved by ECMP keeping its backend; etcd lost and back; two lbctl
+//! racing with `--expect-active` against two hosts; an auto-rollback executed by the host that
+//! did not hold the watch.
 
 use lb_tests::{
     fleet_ctl::{active, describe, fleet_view, lbctl, lbctl_ok, lbctl_spawn, wait_active, wait_in_sync},
@@ -75,7 +76,7 @@ fn change_under_load(rig: &FleetRig, via: usize, args: &[&str], expect: &[&str])
 
 #[test]
 fn fleet_switch_and_rollback_under_load_with_wait_fleet() {
-    let rig = rig("fe");
+    let mut rig = rig("fe");
     let rev0 = wait_in_sync(&rig, SETTLE).expect("fleet in sync after start");
 
     // Both hosts carry traffic.
@@ -131,6 +132,18 @@ fn fleet_switch_and_rollback_under_load_with_wait_fleet() {
     assert_eq!(doc["fleet_wait"]["applied"], true, "{doc:#}");
     assert_eq!(doc["fleet_wait"]["hosts"].as_array().map(Vec::len), Some(2), "{doc:#}");
     assert_eq!(doc["revision"], doc["fleet_wait"]["revision"], "{doc:#}");
+
+    // A flow that ECMP moves to another host keeps its backend when no switch happened since it
+    // started (every host builds its Maglev table from the same desired state): long-lived
+    // connections opened now, then lb2 frozen (its BIRD stopped, BFD withdraws its path).
+    let mut fresh = LongLived::open(&rig.client, vip_addr(), 40).expect("long-lived connections");
+    let before: Vec<String> = fresh.ask().into_iter().map(|r| r.expect("answer")).collect();
+    assert!(established(&rig)[1] > 0, "some connections go through lb2");
+    let lb1 = rig.balancers[0].addr;
+    rig.balancers[1].bird.process().signal(libc::SIGSTOP).unwrap();
+    rig.wait_next_hops(&[lb1], Duration::from_secs(5)).expect("BFD removes lb2");
+    let after: Vec<String> = fresh.ask().into_iter().map(|r| r.expect("answer after lb2 is lost")).collect();
+    assert_eq!(after, before, "40/40 connections moved to lb1 kept their backend");
 }
 
 #[test]
