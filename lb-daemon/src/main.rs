@@ -145,6 +145,7 @@ fn run(args: Args) -> Result<()> {
         fleet: None,
     };
     let (bgp, state_dir, instance) = (config.bgp.clone(), config.state_dir.clone(), config.instance.clone());
+    let (fleet_cfg, api_tcp) = (config.fleet.clone(), config.api.tcp.map(|a| a.to_string()));
     let engine = match Engine::start(args.config.clone(), config, dp, adopted) {
         Ok(engine) => Arc::new(engine),
         Err(e) => return Err(forget_fresh_pins(e, adopted, &pins, None)),
@@ -163,6 +164,13 @@ fn run(args: Args) -> Result<()> {
     let mut fleet = Fleet::start(bgp, &state_dir, &instance, &control, runtime.handle())?;
     drop(control);
     serve_opts.fleet = fleet.clone();
+    // Shared desired state (only with [fleet]): from now on changes go through etcd.
+    let fleet_thread = match &fleet_cfg {
+        Some(cfg) => {
+            Some(lb_daemon::fleet::etcd::join::join(cfg, &engine, fleet.as_ref(), runtime.handle(), api_tcp)?)
+        }
+        None => None,
+    };
     let kind = runtime.block_on(async {
         let mut requested = engine.shutdown_requested();
         let stop = {
@@ -194,6 +202,8 @@ fn run(args: Args) -> Result<()> {
         let kind = *requested.borrow_and_update();
         result.map(|()| kind)
     })?;
+    // The fleet thread calls into the runtime: it stops first.
+    drop(fleet_thread);
     drop(runtime);
     if kind == ShutdownKind::Detach {
         // Routers stop sending here before forwarding stops.

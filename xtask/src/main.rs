@@ -83,18 +83,24 @@ fn main() -> Result<()> {
             toolchain::ensure()?;
         }
         Command::Install { prefix, destdir } => {
+            // etcd-client's build generates its gRPC code with protoc.
+            system::ensure_debian_packages(&[("protoc", "protobuf-compiler")])?;
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
             system::cargo(&["build", "--release", "-p", "lb-daemon", "--bins"])?;
             install::install(&destdir, &prefix)?;
         }
         Command::Man => {
+            // etcd-client's build generates its gRPC code with protoc.
+            system::ensure_debian_packages(&[("protoc", "protobuf-compiler")])?;
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
             system::cargo(&["build", "--release", "-p", "lb-daemon", "--bin", "lbctl"])?;
             println!("{}", install::man()?.display());
         }
         Command::Build => {
+            // etcd-client's build generates its gRPC code with protoc.
+            system::ensure_debian_packages(&[("protoc", "protobuf-compiler")])?;
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
             system::cargo(&["build", "--release", "--workspace", "--all-targets"])?;
@@ -107,6 +113,8 @@ fn main() -> Result<()> {
                 ("promtool", "prometheus"),
                 ("systemd-analyze", "systemd"),
                 ("bird", "bird2"),
+                ("etcd", "etcd-server"),
+                ("protoc", "protobuf-compiler"),
             ])?;
             let tc = toolchain::ensure()?;
             // Formatting and lints first, both workspaces: they fail in seconds, a build does

@@ -8,8 +8,8 @@ pub mod model;
 pub mod server;
 
 use model::{
-    ApiError, DrainView, HistoryEntry, ReloadOutcome, RollbackRequest, ServiceView, ShutdownRequest,
-    SplitRequest, StatusView, SwitchOutcome, SwitchRequest, WatchView,
+    ApiError, DrainView, FleetView, HistoryEntry, ReloadOutcome, RollbackRequest, ServiceView,
+    ShutdownRequest, SplitRequest, StatusView, SwitchOutcome, SwitchRequest, WatchView,
 };
 
 /// What the API server needs from the daemon. Implementations serialize mutations themselves;
@@ -53,4 +53,8 @@ pub trait Control: Send + Sync + 'static {
     fn drain(&self, service: Option<&str>) -> Result<DrainView, ApiError>;
     /// The watch of the service's last switch (`None` when there never was one).
     fn watch(&self, service: Option<&str>) -> Result<Option<WatchView>, ApiError>;
+    /// The fleet as this host sees it (`None` without `[fleet]`).
+    fn fleet(&self) -> Result<Option<FleetView>, ApiError> {
+        Ok(None)
+    }
 }

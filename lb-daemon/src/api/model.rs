@@ -157,6 +157,11 @@ pub struct SwitchOutcome {
     /// The watch started with the switch, if any.
     #[serde(default)]
     pub watch: Option<WatchView>,
+    /// With `[fleet]`: the etcd revision of the one transaction that made the change (or of the
+    /// desired state that stands, when nothing changed); `lbctl --wait-fleet` waits until every
+    /// live host applied it. `None` on a single host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 /// State of a post-switch watch.
@@ -481,6 +486,9 @@ pub enum ErrorCode {
     Unauthorized,
     /// The daemon failed (HTTP 500).
     Internal,
+    /// A change needs the fleet's shared state (etcd) and it cannot be reached (HTTP 503):
+    /// nothing changed anywhere; forwarding continues on the last applied state.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -493,6 +501,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 412,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
         }
     }
 }
@@ -528,8 +537,64 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)
     }
+    /// `Unavailable`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
     /// The JSON body.
     pub fn body(&self) -> ErrorBody {
         ErrorBody { error: ErrorDetail { code: self.code, message: self.message.clone() } }
     }
+}
+
+/// `GET /v1/fleet` (and `fleet` in `GET /v1/status`): the fleet as this host sees it through
+/// etcd. Only with a `[fleet]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetView {
+    /// The cluster (`/lb/<cluster>/` in etcd).
+    pub cluster: String,
+    /// This host's name.
+    pub host: String,
+    /// This host reaches etcd and its watch runs.
+    pub connected: bool,
+    /// The latest etcd revision this host has seen.
+    pub revision: i64,
+    /// The etcd revision whose desired state this host serves.
+    pub applied_revision: i64,
+    /// This host serves the latest desired state (connected, resynced, every change applied).
+    pub in_sync: bool,
+    /// Why it is not in sync, when it is not.
+    #[serde(default)]
+    pub problem: Option<String>,
+    /// Every live host (its status key exists under a lease), this one included, by name.
+    pub hosts: Vec<FleetHostView>,
+}
+
+/// One live host of the fleet, from its status in etcd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetHostView {
+    /// Host name.
+    pub host: String,
+    /// The etcd revision whose desired state it serves.
+    pub applied_revision: i64,
+    /// It says it serves the latest desired state.
+    pub in_sync: bool,
+    /// Why not, when not.
+    #[serde(default)]
+    pub problem: Option<String>,
+    /// VIP addresses it announces by BGP.
+    #[serde(default)]
+    pub announced: Vec<String>,
+    /// Healthy backends there, all pools.
+    pub backends_up: u32,
+    /// Backends there, all pools.
+    pub backends_total: u32,
+    /// Pools below `min_healthy` there (`service/pool`).
+    #[serde(default)]
+    pub pools_below_min: Vec<String>,
+    /// Its management API TCP address, if any.
+    #[serde(default)]
+    pub api: Option<String>,
+    /// Milliseconds since it last wrote its status (by this host's clock).
+    pub age_ms: u64,
 }

@@ -148,6 +148,10 @@ pub struct Config {
     /// absent: nothing is announced and nothing about BGP runs.
     #[serde(default)]
     pub bgp: Option<crate::fleet::BgpConfig>,
+    /// Shared desired state in etcd (`[fleet]`, see [`crate::fleet::etcd::FleetConfig`]);
+    /// absent: the state file alone holds the desired state and nothing about etcd runs.
+    #[serde(default)]
+    pub fleet: Option<crate::fleet::etcd::FleetConfig>,
 }
 
 /// How the XDP program is attached to the interfaces.

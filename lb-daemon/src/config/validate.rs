@@ -16,6 +16,9 @@ impl Config {
         if let Some(bgp) = &self.bgp {
             p.0.extend(bgp.problems(&self.services));
         }
+        if let Some(fleet) = &self.fleet {
+            p.0.extend(fleet.problems(&self.services));
+        }
         p.0
     }
 

@@ -7,11 +7,13 @@ use crate::{
     api::{
         Control,
         model::{
-            ApiError, DrainView, HistoryEntry, ReloadOutcome, RollbackRequest, ServiceView, ShutdownRequest,
-            SplitRequest, StatusView, SwitchOutcome, SwitchRequest, WatchView,
+            Active, ApiError, DrainView, FleetView, HistoryEntry, HistoryKind, ReloadOutcome,
+            RollbackRequest, ServiceView, ShutdownRequest, SplitRequest, StatusView, SwitchOutcome,
+            SwitchRequest, WatchView,
         },
     },
     config::Config,
+    fleet::etcd::ChangeRequest,
 };
 use std::time::Duration;
 
@@ -35,6 +37,18 @@ impl Control for Engine {
         req: &SwitchRequest,
         requester: &str,
     ) -> Result<SwitchOutcome, ApiError> {
+        if let Some(node) = self.fleet.get() {
+            let change = ChangeRequest {
+                kind: Some(HistoryKind::Switch),
+                target: Some(Active::Pool(req.pool.clone())),
+                hard: req.hard,
+                force: req.force,
+                dry_run: req.dry_run,
+                expect_active: req.expect_active.clone(),
+                watch_s: req.watch_s,
+            };
+            return node.change(service, &change, requester);
+        }
         self.lock().switch(service, req, requester)
     }
 
@@ -44,6 +58,16 @@ impl Control for Engine {
         req: &RollbackRequest,
         requester: &str,
     ) -> Result<SwitchOutcome, ApiError> {
+        if let Some(node) = self.fleet.get() {
+            let change = ChangeRequest {
+                kind: Some(HistoryKind::Rollback),
+                hard: req.hard,
+                dry_run: req.dry_run,
+                expect_active: req.expect_active.clone(),
+                ..ChangeRequest::default()
+            };
+            return node.change(service, &change, requester);
+        }
         self.lock().rollback(service, req, requester)
     }
 
@@ -53,6 +77,17 @@ impl Control for Engine {
         req: &SplitRequest,
         requester: &str,
     ) -> Result<SwitchOutcome, ApiError> {
+        if let Some(node) = self.fleet.get() {
+            let change = ChangeRequest {
+                kind: Some(HistoryKind::Split),
+                target: Some(Active::Split(req.weights.clone())),
+                force: req.force,
+                dry_run: req.dry_run,
+                expect_active: req.expect_active.clone(),
+                ..ChangeRequest::default()
+            };
+            return node.change(service, &change, requester);
+        }
         self.lock().split(service, req, requester)
     }
 
@@ -99,7 +134,15 @@ impl Control for Engine {
     fn watch(&self, service: Option<&str>) -> Result<Option<WatchView>, ApiError> {
         let core = self.lock();
         let name = core.service_layout(service)?.name.clone();
+        if let Some(node) = self.fleet.get() {
+            drop(core);
+            return Ok(node.watch_view(&name));
+        }
         Ok(core.watch_view(&name))
+    }
+
+    fn fleet(&self) -> Result<Option<FleetView>, ApiError> {
+        Ok(self.fleet.get().map(|node| node.view()))
     }
 
     fn metrics(&self) -> Result<String, ApiError> {
@@ -111,6 +154,9 @@ impl Control for Engine {
         drop(core);
         if let Some(m) = self.health.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             m.render_metrics(&mut text);
+        }
+        if let Some(node) = self.fleet.get() {
+            node.render_metrics(&mut text);
         }
         Ok(text)
     }

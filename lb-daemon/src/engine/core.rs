@@ -31,6 +31,11 @@ pub fn system_clock() -> WallClock {
     Box::new(|| unix_ms(SystemTime::now()))
 }
 
+/// The system's wall clock, shareable between threads (the fleet node's).
+pub fn system_clock_sync() -> Box<dyn Fn() -> u64 + Send + Sync> {
+    Box::new(|| unix_ms(SystemTime::now()))
+}
+
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -14,6 +14,7 @@
 mod control;
 pub mod core;
 pub mod drain;
+pub mod fleet;
 pub mod keys;
 pub mod layout;
 pub mod metrics;
@@ -22,7 +23,7 @@ pub mod reload;
 pub mod state;
 pub mod switch;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod view;
 pub mod watch;
 
@@ -60,7 +61,7 @@ pub enum ShutdownKind {
 
 /// The control plane's state and the operations on it. Implements the API's `Control`.
 pub struct Engine {
-    core: Mutex<Core<Dataplane>>,
+    core: Arc<Mutex<Core<Dataplane>>>,
     config_path: PathBuf,
     started: Instant,
     adopted: bool,
@@ -71,6 +72,8 @@ pub struct Engine {
     neighbours: NeighbourKeeper,
     /// Problems of the host or setup, shown in the status (see [`crate::preflight`]).
     warnings: crate::preflight::Warnings,
+    /// With `[fleet]`: the desired state comes from etcd and changes go there.
+    fleet: std::sync::OnceLock<Arc<crate::fleet::etcd::FleetNode<Dataplane>>>,
 }
 
 impl Engine {
@@ -82,7 +85,7 @@ impl Engine {
         let core = Core::start(config, dp, state, Box::new(StateFile(path)), adopted, core::system_clock())?;
         let (shutdown, _) = signal::channel(ShutdownKind::Running);
         Ok(Self {
-            core: Mutex::new(core),
+            core: Arc::new(Mutex::new(core)),
             config_path,
             started: Instant::now(),
             adopted,
@@ -91,7 +94,18 @@ impl Engine {
             health: Mutex::new(None),
             neighbours: NeighbourKeeper::new(),
             warnings: Default::default(),
+            fleet: Default::default(),
         })
+    }
+
+    /// The core, shared with the fleet node (which applies the fleet's desired state to it).
+    pub fn shared_core(&self) -> Arc<Mutex<Core<Dataplane>>> {
+        self.core.clone()
+    }
+
+    /// From now on switches, rollbacks and splits go through the fleet's etcd (`[fleet]`).
+    pub fn join_fleet(&self, node: Arc<crate::fleet::etcd::FleetNode<Dataplane>>) {
+        let _ = self.fleet.set(node);
     }
 
     /// The warnings shown in the status and `/v1/health`.

@@ -78,6 +78,10 @@ pub struct PersistedState {
     /// The watch of each service's last watched switch.
     #[serde(default)]
     pub watches: BTreeMap<String, WatchRecord>,
+    /// With `[fleet]`: the etcd revision of the last desired state applied from the fleet (0:
+    /// none yet), so a restart without etcd says which fleet state it serves.
+    #[serde(default)]
+    pub fleet_revision: i64,
 }
 
 impl PersistedState {

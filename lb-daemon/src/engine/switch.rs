@@ -204,7 +204,11 @@ impl<M: Maps> Core<M> {
 
     /// The split table of `weights`, built before anything is persisted or written so that a
     /// split the data plane cannot hold is refused with nothing changed.
-    fn build_split(&self, svc: &ServiceLayout, weights: &[PoolWeight]) -> Result<Vec<u32>, ApiError> {
+    pub(super) fn build_split(
+        &self,
+        svc: &ServiceLayout,
+        weights: &[PoolWeight],
+    ) -> Result<Vec<u32>, ApiError> {
         split_table(svc, weights, self.ring(), &self.is_up()).map_err(|e| {
             ApiError::refused(format!(
                 "{}: refused, nothing changed: {e} (ring_size in the config; changing it needs a restart)",
@@ -228,7 +232,7 @@ impl<M: Maps> Core<M> {
 
     /// [`Self::point`] with the split table (when `active` is a split) already built. A split
     /// table goes into a free slot beside the live one.
-    fn point_with(
+    pub(super) fn point_with(
         &mut self,
         svc: &ServiceLayout,
         active: &Active,
@@ -344,6 +348,7 @@ impl<M: Maps> Core<M> {
                     dry_run: opts.dry_run,
                     warnings,
                     watch,
+                    revision: None,
                 }
             };
         if unchanged {

@@ -12,6 +12,7 @@
 //!   `host undrain`; persists the maintenance state; withdraws everything on
 //!   `shutdown --detach`. A plain exit, a restart or `kill -9` leaves the include file as it is,
 //!   so BIRD keeps announcing while forwarding continues from the pins.
+//! - [`etcd`]: the shared desired state in etcd (`[fleet]`), inert without it.
 //! - [`api`]: `GET /v1/host`, `POST /v1/host/drain`, `POST /v1/host/undrain` and the `bgp`
 //!   part of `GET /v1/status`.
 
@@ -19,6 +20,7 @@ pub mod announce;
 pub mod api;
 pub mod bird;
 pub mod config;
+pub mod etcd;
 pub mod host;
 
 pub use config::BgpConfig;

@@ -153,6 +153,9 @@ pub(super) async fn route_and_dispatch(
     if let Some(answer) = crate::fleet::api::route(shared.fleet.as_ref(), req.method(), path, &who).await {
         return Ok(json_response(&answer?));
     }
+    if let Some(answer) = crate::fleet::etcd::api::route(&shared.control, req.method(), path).await {
+        return Ok(json_response(&answer?));
+    }
     let route = Route::parse(path).ok_or_else(|| ApiError::not_found(format!("no such path: {path}")))?;
     let allowed = route.method();
     if req.method() != allowed {
@@ -178,7 +181,8 @@ pub(super) async fn route_and_dispatch(
         }
         Route::Status => {
             let status = call(&control, |c| c.status()).await?;
-            json_response(&crate::fleet::api::status_with_bgp(status, shared.fleet.as_ref()))
+            let value = crate::fleet::api::status_with_bgp(status, shared.fleet.as_ref());
+            json_response(&crate::fleet::etcd::api::with_fleet(&control, value).await)
         }
         Route::Services => json_response(&call(&control, |c| c.status().map(|s| s.services)).await?),
         Route::Service(_) => json_response(&call(&control, move |c| c.service(service.as_deref())).await?),

@@ -105,6 +105,7 @@ impl Control for Fake {
             dry_run: req.dry_run,
             warnings: vec![],
             watch,
+            revision: None,
         })
     }
     fn rollback(

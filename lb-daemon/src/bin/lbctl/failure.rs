@@ -52,7 +52,7 @@ impl Failure {
     /// | 0 | success (never returned here) |
     /// | 1 | daemon internal error, or an unexpected failure (bad response, request timeout, watch cancelled) |
     /// | 2 | usage error (clap exits with it before anything is sent) |
-    /// | 3 | daemon unreachable; also when it stays unreachable while following a change |
+    /// | 3 | daemon unreachable; also when it stays unreachable while following a change; or the fleet's etcd is unreachable (nothing changed) |
     /// | 4 | not found (unknown service or pool) |
     /// | 5 | invalid request or refused (e.g. a pool below min_healthy without `--force`) |
     /// | 6 | conflict (`--expect-active` did not match, or the service changed during `--wait-drained`) |
@@ -84,6 +84,8 @@ fn request_exit_code(error: &ClientError) -> i32 {
             ErrorCode::Conflict => 6,
             ErrorCode::Unauthorized => 7,
             ErrorCode::Internal => 1,
+            // The fleet's etcd is unreachable: like an unreachable daemon, nothing changed.
+            ErrorCode::Unavailable => 3,
         },
         ClientError::Protocol(_) => 1,
     }
@@ -144,6 +146,7 @@ mod tests {
         assert_eq!(code(api(ErrorCode::Conflict)), 6);
         assert_eq!(code(api(ErrorCode::Unauthorized)), 7);
         assert_eq!(code(api(ErrorCode::Internal)), 1);
+        assert_eq!(code(api(ErrorCode::Unavailable)), 3);
         assert_eq!(code(ClientError::Protocol("bad".into())), 1);
         // 405 and 413 carry invalid_request.
         assert_eq!(code(ClientError::Api { status: 405, error: ApiError::invalid("method") }), 5);

@@ -36,6 +36,7 @@ pub fn switched() -> SwitchOutcome {
         dry_run: false,
         warnings: vec![],
         watch: None,
+        revision: None,
     }
 }
 

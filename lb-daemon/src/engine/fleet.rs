@@ -1,0 +1,183 @@
+//! The engine's side of a fleet (`[fleet]`, see [`crate::fleet::etcd`]): the desired state comes
+//! from etcd, and every host — the one whose API took the request too — applies it here, from
+//! its watch, with the usual order: validate, persist, then ONE update of the service's
+//! `SERVICES` entry. Nothing here talks to etcd, so these decisions are unit-tested against the
+//! fake maps.
+
+use super::{core::Core, state::ServiceState, switch::validate_active};
+use crate::{
+    api::model::{Active, ApiError, HistoryEntry, WatchState},
+    dataplane::Maps,
+    fleet::etcd::records::{DesiredService, HistoryRecord, PoolHealth, ServiceHealth},
+};
+
+impl<M: Maps> Core<M> {
+    /// Checks that this host can serve `target` for service `name` (pools exist, a split fits
+    /// the ring), without changing anything: a fleet change is refused before it is written
+    /// when the host that took it could not apply it.
+    pub fn fleet_check(&self, name: &str, target: &Active) -> Result<(), ApiError> {
+        let svc = self.service_layout(Some(name))?.clone();
+        validate_active(&svc, target)?;
+        if let Active::Split(ws) = target {
+            let backends = ws.iter().filter_map(|w| svc.pool(&w.pool)).flat_map(|p| &p.backends);
+            crate::config::check_split_fits(self.ring(), backends.filter(|b| b.weight > 0).count())
+                .map_err(|reason| ApiError::refused(format!("{reason}; nothing changed")))?;
+            self.build_split(&svc, ws)?;
+        }
+        Ok(())
+    }
+
+    /// What this host serves for `name` (active, previous, epoch): the fleet's starting point
+    /// before any change of the service was written to etcd.
+    pub fn local_desired(&self, name: &str) -> Option<(Active, Option<Active>, u32)> {
+        self.state.services.get(name).map(|s| (s.active.clone(), s.previous.clone(), s.epoch))
+    }
+
+    /// The etcd revision of the last desired state applied from the fleet (0: none).
+    pub fn fleet_revision(&self) -> i64 {
+        self.state.fleet_revision
+    }
+
+    /// Serves `desired` for service `name`, as the fleet decided at etcd `revision`: persisted
+    /// first (with the history entry `record`, when known), then made live with one
+    /// `SERVICES` update. Returns whether anything changed; an identical desired state only
+    /// repairs what the disk or the maps miss. Refused (nothing changed) when this host cannot
+    /// serve it, e.g. its config lacks the pool: the host then reports itself out of sync.
+    pub fn apply_fleet(
+        &mut self,
+        name: &str,
+        desired: &DesiredService,
+        record: Option<&HistoryRecord>,
+        revision: i64,
+    ) -> Result<bool, ApiError> {
+        let svc = self.service_layout(Some(name))?.clone();
+        validate_active(&svc, &desired.active).map_err(|e| {
+            ApiError::new(
+                e.code,
+                format!("{name}: cannot serve the fleet's {}: {}", desired.active, e.message),
+            )
+        })?;
+        let st = self
+            .state
+            .services
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::internal("service without state"))?;
+        let next_service = ServiceState {
+            id: svc.id,
+            active: desired.active.clone(),
+            previous: desired.previous.clone(),
+            epoch: desired.epoch,
+        };
+        if st == next_service {
+            // Nothing new: make sure the disk and the maps agree with it.
+            let repaired = self.fleet_converge(name)?;
+            if self.state.fleet_revision < revision {
+                self.state.fleet_revision = revision;
+            }
+            return Ok(repaired);
+        }
+        let split = match &desired.active {
+            Active::Split(ws) => Some(self.build_split(&svc, ws)?),
+            Active::Pool(_) => None,
+        };
+        let mut next = self.state.clone();
+        next.services.insert(name.to_string(), next_service);
+        next.fleet_revision = next.fleet_revision.max(revision);
+        if let Some(r) = record {
+            next.record(HistoryEntry {
+                id: 0,
+                time: r.time.clone(),
+                service: name.to_string(),
+                kind: r.kind,
+                from: r.from.clone(),
+                to: r.to.clone(),
+                mode: r.mode,
+                requester: r.requester.clone(),
+                reason: r.reason.clone(),
+            });
+        }
+        // A local watch (from before the host joined a fleet) must not roll back on its own.
+        if let Some(w) = next.watches.get_mut(name)
+            && w.state == WatchState::Watching
+        {
+            w.state = WatchState::Cancelled;
+            w.reason = Some(format!("superseded by the fleet's change at revision {revision}"));
+        }
+        self.store.save(&next).map_err(|e| {
+            ApiError::internal(format!(
+                "{name}: the fleet's {} not applied, nothing changed: writing the state file failed: {e:#}",
+                desired.active
+            ))
+        })?;
+        self.state = next;
+        self.unsaved = false;
+        self.point_with(&svc, &desired.active, desired.epoch, split).map_err(|e| {
+            ApiError::internal(format!(
+                "{name}: the fleet's {} is recorded but the data plane was not updated: {}",
+                desired.active, e.message
+            ))
+        })?;
+        tracing::info!(service = %name, from = %st.active, to = %desired.active, epoch = desired.epoch, revision, "applied the fleet's desired state");
+        Ok(true)
+    }
+
+    /// Writes what the disk or the `SERVICES` entry of `name` misses; whether it did anything.
+    fn fleet_converge(&mut self, name: &str) -> Result<bool, ApiError> {
+        let svc = self.service_layout(Some(name))?.clone();
+        let st = self.state.services[name].clone();
+        let mut repaired = false;
+        if self.unsaved {
+            self.persist()?;
+            repaired = true;
+        }
+        let slot = match &st.active {
+            Active::Pool(p) => self.pool_slots.get(&(name.to_string(), p.clone())).copied(),
+            Active::Split(_) => self.split_slots.get(name).copied(),
+        };
+        let have = self.maps.service(svc.id).map_err(super::core::dp_err)?;
+        if slot.is_none_or(|t| have.table != t || have.epoch != st.epoch) {
+            self.point(&svc, &st.active, st.epoch)?;
+            repaired = true;
+        }
+        Ok(repaired)
+    }
+
+    /// Every service's pools and their health on this host: what the host publishes for the
+    /// fleet's gates.
+    pub fn fleet_health(&self) -> Vec<ServiceHealth> {
+        self.layout
+            .services
+            .iter()
+            .map(|svc| {
+                let st = &self.state.services[&svc.name];
+                ServiceHealth {
+                    service: svc.name.clone(),
+                    active: st.active.clone(),
+                    epoch: st.epoch,
+                    pools: svc
+                        .pools
+                        .iter()
+                        .map(|p| {
+                            let (healthy, min_healthy, down) = self.pool_health(svc, &p.name);
+                            PoolHealth { pool: p.name.clone(), healthy, min_healthy, down }
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Why `pool` of `service` is below its `min_healthy` here, or `None` when it is not.
+    pub fn pool_below_min(&self, service: &str, pool: &str) -> Option<String> {
+        let svc = self.layout.service(service)?;
+        let (healthy, min, bad) = self.pool_health(svc, pool);
+        (healthy < min).then(|| {
+            format!(
+                "{pool}: {healthy} of {} backends healthy, min_healthy {min}: {}",
+                svc.pool(pool).map(|p| p.backends.len()).unwrap_or(0),
+                bad.join(", ")
+            )
+        })
+    }
+}

@@ -1,0 +1,276 @@
+//! A switch, rollback or split in a fleet: ONE etcd transaction that writes the service's new
+//! desired state and its history entry (and the `--watch` record), only if the service's key is
+//! still at the revision the decision was made on. The host whose API took the request does not
+//! apply it itself: like every other host it applies it from its watch; the answer waits
+//! (bounded) until it did, so `apply_us` is real.
+//!
+//! - `--expect-active X`: X is compared with the desired state read from etcd, and the
+//!   transaction compares the key's `mod_revision` with the one read: a change in between
+//!   makes it a `Conflict` (without `--expect-active`, the request is decided again on the new
+//!   state, a few times at most).
+//! - Gates use the fleet's view: the target pools must meet `min_healthy` on every live host
+//!   (this host's live health included), unless `--force`, which the history records.
+//! - etcd unreachable: `Unavailable`, nothing written anywhere.
+
+use std::time::{Duration, Instant};
+
+use super::node::FleetNode;
+use super::records::{DesiredService, HistoryRecord, HostStatus, WatchRecord};
+use super::store::{Compare, StoreError, Txn};
+use crate::api::model::{Active, ApiError, ErrorCode, HistoryKind, SwitchMode, SwitchOutcome, WatchState};
+use crate::dataplane::Maps;
+
+/// Attempts when the state moved between the read and the transaction (no `--expect-active`).
+const ATTEMPTS: usize = 5;
+
+/// What was asked (one of switch, rollback, split).
+#[derive(Clone, Debug, Default)]
+pub struct ChangeRequest {
+    /// `Switch`, `Rollback` or `Split`.
+    pub kind: Option<HistoryKind>,
+    /// The new active pool or split; `None` for a rollback (the desired state's `previous`).
+    pub target: Option<Active>,
+    /// Hard switch: bump the epoch.
+    pub hard: bool,
+    /// Override the gates (recorded).
+    pub force: bool,
+    /// Decide, write nothing.
+    pub dry_run: bool,
+    /// Compare-and-swap on the active pool or split.
+    pub expect_active: Option<String>,
+    /// A `--watch` window in seconds (switch to a pool only).
+    pub watch_s: Option<u64>,
+}
+
+pub(super) fn unavailable(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Unavailable(why) => ApiError::unavailable(format!(
+            "the fleet's etcd cannot be reached ({why}): nothing changed on any host; forwarding \
+             continues on the last applied state"
+        )),
+        other => ApiError::internal(format!("the fleet's etcd failed: {other}; nothing changed")),
+    }
+}
+
+impl<M: Maps> FleetNode<M> {
+    /// Carries out `req` on service `service` (the only one when `None`) for `requester`.
+    pub fn change(
+        &self,
+        service: Option<&str>,
+        req: &ChangeRequest,
+        requester: &str,
+    ) -> Result<SwitchOutcome, ApiError> {
+        let started = Instant::now();
+        let kind = req.kind.unwrap_or(HistoryKind::Switch);
+        if req.watch_s.is_some_and(|s| s == 0 || s > 86_400) {
+            return Err(ApiError::invalid("watch must be 1 s to 24 h"));
+        }
+        let name = self.core().service_layout(service)?.name.clone();
+        let key = self.keys.service(&name);
+        for attempt in 1..=ATTEMPTS {
+            let (kv, read_revision) = self.store.get(&key).map_err(unavailable)?;
+            let read_mod = kv.as_ref().map_or(0, |kv| kv.mod_revision);
+            let current = match &kv {
+                Some(kv) => serde_json::from_str::<DesiredService>(&kv.value).map_err(|e| {
+                    ApiError::internal(format!(
+                        "{name}: unreadable desired state in etcd ({e}); nothing changed"
+                    ))
+                })?,
+                None => {
+                    let (active, previous, epoch) = self
+                        .core()
+                        .local_desired(&name)
+                        .ok_or_else(|| ApiError::internal("service without state"))?;
+                    DesiredService { active, previous, epoch, seq: 0 }
+                }
+            };
+            if let Some(expected) = &req.expect_active
+                && current.active.to_string() != *expected
+            {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "{name}: expected {expected} to be active, but the fleet's desired state is {} \
+                         (history #{}); nothing changed",
+                        current.active, current.seq
+                    ),
+                ));
+            }
+            let target = match &req.target {
+                Some(t) => t.clone(),
+                None => current.previous.clone().ok_or_else(|| {
+                    ApiError::refused(format!(
+                        "{name} has nothing to roll back to: no earlier switch is recorded"
+                    ))
+                })?,
+            };
+            self.core().fleet_check(&name, &target)?;
+            let mode = if req.hard { SwitchMode::Hard } else { SwitchMode::Drain };
+            let epoch = if req.hard { current.epoch.wrapping_add(1).max(1) } else { current.epoch };
+            let outcome = |changed: bool, warnings: Vec<String>, history_id, revision| SwitchOutcome {
+                service: name.clone(),
+                changed,
+                before: current.active.clone(),
+                after: target.clone(),
+                mode,
+                epoch,
+                apply_us: 0,
+                history_id,
+                dry_run: req.dry_run,
+                warnings,
+                watch: None,
+                revision,
+            };
+            if current.active == target && !req.hard {
+                return Ok(outcome(false, Vec::new(), None, Some(read_mod)));
+            }
+            let gated = kind != HistoryKind::Rollback;
+            let problems = if gated { self.gate(&name, &target)? } else { Vec::new() };
+            if !problems.is_empty() && !req.force {
+                return Err(ApiError::refused(format!(
+                    "{name}: refused, {} (use --force to switch anyway)",
+                    problems.join("; ")
+                )));
+            }
+            let warnings: Vec<String> = problems.iter().map(|p| format!("forced: {p}")).collect();
+            if req.dry_run {
+                return Ok(outcome(true, warnings, None, None));
+            }
+            let seq = read_revision as u64 + 1;
+            let now = (self.clock)();
+            let record = HistoryRecord {
+                seq,
+                time: crate::engine::core::rfc3339_of_ms(now),
+                service: name.clone(),
+                kind,
+                from: current.active.clone(),
+                to: target.clone(),
+                mode,
+                requester: requester.to_string(),
+                via: self.host.clone(),
+                forced: !problems.is_empty(),
+                reason: (!warnings.is_empty()).then(|| warnings.join("; ")),
+            };
+            let desired =
+                DesiredService { active: target.clone(), previous: Some(current.active.clone()), epoch, seq };
+            let mut puts =
+                vec![(key.clone(), to_json(&desired)?), (self.keys.history_entry(seq), to_json(&record)?)];
+            let watch = match (req.watch_s, &target) {
+                (Some(secs), Active::Pool(pool)) => Some(WatchRecord {
+                    service: name.clone(),
+                    pool: pool.clone(),
+                    until_ms: now + secs * 1000,
+                    state: WatchState::Watching,
+                    switch_seq: seq,
+                    rollback_to: current.active.clone(),
+                    reason: None,
+                    rollback_seq: None,
+                    rolled_back_by: None,
+                }),
+                _ => self.sync().watches.get(&name).filter(|(w, _)| w.state == WatchState::Watching).map(
+                    |(w, _)| WatchRecord {
+                        state: WatchState::Cancelled,
+                        reason: Some(format!("superseded by change #{seq}")),
+                        ..w.clone()
+                    },
+                ),
+            };
+            if let Some(w) = &watch {
+                puts.push((self.keys.watch(&name), to_json(w)?));
+            }
+            let txn = Txn {
+                compares: vec![
+                    Compare::ModRevision(key.clone(), read_mod),
+                    Compare::ModRevision(self.keys.history_entry(seq), 0),
+                ],
+                puts,
+            };
+            let Some(revision) = self.store.commit(&txn).map_err(unavailable)? else {
+                // Lost a race: someone changed the service, or took the same history number.
+                let (now_kv, _) = self.store.get(&key).map_err(unavailable)?;
+                let moved = now_kv.as_ref().map_or(0, |kv| kv.mod_revision) != read_mod;
+                if moved && req.expect_active.is_some() {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("{name}: changed by someone else at the same moment; nothing changed"),
+                    ));
+                }
+                tracing::debug!(service = %name, attempt, "fleet: state moved during the change; deciding again");
+                continue;
+            };
+            tracing::info!(service = %name, from = %current.active, to = %target, ?mode, ?kind, requester, seq, revision, "fleet: change committed");
+            let mut out = outcome(true, warnings, Some(seq), Some(revision));
+            if self.wait_applied(revision, self.apply_wait) {
+                out.apply_us = started.elapsed().as_micros() as u64;
+            } else {
+                out.warnings.push(format!(
+                    "committed at etcd revision {revision}, but this host has not applied it yet"
+                ));
+            }
+            out.watch = watch.filter(|_| req.watch_s.is_some()).map(|w| self.watch_view_of(&w));
+            return Ok(out);
+        }
+        Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "{name}: the fleet's state kept changing during the request ({ATTEMPTS} attempts); nothing changed"
+            ),
+        ))
+    }
+
+    /// The problems of the target pools on every live host (this one with its live health).
+    fn gate(&self, name: &str, target: &Active) -> Result<Vec<String>, ApiError> {
+        let pools: Vec<&str> = match target {
+            Active::Pool(p) => vec![p.as_str()],
+            Active::Split(ws) => ws.iter().map(|w| w.pool.as_str()).collect(),
+        };
+        let snapshot = self.store.get_prefix(&self.keys.hosts()).map_err(unavailable)?;
+        let mut hosts: Vec<HostStatus> =
+            snapshot.kvs.iter().filter_map(|kv| serde_json::from_str::<HostStatus>(&kv.value).ok()).collect();
+        hosts.retain(|h| h.host != self.host);
+        hosts.push(HostStatus { services: self.core().fleet_health(), ..self.host_status() });
+        hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        let mut problems = Vec::new();
+        for h in &hosts {
+            for pool in &pools {
+                match h.pool(name, pool) {
+                    Some(p) if p.healthy < p.min_healthy => {
+                        let down = if p.down.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; unhealthy: {}", p.down.join(", "))
+                        };
+                        problems.push(format!(
+                            "on {}: {pool} has {} healthy backend(s), min_healthy is {}{down}",
+                            h.host, p.healthy, p.min_healthy
+                        ));
+                    }
+                    Some(_) => {}
+                    None => problems.push(format!(
+                        "on {}: no pool {pool} in service {name} (its config differs)",
+                        h.host
+                    )),
+                }
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Waits up to `wait` for this host to apply `revision`; whether it did.
+    pub fn wait_applied(&self, revision: i64, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut st = self.sync();
+        while st.applied_revision < revision {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = self.applied.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, ApiError> {
+    serde_json::to_string(value).map_err(|e| ApiError::internal(format!("encoding for etcd: {e}")))
+}

@@ -1,0 +1,146 @@
+//! This host's status in etcd (under its lease, rewritten when it changes, the lease renewed a
+//! few times per TTL), and the fleet as the API and `/metrics` show it.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use super::node::FleetNode;
+use super::records::HostStatus;
+use crate::api::model::{FleetHostView, FleetView};
+use crate::dataplane::Maps;
+
+impl<M: Maps> FleetNode<M> {
+    /// This host's status now.
+    pub fn host_status(&self) -> HostStatus {
+        let services = self.core().fleet_health();
+        let announced = self
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|f| f())
+            .unwrap_or_default();
+        let st = self.sync();
+        HostStatus {
+            host: self.host.clone(),
+            applied_revision: st.applied_revision,
+            in_sync: st.in_sync,
+            problem: st.problem.clone(),
+            announced,
+            services,
+            api: self.api.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            time_ms: (self.clock)(),
+        }
+    }
+
+    /// Writes the status when it changed (or the lease expired) and renews the lease when due.
+    /// Skipped while disconnected: the next resync reconnects first.
+    pub(super) fn publish(&self) {
+        if !self.sync().connected {
+            return;
+        }
+        let status = self.host_status();
+        let content = HostStatus { time_ms: 0, ..status.clone() };
+        let (changed, due) = {
+            let st = self.sync();
+            (
+                st.published.as_ref() != Some(&content),
+                st.last_keepalive.is_none_or(|t| t.elapsed() >= self.keepalive_every),
+            )
+        };
+        let mut expired = false;
+        if due {
+            match self.store.keep_alive() {
+                Ok(alive) => {
+                    expired = !alive;
+                    self.sync().last_keepalive = Some(Instant::now());
+                }
+                Err(e) => return self.lost(&e),
+            }
+        }
+        if !changed && !expired {
+            return;
+        }
+        let body = match serde_json::to_string(&status) {
+            Ok(b) => b,
+            Err(e) => return tracing::error!(error = %e, "fleet: host status not encoded"),
+        };
+        match self.store.put_leased(&self.keys.host(&self.host), &body) {
+            Ok(_) => {
+                let mut st = self.sync();
+                st.published = Some(content);
+                st.last_keepalive = Some(Instant::now());
+            }
+            Err(e) => self.lost(&e),
+        }
+    }
+
+    /// `GET /v1/fleet`.
+    pub fn view(&self) -> FleetView {
+        let now = (self.clock)();
+        let st = self.sync();
+        let hosts = st
+            .hosts
+            .values()
+            .map(|h| {
+                let pools = h.services.iter().flat_map(|s| s.pools.iter().map(move |p| (s, p)));
+                let (mut up, mut total, mut below) = (0, 0, Vec::new());
+                for (s, p) in pools {
+                    up += p.healthy;
+                    total += p.healthy + p.down.len() as u32;
+                    if p.healthy < p.min_healthy {
+                        below.push(format!("{}/{}", s.service, p.pool));
+                    }
+                }
+                FleetHostView {
+                    host: h.host.clone(),
+                    applied_revision: h.applied_revision,
+                    in_sync: h.in_sync,
+                    problem: h.problem.clone(),
+                    announced: h.announced.clone(),
+                    backends_up: up,
+                    backends_total: total,
+                    pools_below_min: below,
+                    api: h.api.clone(),
+                    age_ms: now.saturating_sub(h.time_ms),
+                }
+            })
+            .collect();
+        FleetView {
+            cluster: self.cluster.clone(),
+            host: self.host.clone(),
+            connected: st.connected,
+            revision: st.revision,
+            applied_revision: st.applied_revision,
+            in_sync: st.in_sync,
+            problem: st.problem.clone(),
+            hosts,
+        }
+    }
+
+    /// The fleet's lines of `/metrics`.
+    pub fn render_metrics(&self, out: &mut String) {
+        let st = self.sync();
+        let mut metric = |name: &str, help: &str, value: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        };
+        metric(
+            "lb_fleet_connected",
+            "1 while this host reaches etcd and its watch runs.",
+            i64::from(st.connected),
+        );
+        metric(
+            "lb_fleet_in_sync",
+            "1 while this host serves the fleet's latest desired state; 0 while it lags.",
+            i64::from(st.in_sync),
+        );
+        metric(
+            "lb_fleet_applied_revision",
+            "etcd revision whose desired state this host serves.",
+            st.applied_revision,
+        );
+        metric("lb_fleet_revision", "Latest etcd revision this host has seen.", st.revision);
+        metric("lb_fleet_live_hosts", "Hosts whose status lease is alive.", st.hosts.len() as i64);
+    }
+}

@@ -1,0 +1,309 @@
+//! The fleet's decisions against an in-memory etcd ([`MemStore`]) and fake maps: several hosts'
+//! nodes over one store, each stepped by hand, so every interleaving is explicit.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::change::ChangeRequest;
+use super::memory::MemStore;
+use super::node::FleetNode;
+use super::records::{HistoryRecord, Keys, WatchRecord};
+use crate::api::model::{Active, ErrorCode, HistoryKind, WatchState};
+use crate::dataplane::fake::FakeMaps;
+use crate::engine::tests::{CONFIG, MemStore as StateMem, Rig};
+
+/// One host: its node, its core's state store.
+struct Host {
+    node: Arc<FleetNode<FakeMaps>>,
+    state: StateMem,
+}
+
+fn host(store: &MemStore, id: u32, name: &str) -> Host {
+    let rig = Rig::new(CONFIG);
+    let state = rig.store.clone();
+    let clock = rig.clock.clone();
+    let core = Arc::new(Mutex::new(rig.core));
+    let node = FleetNode::new(
+        "edge1",
+        name,
+        core,
+        Arc::new(store.client(id)),
+        Duration::from_secs(2),
+        Duration::ZERO,
+        None,
+        Box::new(move || clock.load(Ordering::SeqCst)),
+    );
+    Host { node: Arc::new(node), state }
+}
+
+impl Host {
+    fn step(&self) {
+        self.node.step(Duration::ZERO);
+    }
+    fn switch(&self, pool: &str) -> ChangeRequest {
+        let _ = self;
+        ChangeRequest {
+            kind: Some(HistoryKind::Switch),
+            target: Some(Active::Pool(pool.into())),
+            ..ChangeRequest::default()
+        }
+    }
+    /// What `SERVICES[0]` holds: (table slot, epoch).
+    fn serving(&self) -> (u32, u32) {
+        let core = self.node.core.lock().unwrap();
+        let s = core.maps.services[&0];
+        (s.table, s.epoch)
+    }
+    fn active(&self) -> Active {
+        self.node.core.lock().unwrap().local_desired("web").unwrap().0
+    }
+    fn down(&self, index: u32) {
+        self.node.core.lock().unwrap().on_health(index, false, Some("connection refused".into()));
+    }
+}
+
+fn pool(p: &str) -> Active {
+    Active::Pool(p.into())
+}
+
+fn history(store: &MemStore) -> Vec<HistoryRecord> {
+    let prefix = Keys::new("edge1").history();
+    store
+        .keys(&prefix)
+        .into_iter()
+        .filter(|k| Keys::name_in(k, &prefix).is_some())
+        .map(|k| serde_json::from_str(&store.value(&k).unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_switch_is_one_transaction_every_host_applies_from_its_watch() {
+    let store = MemStore::default();
+    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
+    a.step();
+    b.step();
+    assert!(a.node.view().in_sync && b.node.view().in_sync);
+    let before = (a.serving(), b.serving());
+    let commits = store.commits();
+    let out = a.node.change(None, &a.switch("pool-b"), "ci").unwrap();
+    assert_eq!(store.commits(), commits + 1, "one transaction");
+    assert!(out.changed);
+    let revision = out.revision.expect("a fleet change has a revision");
+    // Not applied by the host that took it before its watch says so.
+    assert_eq!((a.serving(), b.serving()), before);
+    assert_eq!(a.active(), pool("pool-a"));
+    a.step();
+    b.step();
+    assert_eq!(a.active(), pool("pool-b"));
+    assert_eq!(b.active(), pool("pool-b"));
+    assert_eq!(a.serving(), b.serving(), "same table slot and epoch everywhere");
+    assert_ne!(a.serving(), before.0);
+    for h in [&a, &b] {
+        let v = h.node.view();
+        assert!(v.applied_revision >= revision && v.in_sync, "{v:?}");
+        // The state file holds what was applied, and from which revision.
+        let saved = h.state.last();
+        assert_eq!(saved.services["web"].active, pool("pool-b"));
+        assert!(saved.fleet_revision >= revision);
+        assert_eq!(saved.history.last().unwrap().requester, "ci");
+    }
+    let h = history(&store);
+    assert_eq!(h.len(), 1);
+    assert_eq!(
+        (h[0].kind, &h[0].to, h[0].via.as_str(), h[0].forced),
+        (HistoryKind::Switch, &pool("pool-b"), "lb1", false)
+    );
+    // Both hosts marked it applied.
+    let marks = store.keys(&format!("{}{:020}/applied/", Keys::new("edge1").history(), h[0].seq));
+    assert_eq!(marks.len(), 2, "{marks:?}");
+    // Rollback: same path, back to pool-a, from either host.
+    let back = ChangeRequest { kind: Some(HistoryKind::Rollback), ..ChangeRequest::default() };
+    let out = b.node.change(None, &back, "ci").unwrap();
+    assert_eq!(out.after, pool("pool-a"));
+    a.step();
+    b.step();
+    assert_eq!((a.active(), b.active()), (pool("pool-a"), pool("pool-a")));
+    assert_eq!(a.serving(), before.0);
+}
+
+#[test]
+fn a_hard_switch_has_the_same_epoch_on_every_host() {
+    let store = MemStore::default();
+    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
+    a.step();
+    b.step();
+    let epoch = a.serving().1;
+    let req = ChangeRequest { hard: true, ..a.switch("pool-b") };
+    let out = b.node.change(None, &req, "ci").unwrap();
+    assert_eq!(out.epoch, epoch.wrapping_add(1).max(1));
+    a.step();
+    b.step();
+    assert_eq!(a.serving().1, out.epoch);
+    assert_eq!(b.serving().1, out.epoch);
+}
+
+#[test]
+fn two_expect_active_writers_at_once_exactly_one_wins() {
+    let store = MemStore::default();
+    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
+    let (from, to) = (["pool-a", "pool-b"], ["pool-b", "pool-a"]);
+    for round in 0..20 {
+        a.step();
+        b.step();
+        let req = ChangeRequest { expect_active: Some(from[round % 2].into()), ..a.switch(to[round % 2]) };
+        let (na, nb) = (a.node.clone(), b.node.clone());
+        let (ra, rb) = (req.clone(), req);
+        let ta = std::thread::spawn(move || na.change(None, &ra, "a"));
+        let tb = std::thread::spawn(move || nb.change(None, &rb, "b"));
+        let results = [ta.join().unwrap(), tb.join().unwrap()];
+        let won = results.iter().filter(|r| r.as_ref().is_ok_and(|o| o.changed)).count();
+        let conflicts =
+            results.iter().filter(|r| r.as_ref().is_err_and(|e| e.code == ErrorCode::Conflict)).count();
+        assert_eq!((won, conflicts), (1, 1), "round {round}: {results:?}");
+    }
+    assert_eq!(history(&store).len(), 20);
+}
+
+#[test]
+fn etcd_unreachable_refuses_every_change_and_forwarding_stays() {
+    let store = MemStore::default();
+    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
+    a.step();
+    b.step();
+    let serving = (a.serving(), b.serving());
+    store.set_down(true);
+    let e = a.node.change(None, &a.switch("pool-b"), "ci").unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unavailable);
+    assert!(e.message.contains("nothing changed"), "{e}");
+    a.step();
+    b.step();
+    assert_eq!((a.serving(), b.serving()), serving, "forwarding unchanged");
+    let v = a.node.view();
+    assert!(!v.connected && !v.in_sync && v.problem.is_some(), "{v:?}");
+    let mut metrics = String::new();
+    a.node.render_metrics(&mut metrics);
+    assert!(metrics.contains("lb_fleet_in_sync 0") && metrics.contains("lb_fleet_connected 0"), "{metrics}");
+    // Back: b changes while a has not resynced yet; a resyncs before it says it is in sync.
+    store.set_down(false);
+    std::thread::sleep(super::node::RETRY);
+    b.step();
+    let out = b.node.change(None, &b.switch("pool-b"), "ci").unwrap();
+    assert!(!a.node.view().in_sync);
+    std::thread::sleep(super::node::RETRY);
+    a.step();
+    let v = a.node.view();
+    assert!(v.in_sync && v.connected && v.applied_revision >= out.revision.unwrap(), "{v:?}");
+    assert_eq!(a.active(), pool("pool-b"));
+    let mut metrics = String::new();
+    a.node.render_metrics(&mut metrics);
+    assert!(metrics.contains("lb_fleet_in_sync 1"), "{metrics}");
+}
+
+#[test]
+fn the_gate_uses_every_live_host_and_force_is_recorded() {
+    let store = MemStore::default();
+    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
+    b.down(2); // pool-b needs both of its backends
+    a.step();
+    b.step();
+    a.step();
+    assert_eq!(a.node.view().hosts.len(), 2);
+    let e = a.node.change(None, &a.switch("pool-b"), "ci").unwrap_err();
+    assert_eq!(e.code, ErrorCode::Refused);
+    assert!(e.message.contains("on lb2") && !e.message.contains("on lb1"), "{e}");
+    assert_eq!(history(&store).len(), 0);
+    let forced = ChangeRequest { force: true, ..a.switch("pool-b") };
+    let out = a.node.change(None, &forced, "ci").unwrap();
+    assert!(out.warnings.iter().any(|w| w.starts_with("forced: on lb2")), "{out:?}");
+    let h = history(&store);
+    assert!(h[0].forced && h[0].reason.as_deref().unwrap().contains("lb2"), "{h:?}");
+    // A host whose lease expired is no longer part of the gate.
+    let back = ChangeRequest { kind: Some(HistoryKind::Rollback), ..ChangeRequest::default() };
+    a.node.change(None, &back, "ci").unwrap();
+    store.expire_lease(2);
+    a.step();
+    assert_eq!(a.node.view().hosts.len(), 1);
+    a.node.change(None, &a.switch("pool-b"), "ci").unwrap();
+}
+
+#[test]
+fn a_watch_rolls_the_fleet_back_once_even_without_the_host_that_took_it() {
+    let store = MemStore::default();
+    let (a, b, c) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"), host(&store, 3, "lb3"));
+    for h in [&a, &b, &c] {
+        h.step();
+    }
+    let req = ChangeRequest { watch_s: Some(60), ..a.switch("pool-b") };
+    let out = a.node.change(None, &req, "ci").unwrap();
+    assert_eq!(out.watch.as_ref().map(|w| w.state), Some(WatchState::Watching));
+    for h in [&a, &b, &c] {
+        h.step();
+    }
+    // lb1 dies (never steps again); pool-b fails on lb2 and lb3.
+    store.expire_lease(1);
+    b.down(3);
+    c.down(3);
+    b.step();
+    c.step();
+    b.step();
+    c.step();
+    let h = history(&store);
+    let rollbacks: Vec<&HistoryRecord> = h.iter().filter(|r| r.kind == HistoryKind::AutoRollback).collect();
+    assert_eq!(rollbacks.len(), 1, "{h:?}");
+    assert_eq!(rollbacks[0].to, pool("pool-a"));
+    assert_eq!((b.active(), c.active()), (pool("pool-a"), pool("pool-a")));
+    let w: WatchRecord =
+        serde_json::from_str(&store.value(&Keys::new("edge1").watch("web")).unwrap()).unwrap();
+    assert_eq!(w.state, WatchState::RolledBack);
+    assert!(matches!(w.rolled_back_by.as_deref(), Some("lb2" | "lb3")), "{w:?}");
+    // Later turns change nothing more.
+    b.step();
+    c.step();
+    assert_eq!(history(&store).len(), 2);
+}
+
+#[test]
+fn a_watch_that_ends_healthy_passes_and_a_later_change_cancels_the_next() {
+    let store = MemStore::default();
+    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
+    a.step();
+    b.step();
+    let req = ChangeRequest { watch_s: Some(1), ..a.switch("pool-b") };
+    a.node.change(None, &req, "ci").unwrap();
+    a.step();
+    b.step();
+    let w = a.node.watch_view("web").unwrap();
+    assert_eq!(w.state, WatchState::Watching);
+    let back = ChangeRequest { kind: Some(HistoryKind::Rollback), ..ChangeRequest::default() };
+    b.node.change(None, &back, "ci").unwrap();
+    a.step();
+    b.step();
+    assert_eq!(a.node.watch_view("web").unwrap().state, WatchState::Cancelled);
+    a.down(3);
+    a.step();
+    assert_eq!(history(&store).iter().filter(|r| r.kind == HistoryKind::AutoRollback).count(), 0);
+}
+
+#[test]
+fn a_desired_state_a_host_cannot_serve_makes_it_say_it_lags() {
+    let store = MemStore::default();
+    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
+    a.step();
+    b.step();
+    // A desired state naming a pool lb2 does not have (another config), written as a host would.
+    let keys = Keys::new("edge1");
+    let bad = r#"{"active":{"pool":"pool-z"},"previous":{"pool":"pool-a"},"epoch":1,"seq":99}"#;
+    let c = store.client(9);
+    use super::store::DesiredStore;
+    let txn = super::store::Txn { compares: vec![], puts: vec![(keys.service("web"), bad.into())] };
+    c.commit(&txn).unwrap();
+    let serving = b.serving();
+    b.step();
+    let v = b.node.view();
+    assert!(!v.in_sync && v.problem.as_deref().unwrap().contains("pool-z"), "{v:?}");
+    assert_eq!(b.serving(), serving, "nothing applied");
+    let mut metrics = String::new();
+    b.node.render_metrics(&mut metrics);
+    assert!(metrics.contains("lb_fleet_in_sync 0"), "{metrics}");
+}
