@@ -16,6 +16,10 @@
 //!              balancers)
 //! ```
 //!
+//! With [`FleetOptions`]: a third balancer (lb3, 10.77.2.4), and etcd ([`crate::etcd`]) in its
+//! own namespace on the segment at [`ETCD_ADDR`], every daemon's config then holding a `[fleet]`
+//! table (a cluster name unique to the rig, host `lbN`) so they share their desired state.
+//!
 //! Each balancer's daemon renders `<dir>/lb-vips.conf`, which its BIRD includes; the router
 //! learns a /32 per announcing balancer and installs one multipath route. Daemons start with
 //! `nsenter --net=/run/netns/<ns>` (never `ip netns exec`: its private bpffs would hide the
@@ -23,6 +27,7 @@
 
 use crate::{
     daemon::{ServiceSpec, config_toml},
+    etcd::Etcd,
     netns::NetNs,
     topology::{attach_xdp_pass, ethtool, find_binary, find_test_backend, link_router_client, plug},
 };
@@ -61,6 +66,24 @@ pub const BACKENDS: [(&str, Ipv4Addr, &str); 4] = [
     ("b1", Ipv4Addr::new(10, 77, 2, 21), "pool-b"),
     ("b2", Ipv4Addr::new(10, 77, 2, 22), "pool-b"),
 ];
+/// Address of the rig's etcd (its own namespace on the segment) when the rig has one.
+pub const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 5);
+
+/// What [`FleetRig::with`] builds beyond the default two hosts without etcd.
+#[derive(Clone, Copy, Debug)]
+pub struct FleetOptions {
+    /// Balancer hosts: 2 or 3 (lb1 10.77.2.2, lb2 .3, lb3 .4).
+    pub hosts: usize,
+    /// Run etcd on [`ETCD_ADDR`] and give every daemon a `[fleet]` table (shared desired state).
+    pub etcd: bool,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions { hosts: 2, etcd: false }
+    }
+}
+
 /// Longest wait for BGP sessions to come up and both paths to reach the router's kernel.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -284,6 +307,8 @@ pub fn balancer_bird_conf(dir: &Path, addr: Ipv4Addr, include: &Path) -> String 
 pub struct Balancer {
     /// Its address on the segment.
     pub addr: Ipv4Addr,
+    /// Its host name in the fleet (`lb1`, `lb2`, ...; the `[fleet]` table's `host`).
+    pub host: String,
     /// lb-daemon instance name (pins under /sys/fs/bpf/<instance>).
     pub instance: String,
     /// Config, state, socket, logs, BIRD directory.
@@ -476,6 +501,11 @@ pub struct FleetRig {
     pub backends: Vec<Backend>,
     /// The router's BIRD.
     pub router_bird: Bird,
+    /// The fleet's etcd (with [`FleetOptions::etcd`]).
+    pub etcd: Option<Etcd>,
+    /// The etcd cluster name in every daemon's `[fleet]` table (unique per rig).
+    pub cluster: String,
+    etcd_ns: Option<NetNs>,
     _peer_pass: Vec<OwnedFd>,
     _dir: tempfile::TempDir,
     /// The client namespace.
@@ -491,6 +521,13 @@ impl FleetRig {
     /// Builds the namespaces, starts the backends, the router's BIRD, each balancer's BIRD and
     /// daemon, and waits (bounded) until the router has a path through each balancer.
     pub fn new(prefix: &str) -> Result<FleetRig> {
+        Self::with(prefix, FleetOptions::default())
+    }
+
+    /// Like [`FleetRig::new`], with `opts.hosts` balancers and, with `opts.etcd`, etcd on
+    /// [`ETCD_ADDR`] (started before the daemons, which get a `[fleet]` table naming it).
+    pub fn with(prefix: &str, opts: FleetOptions) -> Result<FleetRig> {
+        ensure!((2..=3).contains(&opts.hosts), "the fleet rig has 2 or 3 balancer hosts, not {}", opts.hosts);
         let dir = tempfile::tempdir()?;
         let switch = NetNs::new(&format!("{prefix}-sw"))?;
         switch.ip(&["link", "add", "br0", "type", "bridge", "stp_state", "0"])?;
@@ -540,7 +577,20 @@ impl FleetRig {
         }
 
         // Router's BIRD.
-        let lb_addrs = [Ipv4Addr::new(10, 77, 2, 2), Ipv4Addr::new(10, 77, 2, 3)];
+        let lb_addrs: Vec<Ipv4Addr> =
+            (0..opts.hosts as u8).map(|i| Ipv4Addr::new(10, 77, 2, 2 + i)).collect();
+
+        // etcd, in its own namespace on the segment (losing it loses nothing else).
+        let cluster = format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let (etcd_ns, etcd) = if opts.etcd {
+            let ns = NetNs::new(&format!("{prefix}-etcd"))?;
+            plug(&switch, "p-etcd", &ns)?;
+            ns.ip(&["addr", "add", &format!("{ETCD_ADDR}/24"), "dev", "eth0"])?;
+            let e = Etcd::start(&ns, ETCD_ADDR)?;
+            (Some(ns), Some(e))
+        } else {
+            (None, None)
+        };
         let rdir = dir.path().join("router");
         std::fs::create_dir_all(&rdir)?;
         let router_bird = Bird::start(&router, &rdir, &router_bird_conf(&rdir, &lb_addrs))?;
@@ -599,8 +649,11 @@ impl FleetRig {
                 bird.socket().display(),
                 bird_program("birdc")?.display()
             );
+            if let Some(e) = &etcd {
+                config += &fleet_table(&cluster, &name, &e.endpoint());
+            }
             std::fs::write(bdir.path().join("lb.toml"), config)?;
-            let mut b = Balancer { addr: *addr, instance, dir: bdir, daemon: None, bird, ns };
+            let mut b = Balancer { addr: *addr, host: name, instance, dir: bdir, daemon: None, bird, ns };
             b.start_daemon()?;
             balancers.push(b);
         }
@@ -609,6 +662,9 @@ impl FleetRig {
             balancers,
             backends,
             router_bird,
+            etcd,
+            cluster,
+            etcd_ns,
             _peer_pass: peer_pass,
             _dir: dir,
             client,
@@ -705,8 +761,14 @@ impl FleetRig {
             vec![self.switch.name().to_owned(), self.router.name().to_owned(), self.client.name().to_owned()];
         v.extend(self.balancers.iter().map(|b| b.ns.name().to_owned()));
         v.extend(self.backends.iter().map(|b| b.ns.name().to_owned()));
+        v.extend(self.etcd_ns.iter().map(|n| n.name().to_owned()));
         v
     }
+}
+
+/// The `[fleet]` table of host `host` in `cluster`, with the rig's etcd at `endpoint`.
+pub fn fleet_table(cluster: &str, host: &str, endpoint: &str) -> String {
+    format!("\n[fleet]\ncluster = \"{cluster}\"\nhost = \"{host}\"\nendpoints = [\"{endpoint}\"]\n")
 }
 
 /// A running `ip monitor route` of the router ([`FleetRig::watch_routes`]).

@@ -4,8 +4,11 @@
 pub mod cli;
 pub mod daemon;
 pub mod e2e;
+pub mod etcd;
 pub mod fleet_bench;
+pub mod fleet_ctl;
 pub mod fleet_rig;
+pub mod fleet_switch_bench;
 pub mod flood;
 pub mod interrupt;
 pub mod load;

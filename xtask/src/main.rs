@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask build | test | bench | demo | package | install | uninstall | man`. The first run sets up everything the eBPF
+//! Project tasks: `cargo xtask build | test | bench | demo | demo-fleet | package | install | uninstall | man`. The first run sets up everything the eBPF
 //! build needs (pinned nightly with rust-src, bpf-linker built against that nightly's LLVM) and
 //! caches it; later runs only check that it is there.
 
@@ -60,6 +60,11 @@ enum Command {
     /// pools, live traffic, `lbctl switch pool-b` and `lbctl rollback`; cleans up after itself
     /// (also on Ctrl-C). Needs root.
     Demo,
+    /// The fleet tour in about 40 seconds: a router with ECMP (BIRD), two balancer hosts sharing
+    /// their state in etcd, two pools and a client in namespaces; live traffic over both hosts,
+    /// one `lbctl switch pool-b --wait-fleet` that moves both, `lbctl rollback`, then one host
+    /// drained for maintenance with no failed connection; cleans up (also on Ctrl-C). Needs root.
+    DemoFleet,
     /// Only set up the eBPF toolchain (nightly, rust-src, bpf-linker).
     Setup,
     /// Build and install lb-daemon and lbctl (`<prefix>/bin`, stripped), an example config in
@@ -236,6 +241,24 @@ fn main() -> Result<()> {
             system::run(
                 Process::new(bin.join("fleet-bench")).args(["--failovers", &fleet_failovers.to_string()]),
             )?;
+        }
+        Command::DemoFleet => {
+            system::require_root("the demo creates network namespaces and attaches XDP programs")?;
+            system::ensure_debian_packages(&[
+                ("ip", "iproute2"),
+                ("ethtool", "ethtool"),
+                ("bird", "bird2"),
+                ("etcd", "etcd-server"),
+            ])?;
+            let tc = toolchain::ensure()?;
+            ebpf::build(&tc)?;
+            system::cargo(&["build", "--release", "--workspace", "--bins"])?;
+            let demo = system::workspace_root().join("target/release/lb-demo-fleet");
+            let code = system::run_passing_status(&mut Process::new(&demo))?;
+            if code < 0 {
+                bail!("{} could not report a status", demo.display());
+            }
+            std::process::exit(code);
         }
         Command::Demo => {
             system::require_root("the demo creates network namespaces and attaches an XDP program")?;

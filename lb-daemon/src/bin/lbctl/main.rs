@@ -14,6 +14,7 @@ mod endpoint;
 mod failure;
 #[cfg(test)]
 mod fixtures;
+mod fleet;
 mod follow;
 mod render;
 
@@ -143,6 +144,10 @@ pub enum Command {
         #[allow(missing_docs)]
         #[command(flatten)]
         change: ChangeFlags,
+        // Wait for every host of a fleet. (a plain comment: clap would show a doc comment as help)
+        #[allow(missing_docs)]
+        #[command(flatten)]
+        fleet: FleetWaitFlag,
     },
     /// Share new flows between pools by percentage (at least two pools, summing to 100).
     #[command(
@@ -164,6 +169,10 @@ pub enum Command {
         #[allow(missing_docs)]
         #[command(flatten)]
         change: ChangeFlags,
+        // Wait for every host of a fleet. (a plain comment: clap would show a doc comment as help)
+        #[allow(missing_docs)]
+        #[command(flatten)]
+        fleet: FleetWaitFlag,
     },
     /// Show established and closing flows per pool (what a drain switch leaves behind).
     #[command(after_help = help!("drain-status"))]
@@ -285,6 +294,25 @@ pub struct WaitFlags {
     /// giving up with exit 3.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = args::duration)]
     pub retry_for: Duration,
+    // In a fleet, every host first. (a plain comment: clap would show a doc comment as help)
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub fleet: FleetWaitFlag,
+}
+
+/// `--wait-fleet` of every change (switch, rollback, split).
+#[derive(Args, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetWaitFlag {
+    /// In a fleet: wait until every live host applied the change (default 30s); exit 8 on
+    /// timeout, naming the hosts that did not.
+    #[arg(
+        long,
+        value_name = "TIMEOUT",
+        num_args = 0..=1,
+        default_missing_value = "30s",
+        value_parser = args::duration
+    )]
+    pub wait_fleet: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -341,10 +369,18 @@ fn run(
         Command::Switch { pool, how, change, waits } => {
             switch::run(client, service, json, pool, *how, change, *waits)
         }
-        Command::Rollback { hard, change } => rollback::run(client, service, json, *hard, change),
-        Command::Split { force, change, .. } => {
-            split::run(client, service, json, split.unwrap_or_default(), force.force, change)
+        Command::Rollback { hard, change, fleet } => {
+            rollback::run(client, service, json, *hard, change, fleet.wait_fleet)
         }
+        Command::Split { force, change, fleet, .. } => split::run(
+            client,
+            service,
+            json,
+            split.unwrap_or_default(),
+            force.force,
+            change,
+            fleet.wait_fleet,
+        ),
         Command::DrainStatus => drain_status::run(client, service, json),
         Command::Pools => pools::run(client, service, json),
         Command::Backends => backends::run(client, service, json),
@@ -363,7 +399,7 @@ mod tests {
     #[test]
     fn switch_flags_parse() {
         let switch = |a: &[&str]| match Cli::try_parse_from(a).map(|c| c.command) {
-            Ok(Command::Switch { pool, how, change, waits }) => (
+            Ok(Command::Switch { pool, how, change, waits, .. }) => (
                 pool,
                 how.hard,
                 how.force.force,
@@ -429,7 +465,11 @@ mod tests {
                 .unwrap();
         assert!(matches!(
             cli.command,
-            Command::Rollback { hard: true, change: ChangeFlags { dry_run: true, expect_active: Some(ref p) } }
+            Command::Rollback {
+                hard: true,
+                change: ChangeFlags { dry_run: true, expect_active: Some(ref p) },
+                fleet: FleetWaitFlag { wait_fleet: None },
+            }
                 if p == "pool-b"
         ));
         let cli = Cli::try_parse_from([
@@ -448,11 +488,32 @@ mod tests {
             Command::Split {
                 force: ForceFlag { force: true },
                 change: ChangeFlags { dry_run: true, expect_active: Some(ref e) },
-                ref weights
+                ref weights,
+                ..
             } if e == "split pool-a=50 pool-b=50" && weights.len() == 2
         ));
         let cli = Cli::try_parse_from(["lbctl", "-o", "json", "drain-status", "-s", "web"]).unwrap();
         assert!(matches!(cli.command, Command::DrainStatus));
+    }
+
+    #[test]
+    fn wait_fleet_on_every_change() {
+        let fleet = |a: &[&str]| match Cli::try_parse_from(a).map(|c| c.command) {
+            Ok(
+                Command::Switch { waits: WaitFlags { fleet, .. }, .. }
+                | Command::Rollback { fleet, .. }
+                | Command::Split { fleet, .. },
+            ) => fleet.wait_fleet,
+            other => panic!("{a:?}: {other:?}"),
+        };
+        let s = |n: u64| Some(Duration::from_secs(n));
+        assert_eq!(fleet(&["lbctl", "switch", "pool-b", "--wait-fleet"]), s(30));
+        assert_eq!(fleet(&["lbctl", "switch", "pool-b", "--wait-fleet", "5s", "--wait"]), s(5));
+        assert_eq!(fleet(&["lbctl", "switch", "pool-b"]), None);
+        assert_eq!(fleet(&["lbctl", "rollback", "--wait-fleet=1m"]), s(60));
+        assert_eq!(fleet(&["lbctl", "split", "a=50", "b=50", "--wait-fleet", "10"]), s(10));
+        assert!(Cli::try_parse_from(["lbctl", "switch", "pool-b", "--wait-fleet", "0"]).is_err());
+        assert!(Cli::try_parse_from(["lbctl", "status", "--wait-fleet"]).is_err());
     }
 
     #[test]

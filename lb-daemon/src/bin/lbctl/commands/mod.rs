@@ -23,7 +23,8 @@ use serde::de::DeserializeOwned;
 
 use crate::Command;
 use crate::failure::{Failure, local_error};
-use crate::render::{json, parts};
+use crate::fleet;
+use crate::render::{json, parts, print_stdout};
 
 /// What a command that needs no daemon prints (`completions`, `man`); `None` for the others.
 pub fn offline_output(command: &Command) -> Option<String> {
@@ -89,4 +90,33 @@ fn only_service(client: &Client) -> Result<String, ClientError> {
 pub fn outcome(json_out: bool, raw: &str, verb: &str) -> Result<String, Failure> {
     let o: SwitchOutcome = parse(raw)?;
     Ok(if json_out { json::pretty(raw) } else { parts::outcome_text(&o, verb) })
+}
+
+/// A change's outcome (`raw`), then, with `--wait-fleet`, the wait for every live host to
+/// apply it: text prints the outcome before waiting and a line once applied; JSON prints one
+/// document, the outcome with a `fleet_wait` member.
+pub fn changed(
+    client: &Client,
+    json_out: bool,
+    raw: &str,
+    verb: &str,
+    wait_fleet: Option<std::time::Duration>,
+) -> Result<String, Failure> {
+    let Some(timeout) = wait_fleet else { return outcome(json_out, raw, verb) };
+    let o: SwitchOutcome = parse(raw)?;
+    if !json_out {
+        print_stdout(&parts::outcome_text(&o, verb));
+    }
+    match fleet::after_change(client, raw, timeout) {
+        None if json_out => Ok(json::pretty(raw)),
+        None => Ok(String::new()),
+        Some((waited, result)) => {
+            if json_out {
+                print_stdout(&json::pretty(&fleet::with_wait(raw, &waited)));
+            } else if result.is_ok() {
+                print_stdout(&fleet::applied_line(&waited));
+            }
+            result.map(|()| String::new())
+        }
+    }
 }

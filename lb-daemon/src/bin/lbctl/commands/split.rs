@@ -1,13 +1,16 @@
 //! `lbctl split`: share new flows between pools by percentage (a canary).
 
+use std::time::Duration;
+
 use lb_daemon::api::client::Client;
 use lb_daemon::api::model::SplitRequest;
 
-use super::{outcome, service_path};
+use super::{changed, service_path};
 use crate::ChangeFlags;
 use crate::failure::Failure;
 
-/// `POST /v1/services/{name}/split` with the weights parsed from the command line.
+/// `POST /v1/services/{name}/split` with the weights parsed from the command line, then
+/// `--wait-fleet`.
 pub fn run(
     client: &Client,
     service: Option<&str>,
@@ -15,6 +18,7 @@ pub fn run(
     weights: SplitRequest,
     force: bool,
     change: &ChangeFlags,
+    wait_fleet: Option<Duration>,
 ) -> Result<String, Failure> {
     let req = SplitRequest {
         force,
@@ -22,5 +26,6 @@ pub fn run(
         expect_active: change.expect_active.clone(),
         ..weights
     };
-    outcome(json, &client.post_text(&service_path(service, "split"), &req)?, "split")
+    let raw = client.post_text(&service_path(service, "split"), &req)?;
+    changed(client, json, &raw, "split", wait_fleet)
 }

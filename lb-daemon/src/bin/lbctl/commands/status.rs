@@ -1,5 +1,6 @@
 //! `lbctl status`: the daemon (uptime, adoption, XDP mode per interface), then per service its
-//! active pool or split, watch, pools and backends, then the pass/drop counters.
+//! active pool or split, watch, pools and backends, then the pass/drop counters, then (in a
+//! fleet) every live host and its applied revision.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use lb_daemon::api::model::StatusView;
 
 use super::{check_service, parse};
 use crate::failure::Failure;
+use crate::fleet;
 use crate::render::{Paint, json, parts, table};
 
 /// `GET /v1/status` (only `service` when given).
@@ -15,11 +17,16 @@ pub fn run(client: &Client, service: Option<&str>, json_out: bool) -> Result<Str
     let raw = client.get_text("/v1/status")?;
     let status: StatusView = parse(&raw)?;
     check_service(&status, service)?;
-    Ok(if json_out {
-        json::pretty(&raw)
-    } else {
-        render(&status, service, Paint::stdout()) + &bgp_part(&raw)
-    })
+    if json_out {
+        return Ok(json::pretty(&raw));
+    }
+    let mut text = render(&status, service, Paint::stdout()) + &bgp_part(&raw);
+    // In a fleet: every live host and its applied revision (the status's `fleet` member).
+    if let Some(f) = fleet::of_status(&raw) {
+        text.push('\n');
+        text.push_str(&fleet::render(&f, Paint::stdout()));
+    }
+    Ok(text)
 }
 
 /// The BGP announcements (`bgp` in the raw status, with `[bgp]` only), after a blank line.
