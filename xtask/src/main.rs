@@ -249,6 +249,7 @@ fn main() -> Result<()> {
                 ("ethtool", "ethtool"),
                 ("bird", "bird2"),
                 ("etcd", "etcd-server"),
+                ("protoc", "protobuf-compiler"),
             ])?;
             let tc = toolchain::ensure()?;
             ebpf::build(&tc)?;
