@@ -39,7 +39,8 @@ fn path_of_segments(pattern: &str) -> String {
     format!("/v1/{}", segments.join("/"))
 }
 
-/// The quoted path literals a line matches on: `"/v1/host" =>` and `path == "/metrics"`.
+/// The quoted path literals a line matches on: `"/v1/host" =>`, `path == "/metrics"` and
+/// `path != "/v1/fleet"`.
 fn matched_literals(line: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = line;
@@ -50,7 +51,9 @@ fn matched_literals(line: &str) -> Vec<String> {
         let before = rest[..start].trim_end();
         let following = after[end + 1..].trim_start();
         let is_path = literal.starts_with("/v1/") || literal == "/metrics";
-        if is_path && (following.starts_with("=>") || following.starts_with('|') || before.ends_with("==")) {
+        // `path != "/v1/fleet"` guards a handler that answers only that path.
+        let compared = before.ends_with("==") || before.ends_with("!=");
+        if is_path && (following.starts_with("=>") || following.starts_with('|') || compared) {
             out.push(literal.to_owned());
         }
         rest = &after[end + 1..];

@@ -66,7 +66,7 @@ fn every_switch_logs_one_structured_line() {
     let f = &lines[0]["fields"];
     assert_eq!(
         (f["service"].as_str(), f["from"].as_str(), f["to"].as_str(), f["mode"].as_str()),
-        (Some("web"), Some("pool-a"), Some("pool-b"), Some("Hard"))
+        (Some("web"), Some("pool-a"), Some("pool-b"), Some("hard"))
     );
     assert!(f["requester"].as_str().unwrap().contains("lbctl/"), "{f}");
 }
