@@ -95,6 +95,7 @@ impl<M: Maps> Core<M> {
                 mode: r.mode,
                 requester: r.requester.clone(),
                 reason: r.reason.clone(),
+                backend: None,
             });
         }
         // A local watch (from before the host joined a fleet) must not roll back on its own.

@@ -824,7 +824,7 @@ impl TestServer {
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap();
         let unix = bind_unix(&socket).unwrap();
-        let extra = Extra { read_token: Some(READ_TOKEN.into()), metrics: Some(metrics) };
+        let extra = Extra { read_token: Some(READ_TOKEN.into()), metrics: Some(metrics), sync: None };
         let task = tokio::spawn(async move {
             let tcp = Some((listener, TOKEN.to_owned()));
             serve_listeners(control, unix, tcp, extra, ApiLimits::default(), None, shutdown).await;
