@@ -12,5 +12,5 @@ pub mod lock;
 pub mod man;
 pub mod neighbours;
 pub mod preflight;
-pub mod service_manager;
 pub mod process_metrics;
+pub mod service_manager;

@@ -16,7 +16,9 @@ mod options_file;
 
 pub use batch::{BATCH, FlowReader};
 pub use flow_writer::FlowWriter;
-pub use handle::{AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir, set_flow_reports};
+pub use handle::{
+    AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir, set_flow_reports,
+};
 pub use iface_mac::interface_mac;
 pub use maps::{FlowSource, Maps};
 pub use objects::{BENCH_XDP_OBJECT, LB_XDP_OBJECT, objects_are_stubs, require_real_objects};

@@ -7,10 +7,9 @@ use crate::{
     api::{
         Control,
         model::{
-            Active, ApiError, BackendOutcome, BackendRequest, DrainView, FleetView, HistoryEntry, HistoryKind,
-            ReloadOutcome,
-            RollbackRequest, ServiceView, ShutdownRequest, SplitRequest, StatusView, SwitchOutcome,
-            SwitchRequest, WatchView,
+            Active, ApiError, BackendOutcome, BackendRequest, DrainView, FleetView, HistoryEntry,
+            HistoryKind, ReloadOutcome, RollbackRequest, ServiceView, ShutdownRequest, SplitRequest,
+            StatusView, SwitchOutcome, SwitchRequest, WatchView,
         },
     },
     config::Config,
@@ -102,7 +101,9 @@ impl Control for Engine {
             .map_err(|e| ApiError::invalid(format!("config not reloaded, nothing changed: {e}")))
             .inspect_err(|e| tracing::error!(requester, error = %e, "reload refused"))?;
         // [bgp] first: BIRD confirms the new settings or the reload is refused, nothing changed.
-        let bgp = self.reload_bgp(&new).inspect_err(|e| tracing::error!(requester, error = %e, "reload refused"))?;
+        let bgp = self
+            .reload_bgp(&new)
+            .inspect_err(|e| tracing::error!(requester, error = %e, "reload refused"))?;
         let mut core = self.lock();
         let outcome = core.reload(new, requester);
         // Also after a failure: a reload applied but not persisted serves the new config. The
@@ -113,8 +114,8 @@ impl Control for Engine {
         crate::preflight::check_forwarding(&core.config, &self.warnings);
         drop(core);
         // Logged here, whoever asked (lbctl reload, SIGHUP), refused or not.
-        let outcome =
-            with_bgp(outcome, bgp).inspect_err(|e| tracing::error!(requester, error = %e, "reload refused"))?;
+        let outcome = with_bgp(outcome, bgp)
+            .inspect_err(|e| tracing::error!(requester, error = %e, "reload refused"))?;
         if outcome.changed {
             tracing::info!(requester, changes = %outcome.changes.join("; "), "config reloaded");
         } else {

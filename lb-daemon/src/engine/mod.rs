@@ -15,8 +15,8 @@ pub mod backend_control;
 mod control;
 pub mod core;
 pub mod drain;
-pub mod flow_cache;
 pub mod fleet;
+pub mod flow_cache;
 pub mod keys;
 pub mod layout;
 pub mod metrics;
@@ -116,6 +116,12 @@ impl Engine {
     /// From now on switches, rollbacks and splits go through the fleet's etcd (`[fleet]`).
     pub fn join_fleet(&self, node: Arc<crate::fleet::etcd::FleetNode<Dataplane>>) {
         let _ = self.fleet.set(node);
+    }
+
+    /// The fleet node once the host joined its fleet (`[fleet]`): the flow sync takes its
+    /// peers from the node's live hosts.
+    pub fn fleet_node(&self) -> Option<&Arc<crate::fleet::etcd::FleetNode<Dataplane>>> {
+        self.fleet.get()
     }
 
     /// The warnings shown in the status and `/v1/health`.
