@@ -186,7 +186,13 @@ fn run(args: Args) -> Result<()> {
     // Flow sync (only with [sync]); a joining host announces once it has its peers' flows.
     let sync = match (sync_cfg, sync_maps) {
         (Some(cfg), Some((ring, reader, writer))) => {
-            let peers = Box::new(lb_daemon::fleet::sync::StaticPeers(cfg.peers.clone()));
+            // With [fleet] the peers are the live hosts in etcd (plus any static ones).
+            let peers: Box<dyn lb_daemon::fleet::sync::PeerSource> = if fleet_cfg.is_some() {
+                let members: Arc<dyn lb_daemon::fleet::sync::SyncMembers> = engine.clone();
+                Box::new(lb_daemon::fleet::sync::FleetPeers::new(&members, cfg.peers.clone()))
+            } else {
+                Box::new(lb_daemon::fleet::sync::StaticPeers(cfg.peers.clone()))
+            };
             let local: Arc<dyn lb_daemon::fleet::sync::LocalSource> = engine.clone();
             lb_daemon::fleet::sync::FlowSync::start(
                 Some(cfg),
@@ -207,6 +213,7 @@ fn run(args: Args) -> Result<()> {
     }
     drop(control);
     serve_opts.fleet = fleet.clone();
+    let sync_listen = sync.as_ref().map(|s| s.config().listen);
     serve_opts.sync = sync;
     // Shared desired state (only with [fleet]): from now on changes go through etcd.
     let fleet_thread = match &fleet_cfg {
@@ -215,6 +222,10 @@ fn run(args: Args) -> Result<()> {
         }
         None => None,
     };
+    // The other hosts learn this host's sync address from its status in etcd.
+    if let (Some(addr), Some(node)) = (sync_listen, engine.fleet_node()) {
+        node.set_sync_addr(addr);
+    }
     let kind = runtime.block_on(async {
         let mut requested = engine.shutdown_requested();
         let stop = {

@@ -26,6 +26,8 @@ fn drained_connections_survive_the_loss_of_their_host() {
     let mut rig = FleetRig::new("fs").expect("fleet rig");
     rig.enable_sync(INTERVAL).expect("flow sync on");
     let both = rig.balancer_addrs();
+    // The restarts of enable_sync withdraw and re-announce: wait until the router has both paths.
+    rig.wait_next_hops(&both, Duration::from_secs(10)).expect("both hosts announce");
 
     // Long-lived connections through both hosts, all on pool-a, older than the sync interval.
     let mut conns = LongLived::open(&rig.client, vip_addr(), 200).expect("long-lived connections");
@@ -76,8 +78,6 @@ fn drained_connections_survive_the_loss_of_their_host() {
 }
 
 #[test]
-#[ignore = "its one run saw every connection go through lb1 (no pool-a answer); the wait for both \
-            router paths added since is not verified yet: run with --ignored"]
 fn hosts_that_disagree_on_the_epoch_never_resurrect_a_flow() {
     let mut rig = FleetRig::new("fe").expect("fleet rig");
     rig.enable_sync(INTERVAL).expect("flow sync on");

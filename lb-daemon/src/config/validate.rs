@@ -21,6 +21,7 @@ impl Config {
         }
         if let Some(sync) = &self.sync {
             p.0.extend(sync.problems());
+            p.0.extend(sync.membership_problems(self.fleet.is_some()));
         }
         p.0
     }

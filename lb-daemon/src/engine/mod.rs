@@ -118,6 +118,12 @@ impl Engine {
         let _ = self.fleet.set(node);
     }
 
+    /// The fleet node once the host joined its fleet (`[fleet]`): the flow sync takes its
+    /// peers from the node's live hosts.
+    pub fn fleet_node(&self) -> Option<&Arc<crate::fleet::etcd::FleetNode<Dataplane>>> {
+        self.fleet.get()
+    }
+
     /// The warnings shown in the status and `/v1/health`.
     pub fn warnings(&self) -> &crate::preflight::Warnings {
         &self.warnings

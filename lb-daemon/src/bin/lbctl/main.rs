@@ -17,6 +17,7 @@ mod fixtures;
 mod fleet;
 mod follow;
 mod render;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

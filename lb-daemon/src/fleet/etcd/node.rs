@@ -72,6 +72,8 @@ pub struct FleetNode<M: Maps> {
     pub(super) apply_wait: Duration,
     pub(super) announced: Mutex<Option<AnnouncedFn>>,
     pub(super) api: Option<String>,
+    /// This host's flow-sync address, published in its status (`[sync]` with `[fleet]`).
+    pub(super) sync_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl<M: Maps> FleetNode<M> {
@@ -107,6 +109,7 @@ impl<M: Maps> FleetNode<M> {
             apply_wait,
             announced: Mutex::new(None),
             api,
+            sync_addr: std::sync::OnceLock::new(),
         }
     }
 

@@ -175,6 +175,10 @@ pub struct HostStatus {
     pub version: String,
     /// When it was written (ms since the Unix epoch).
     pub time_ms: u64,
+    /// Its flow-sync address (`[sync] listen`), when it syncs flows: the other hosts of the
+    /// fleet take their sync peers from these (see `fleet::sync::FleetPeers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_addr: Option<std::net::SocketAddr>,
 }
 
 impl HostStatus {

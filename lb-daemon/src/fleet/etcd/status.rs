@@ -31,6 +31,7 @@ impl<M: Maps> FleetNode<M> {
             api: self.api.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             time_ms: (self.clock)(),
+            sync_addr: self.sync_addr.get().copied(),
         }
     }
 
@@ -142,5 +143,32 @@ impl<M: Maps> FleetNode<M> {
         );
         metric("lb_fleet_revision", "Latest etcd revision this host has seen.", st.revision);
         metric("lb_fleet_live_hosts", "Hosts whose status lease is alive.", st.hosts.len() as i64);
+    }
+}
+
+impl<M: Maps> FleetNode<M> {
+    /// Publishes `addr` as this host's flow-sync address in its status (once: `[sync] listen`
+    /// does not change while the daemon runs), so the other hosts sync flows with it.
+    pub fn set_sync_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.sync_addr.set(addr);
+    }
+
+    /// The flow-sync addresses of the live hosts (status lease alive) other than this one, in
+    /// host-name order: the peers of this host's flow sync. `None` while this host does not
+    /// reach etcd (its list of hosts may be stale or not read yet).
+    pub fn sync_peers(&self) -> Option<Vec<std::net::SocketAddr>> {
+        let own = self.sync_addr.get().copied();
+        let st = self.sync();
+        if !st.connected {
+            return None;
+        }
+        Some(
+            st.hosts
+                .values()
+                .filter(|h| h.host != self.host)
+                .filter_map(|h| h.sync_addr)
+                .filter(|a| Some(*a) != own)
+                .collect(),
+        )
     }
 }

@@ -5,7 +5,7 @@
 //! [sync]
 //! listen = "10.0.0.11:7946"          # this host's sync address on the segment
 //! key_file = "/etc/lb/sync.key"      # shared by every host of the fleet, mode 0600
-//! peers = ["10.0.0.12:7946"]         # the other hosts (at merge: from the etcd membership)
+//! peers = ["10.0.0.12:7946"]         # the other hosts; optional with [fleet] (etcd's live hosts)
 //! interval = "100ms"                 # records are batched and sent this often
 //! peer_timeout = "2s"                # a peer silent this long is dropped (re-synced on return)
 //! ready_timeout = "5s"               # joining: wait at most this for the peers' flows
@@ -147,6 +147,21 @@ impl SyncConfig {
         out
     }
 
+    /// Where the peers come from: with `[fleet]` from the live hosts in etcd (`peers` then
+    /// optional, added to them); without, `peers` must name at least one host, or the sync
+    /// would have no one to share flows with.
+    pub fn membership_problems(&self, fleet: bool) -> Vec<Problem> {
+        if fleet || !self.peers.is_empty() {
+            return Vec::new();
+        }
+        vec![Problem {
+            key: "sync.peers".into(),
+            reason: "is empty and there is no [fleet] to learn the peers from: list the other \
+                     hosts' sync addresses, or configure [fleet]"
+                .into(),
+        }]
+    }
+
     /// Reads the shared key: at least [`MIN_KEY_BYTES`] bytes, surrounding whitespace trimmed;
     /// refused when others may read it.
     pub fn read_key(&self) -> anyhow::Result<Vec<u8>> {
@@ -248,6 +263,22 @@ backends = ["10.0.1.1:80"]
         ))
         .unwrap_err();
         assert!(e.to_string().contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn peers_are_needed_only_without_the_fleet() {
+        let p = problems("listen = \"10.0.0.1:7946\"\nkey_file = \"/k\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "sync.peers");
+        assert!(p[0].1.contains("[fleet]"), "{p:?}");
+        let c = Config::from_toml_str(&format!(
+            "{BASE}\n[sync]\nlisten = \"10.0.0.1:7946\"\nkey_file = \"/k\"\npeers = [\"10.0.0.2:7946\"]\n"
+        ))
+        .unwrap();
+        let mut s = c.sync.unwrap();
+        s.peers.clear();
+        assert!(s.membership_problems(true).is_empty(), "with [fleet] the peers come from etcd");
+        assert_eq!(s.membership_problems(false).len(), 1);
     }
 
     #[test]

@@ -17,9 +17,11 @@
 //! direction keeps each side simple (the sender writes records, the receiver writes ACKs).
 //!
 //! - [`config`]: the `[sync]` table. [`peers`]: the peer list ([`PeerSource`]) and each
-//!   peer's queue. [`view`]: the `sync` part of the status and the `lb_sync_*` metrics.
+//!   peer's queue. [`fleet_peers`]: with `[fleet]`, the peers are the live hosts in etcd.
+//!   [`view`]: the `sync` part of the status and the `lb_sync_*` metrics.
 
 pub mod config;
+pub mod fleet_peers;
 pub mod local;
 pub mod peers;
 pub mod receiver;
@@ -29,6 +31,7 @@ pub mod view;
 pub mod wire;
 
 pub use config::SyncConfig;
+pub use fleet_peers::{FleetPeers, SyncMembers};
 pub use local::{LocalSource, LocalView};
 pub use peers::{PeerSource, StaticPeers};
 pub use view::SyncView;
@@ -154,8 +157,10 @@ impl FlowSync {
                 tracing::warn!(error = %e, "flow sync: reading the local services failed; keeping the last view")
             }
         }
-        let wanted = self.source.peers();
+        // Locked first: readiness (which reads the peers) never sees a known source with the
+        // peers of before.
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let wanted = self.source.peers();
         peers.retain(|p| {
             let keep = wanted.contains(&p.addr);
             if !keep {
@@ -233,7 +238,7 @@ impl FlowSync {
             return;
         }
         let timed_out = self.started.elapsed() >= self.cfg.ready_timeout;
-        if timed_out || self.waiting_for().is_empty() {
+        if timed_out || (self.source.known() && self.waiting_for().is_empty()) {
             self.ready.store(true, Ordering::Relaxed);
             tracing::info!(
                 timed_out,

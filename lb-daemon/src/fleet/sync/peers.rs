@@ -14,6 +14,12 @@ use super::wire::WireFlow;
 pub trait PeerSource: Send + Sync {
     /// The sync addresses of the other hosts of the fleet (not this one).
     fn peers(&self) -> Vec<SocketAddr>;
+
+    /// The list is known (a static list always; the fleet's once etcd was read): until then a
+    /// starting host does not count itself ready, as it cannot know whom to wait for.
+    fn known(&self) -> bool {
+        true
+    }
 }
 
 /// The peers listed in the config's `[sync] peers`.

@@ -21,6 +21,11 @@ pub fn run(client: &Client, service: Option<&str>, json_out: bool) -> Result<Str
         return Ok(json::pretty(&raw));
     }
     let mut text = render(&status, service, Paint::stdout()) + &bgp_part(&raw);
+    // With [sync]: the flow sync's peers, queues, drops and refusals (the `sync` member).
+    if let Some(s) = crate::sync::of_status(&raw) {
+        text.push('\n');
+        text.push_str(&crate::sync::render(&s, Paint::stdout()));
+    }
     // In a fleet: every live host and its applied revision (the status's `fleet` member).
     if let Some(f) = fleet::of_status(&raw) {
         text.push('\n');
