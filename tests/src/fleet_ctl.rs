@@ -96,7 +96,7 @@ pub fn wait_in_sync(rig: &FleetRig, timeout: Duration) -> Result<i64> {
             }
         }
         if start.elapsed() > timeout {
-            bail!("the fleet is not in sync within {timeout:?}: {now:?}");
+            bail!("the fleet is not in sync within {timeout:?}: {now:?}\n{}", why_not_in_sync(rig));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -115,4 +115,23 @@ pub fn wait_active(b: &Balancer, want: &str, timeout: Duration) -> Result<Durati
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Why hosts are not in sync, for an error message: each host's `problem` in `GET /v1/fleet`
+/// and the fleet lines of its daemon log (the cause is found there, not in a bare flag).
+pub fn why_not_in_sync(rig: &FleetRig) -> String {
+    let mut out = String::new();
+    for b in &rig.balancers {
+        let view = fleet_view(b).map(|v| v.to_string()).unwrap_or_else(|e| format!("{e:#}"));
+        out += &format!("{}: GET /v1/fleet: {view}\n", b.host);
+        let log = b.daemon_log();
+        let fleet: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("fleet") || l.contains("etcd") || l.contains("ERROR"))
+            .collect();
+        for l in fleet.iter().rev().take(15).rev() {
+            out += &format!("  {l}\n");
+        }
+    }
+    out
 }

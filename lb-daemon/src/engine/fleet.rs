@@ -33,6 +33,24 @@ impl<M: Maps> Core<M> {
         self.state.services.get(name).map(|s| (s.active.clone(), s.previous.clone(), s.epoch))
     }
 
+    /// What this host serves for every service, as the desired state a fresh etcd is seeded
+    /// with (no history entry: `seq` 0).
+    pub fn local_desired_all(&self) -> Vec<(String, DesiredService)> {
+        self.state
+            .services
+            .iter()
+            .map(|(n, s)| {
+                let d = DesiredService {
+                    active: s.active.clone(),
+                    previous: s.previous.clone(),
+                    epoch: s.epoch,
+                    seq: 0,
+                };
+                (n.clone(), d)
+            })
+            .collect()
+    }
+
     /// The etcd revision of the last desired state applied from the fleet (0: none).
     pub fn fleet_revision(&self) -> i64 {
         self.state.fleet_revision

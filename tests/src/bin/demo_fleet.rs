@@ -199,9 +199,7 @@ fn run(ui: &Ui) -> Result<bool> {
     live.ticks(3, &rig, ui)?;
 
     ui.heading("Maintenance: drain lb1 (its route is withdrawn; what still arrives is forwarded)");
-    println!("{}", ui.paint(Style::Command, "  [lb1] POST /v1/host/drain"));
-    let answer = rig.balancers[0].host("drain")?;
-    println!("    drained: {}, announced: {}", answer["drained"], answer["announced"]);
+    run_lbctl(&rig, 0, &["host", "drain"], ui)?;
     let t0 = Instant::now();
     rig.wait_next_hops(&[rig.balancers[1].addr], SETTLE)?;
     println!(
@@ -210,8 +208,7 @@ fn run(ui: &Ui) -> Result<bool> {
         t0.elapsed().as_millis()
     );
     live.ticks(3, &rig, ui)?;
-    println!("{}", ui.paint(Style::Command, "  [lb1] POST /v1/host/undrain"));
-    rig.balancers[0].host("undrain")?;
+    run_lbctl(&rig, 0, &["host", "undrain"], ui)?;
     rig.wait_next_hops(&rig.balancer_addrs(), SETTLE)?;
     println!("    both next hops back");
     live.ticks(2, &rig, ui)?;

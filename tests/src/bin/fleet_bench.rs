@@ -5,7 +5,11 @@
 //! - `failover`: a host frozen (SIGSTOP of its BIRD) or its link down, until the router's
 //!   kernel route lost its path (`lb_tests::fleet_bench::failover`);
 //! - `conn-rate`: unpaced short connections through the VIP with both hosts, then with one
-//!   drained (`lb_tests::fleet_bench::conn_rate`).
+//!   drained (`lb_tests::fleet_bench::conn_rate`);
+//! - `switch`: on a rig of 3 hosts sharing their desired state in etcd, a switch request until
+//!   it is applied on every host, and the spread between the first and the last host
+//!   (`lb_tests::fleet_switch_bench::switch_latency`; its own rig, built after the BGP one is
+//!   gone).
 //!
 //! Prints one line per round and a summary (medians, min, max), or with `--json` one JSON
 //! document. SIGINT / SIGTERM stop early and clean up (exit code 130).
@@ -14,6 +18,7 @@ use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use lb_tests::cli::require_root;
 use lb_tests::fleet_bench::{self, ConnRateReport, FailoverReport, median};
+use lb_tests::fleet_switch_bench::{SwitchLatencyOptions, SwitchLatencyReport, switch_latency};
 use std::process::ExitCode;
 
 /// Which measurements to run.
@@ -23,7 +28,9 @@ enum Case {
     Failover,
     /// Connections/s through the fleet vs one host.
     ConnRate,
-    /// Both.
+    /// Fleet switch (etcd): request to applied on every host, 3 hosts.
+    Switch,
+    /// All of them.
     All,
 }
 
@@ -47,6 +54,9 @@ struct Args {
     /// Client threads of the connection-rate load.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
+    /// Switches timed by `--case switch` (alternating pool-b and pool-a).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    switches: u32,
     /// Print one JSON document instead of text.
     #[arg(long)]
     json: bool,
@@ -59,6 +69,8 @@ struct Output {
     failover: Option<FailoverReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     conn_rate: Option<ConnRateReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    switch: Option<SwitchLatencyReport>,
 }
 
 fn main() -> ExitCode {
@@ -95,14 +107,32 @@ fn bench(args: &Args) -> Result<()> {
             println!("{line}");
         }
     };
+    let mut out = Output::default();
+    if matches!(args.case, Case::Failover | Case::ConnRate | Case::All) {
+        bgp_cases(args, &mut out, say)?;
+    }
+    if matches!(args.case, Case::Switch | Case::All) {
+        // Its own rig (3 hosts, etcd); the BGP rig above is gone by now.
+        say(&format!("fleet switch (etcd), 3 hosts, {} switch(es):", args.switches));
+        let r = switch_latency(SwitchLatencyOptions { switches: args.switches, ..Default::default() })?;
+        say(r.text().trim_end());
+        out.switch = Some(r);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// The BGP rig's cases (failover, connection rate) on one rig, dropped on return.
+fn bgp_cases(args: &Args, out: &mut Output, say: impl Fn(&str)) -> Result<()> {
     say(
         "Fleet benchmark: router (BIRD, ECMP merge paths, L4 hash) + 2 balancer hosts (lb-daemon + BIRD, BFD 50 ms x 3), DSR",
     );
     let mut rig = fleet_bench::rig("fbn")?;
-    let mut out = Output::default();
     if matches!(args.case, Case::Failover | Case::All) {
         say(&format!("host failover, {} round(s):", args.failovers));
-        let r = fleet_bench::failover(&mut rig, args.failovers, say)?;
+        let r = fleet_bench::failover(&mut rig, args.failovers, &say)?;
         say(&format!("  SIGSTOP of a host's BIRD -> router path gone: {} ms", stats(&r.bird_stopped_ms)));
         say(&format!("  link down of a host      -> router path gone: {} ms", stats(&r.link_down_ms)));
         out.failover = Some(r);
@@ -112,13 +142,11 @@ fn bench(args: &Args) -> Result<()> {
             "connections/s (unpaced, {} workers, {} s per measurement), {} round(s):",
             args.workers, args.seconds, args.rate_rounds
         ));
-        let r = fleet_bench::conn_rate(&mut rig, args.rate_rounds, args.seconds, args.workers as usize, say)?;
+        let r =
+            fleet_bench::conn_rate(&mut rig, args.rate_rounds, args.seconds, args.workers as usize, &say)?;
         say(&format!("  fleet (2 hosts): {} conn/s", stats(&r.fleet_conn_per_s)));
         say(&format!("  one host:        {} conn/s", stats(&r.one_host_conn_per_s)));
         out.conn_rate = Some(r);
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())
 }

@@ -231,7 +231,9 @@ pub fn render(f: &FleetSnapshot, paint: Paint) -> String {
     };
     let mut out =
         format!("fleet {}: host {}, etcd {etcd}, revision {} ({sync})\n", f.cluster, f.host, f.revision);
-    let newest = f.hosts.iter().map(|h| h.applied_revision).max().unwrap_or(0).max(f.revision);
+    // Lagging means behind the newest desired state some host serves, not behind etcd's latest
+    // revision, which every host's status write moves.
+    let newest = f.hosts.iter().map(|h| h.applied_revision).max().unwrap_or(0).max(f.applied_revision);
     let mut rows = vec![["HOST", "APPLIED", "STATE", "ANNOUNCES", "SEEN"].map(String::from).to_vec()];
     for h in &f.hosts {
         let state = if h.in_sync && h.applied_revision >= newest {

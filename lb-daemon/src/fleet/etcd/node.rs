@@ -193,7 +193,10 @@ impl<M: Maps> FleetNode<M> {
     /// Reads the services' desired states (and the watch records and hosts) at one revision,
     /// applies them, and starts the watch from the next revision.
     pub(super) fn resync(&self) -> Result<Box<dyn Feed>, StoreError> {
-        let services = self.store.get_prefix(&self.keys.services())?;
+        let mut services = self.store.get_prefix(&self.keys.services())?;
+        if self.seed(&services)? {
+            services = self.store.get_prefix(&self.keys.services())?;
+        }
         let watches = self.store.get_prefix(&self.keys.watches())?;
         let hosts = self.store.get_prefix(&self.keys.hosts())?;
         let revision = services.revision;
@@ -214,7 +217,10 @@ impl<M: Maps> FleetNode<M> {
             if !st.in_sync {
                 tracing::info!(revision, "fleet: in sync with etcd");
             }
-            st.applied_revision = st.applied_revision.max(revision);
+            // The revision of the newest desired state served (not the read's revision, which
+            // other keys move): hosts serving the same desired state report the same revision.
+            let newest = services.kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
+            st.applied_revision = st.applied_revision.max(newest);
             st.in_sync = true;
             st.problem = None;
         } else {
@@ -224,6 +230,38 @@ impl<M: Maps> FleetNode<M> {
         drop(st);
         self.applied.notify_all();
         Ok(feed)
+    }
+
+    /// A fresh, empty etcd (or a service new to the fleet): writes this host's own desired
+    /// state of every service that has no key yet, create-if-absent in ONE transaction (each
+    /// key compared with revision 0), so every host serves the same desired state at the same
+    /// revision from the start. A host that loses the race reads what the winner wrote.
+    /// Returns whether anything was written.
+    fn seed(&self, services: &super::store::Snapshot) -> Result<bool, StoreError> {
+        let present: std::collections::BTreeSet<&str> =
+            services.kvs.iter().filter_map(|kv| Keys::name_in(&kv.key, &self.keys.services())).collect();
+        let mut txn = Txn { compares: Vec::new(), puts: Vec::new() };
+        for (name, desired) in self.core().local_desired_all() {
+            if present.contains(name.as_str()) {
+                continue;
+            }
+            let key = self.keys.service(&name);
+            let value = serde_json::to_string(&desired).map_err(|e| StoreError::Failed(e.to_string()))?;
+            txn.compares.push(super::store::Compare::ModRevision(key.clone(), 0));
+            txn.puts.push((key, value));
+        }
+        if txn.puts.is_empty() {
+            return Ok(false);
+        }
+        let written = self.store.commit(&txn)?;
+        if let Some(revision) = written {
+            tracing::info!(
+                revision,
+                services = txn.puts.len(),
+                "fleet: seeded etcd with this host's desired state"
+            );
+        }
+        Ok(true)
     }
 
     /// Applies a batch of watch events (those of one revision arrive together).

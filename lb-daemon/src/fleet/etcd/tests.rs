@@ -321,3 +321,28 @@ fn a_desired_state_a_host_cannot_serve_makes_it_say_it_lags() {
     b.node.render_metrics(&mut metrics);
     assert!(metrics.contains("lb_fleet_in_sync 0"), "{metrics}");
 }
+
+/// A fresh, empty etcd: the first host seeds every service's desired state from its own (one
+/// create-if-absent transaction), the second finds it there; both report themselves in sync at
+/// the SAME applied revision, that of the seeded desired state (before the fix each reported
+/// the revision of its own read, which the other host's status write had moved, and nothing
+/// was written to etcd).
+#[test]
+fn a_fresh_empty_etcd_is_seeded_once_and_every_host_is_in_sync_at_one_revision() {
+    let store = MemStore::default();
+    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
+    let key = Keys::new("edge1").service("web");
+    assert!(store.value(&key).is_none());
+    a.step();
+    let seeded = store.value(&key).expect("the first host seeded the service's desired state");
+    let d: super::records::DesiredService = serde_json::from_str(&seeded).unwrap();
+    assert_eq!((d.active, d.seq), (pool("pool-a"), 0));
+    let commits = store.commits();
+    b.step();
+    a.step();
+    assert_eq!(store.commits(), commits, "the second host seeded nothing");
+    let (va, vb) = (a.node.view(), b.node.view());
+    assert!(va.in_sync && vb.in_sync, "{va:?} {vb:?}");
+    assert!(va.applied_revision > 0, "{va:?}");
+    assert_eq!(va.applied_revision, vb.applied_revision, "{va:?} {vb:?}");
+}
