@@ -242,42 +242,32 @@ fn main() -> Result<()> {
                 Process::new(bin.join("fleet-bench")).args(["--failovers", &fleet_failovers.to_string()]),
             )?;
         }
-        Command::DemoFleet => {
-            system::require_root("the demo creates network namespaces and attaches XDP programs")?;
-            system::ensure_debian_packages(&[
-                ("ip", "iproute2"),
-                ("ethtool", "ethtool"),
-                ("bird", "bird2"),
-                ("etcd", "etcd-server"),
-                ("protoc", "protobuf-compiler"),
-            ])?;
-            let tc = toolchain::ensure()?;
-            ebpf::build(&tc)?;
-            system::cargo(&["build", "--release", "--workspace", "--bins"])?;
-            let demo = system::workspace_root().join("target/release/lb-demo-fleet");
-            let code = system::run_passing_status(&mut Process::new(&demo))?;
-            if code < 0 {
-                bail!("{} could not report a status", demo.display());
-            }
-            std::process::exit(code);
-        }
+        Command::DemoFleet => demo(
+            "lb-demo-fleet",
+            "the demo creates network namespaces and attaches XDP programs",
+            &[("bird", "bird2"), ("etcd", "etcd-server")],
+        )?,
         Command::Demo => {
-            system::require_root("the demo creates network namespaces and attaches an XDP program")?;
-            system::ensure_debian_packages(&[
-                ("ip", "iproute2"),
-                ("ethtool", "ethtool"),
-                ("protoc", "protobuf-compiler"),
-            ])?;
-            let tc = toolchain::ensure()?;
-            ebpf::build(&tc)?;
-            system::cargo(&["build", "--release", "--workspace", "--bins"])?;
-            let demo = system::workspace_root().join("target/release/lb-demo");
-            let code = system::run_passing_status(&mut Process::new(&demo))?;
-            if code < 0 {
-                bail!("{} could not report a status", demo.display());
-            }
-            std::process::exit(code);
+            demo("lb-demo", "the demo creates network namespaces and attaches an XDP program", &[])?
         }
     }
     Ok(())
+}
+
+/// Builds everything and runs one of the demo binaries (`lb-demo`, `lb-demo-fleet`), exiting
+/// with its status; `extra` are the Debian packages it needs beyond the build's.
+fn demo(bin: &str, why_root: &str, extra: &[(&str, &str)]) -> Result<()> {
+    system::require_root(why_root)?;
+    let mut packages = vec![("ip", "iproute2"), ("ethtool", "ethtool"), ("protoc", "protobuf-compiler")];
+    packages.extend_from_slice(extra);
+    system::ensure_debian_packages(&packages)?;
+    let tc = toolchain::ensure()?;
+    ebpf::build(&tc)?;
+    system::cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let demo = system::workspace_root().join("target/release").join(bin);
+    let code = system::run_passing_status(&mut Process::new(&demo))?;
+    if code < 0 {
+        bail!("{} could not report a status", demo.display());
+    }
+    std::process::exit(code);
 }
