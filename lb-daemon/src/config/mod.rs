@@ -501,4 +501,6 @@ fn default_min_healthy() -> u32 {
 }
 
 #[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
 mod tests;

@@ -125,28 +125,8 @@ fn check_path(push: &mut impl FnMut(String, String), key: &str, path: &Path, wha
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, ConfigError};
-
-    const DSR: &str = r#"
-interfaces = ["eth0"]
-
-[[services]]
-name = "web"
-vips = ["192.0.2.10:80"]
-mode = "dsr"
-active = "pool-a"
-
-[services.pools.pool-a]
-backends = ["10.0.1.1:80"]
-"#;
-
-    fn problems(text: &str) -> Vec<(String, String)> {
-        match Config::from_toml_str(text) {
-            Ok(_) => Vec::new(),
-            Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| (p.key, p.reason)).collect(),
-            Err(e) => panic!("not a validation error: {e}"),
-        }
-    }
+    use crate::config::Config;
+    use crate::config::test_support::{DSR, problems};
 
     #[test]
     fn no_bgp_table_means_no_bgp() {

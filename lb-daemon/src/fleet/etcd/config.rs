@@ -232,32 +232,12 @@ fn check_file(push: &mut impl FnMut(String, String), key: &str, path: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, ConfigError};
+    use crate::config::Config;
+    use crate::config::test_support::{DSR, problems};
     use std::time::Duration;
-
-    const DSR: &str = r#"
-interfaces = ["eth0"]
-
-[[services]]
-name = "web"
-vips = ["192.0.2.10:80"]
-mode = "dsr"
-active = "pool-a"
-
-[services.pools.pool-a]
-backends = ["10.0.1.1:80"]
-"#;
 
     const FLEET: &str =
         "\n[fleet]\ncluster = \"edge1\"\nhost = \"lb1\"\nendpoints = [\"http://10.99.0.1:2379\"]\n";
-
-    fn problems(text: &str) -> Vec<(String, String)> {
-        match Config::from_toml_str(text) {
-            Ok(_) => Vec::new(),
-            Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| (p.key, p.reason)).collect(),
-            Err(e) => panic!("not a validation error: {e}"),
-        }
-    }
 
     #[test]
     fn no_fleet_table_means_no_fleet() {

@@ -192,27 +192,11 @@ impl SyncConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, ConfigError};
-
-    const BASE: &str = r#"
-interfaces = ["eth0"]
-
-[[services]]
-name = "web"
-vips = ["192.0.2.10:80"]
-mode = "dsr"
-active = "pool-a"
-
-[services.pools.pool-a]
-backends = ["10.0.1.1:80"]
-"#;
+    use crate::config::Config;
+    use crate::config::test_support::{self, DSR as BASE};
 
     fn problems(table: &str) -> Vec<(String, String)> {
-        match Config::from_toml_str(&format!("{BASE}\n[sync]\n{table}")) {
-            Ok(_) => Vec::new(),
-            Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| (p.key, p.reason)).collect(),
-            Err(e) => panic!("not a validation error: {e}"),
-        }
+        test_support::problems(&format!("{BASE}\n[sync]\n{table}"))
     }
 
     #[test]
