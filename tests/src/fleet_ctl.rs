@@ -3,7 +3,8 @@
 //! publishes (`GET /v1/fleet`), and bounded waits until every host applied the same state.
 
 use crate::{
-    fleet_rig::{Balancer, FleetRig},
+    fleet_rig::{Balancer, FleetRig, vip_addr},
+    load::{LoadHandle, LoadOptions, LoadReport},
     topology::find_binary,
 };
 use anyhow::{Context, Result, bail};
@@ -134,4 +135,27 @@ pub fn why_not_in_sync(rig: &FleetRig) -> String {
         }
     }
     out
+}
+
+/// Bounded load from every client address of `rig`: `rate` connections/s for at most `secs`
+/// seconds (the fleet tests' background traffic across a change).
+pub fn load(rig: &FleetRig, rate: u32, secs: u64) -> LoadHandle {
+    let mut opts = LoadOptions::new(vip_addr());
+    opts.rate_per_s = rate;
+    opts.max_connections = rate * secs as u32;
+    opts.max_duration = Duration::from_secs(secs);
+    opts.source_addrs = rig.client_addrs.iter().copied().map(std::net::IpAddr::V4).collect();
+    LoadHandle::start(&rig.client, opts).expect("starting load")
+}
+
+/// New flows each running host forwarded so far (all pools), in host order: the difference of
+/// two calls shows how ECMP spread a load.
+pub fn new_flows(rig: &FleetRig) -> Vec<u64> {
+    rig.balancers.iter().map(|b| b.new_flows().expect("status")).collect()
+}
+
+/// Fails unless `report` made connections and none failed.
+pub fn assert_clean(report: &LoadReport, what: &str) {
+    assert!(!report.is_empty(), "{what}: no connection made");
+    assert_eq!(report.failed(), 0, "{what}: {}", report.summary());
 }

@@ -3,30 +3,12 @@
 //! `shutdown --detach`, and a host lost by BFD with flows keeping their backend.
 
 use lb_tests::{
+    fleet_ctl::{assert_clean, load, new_flows},
     fleet_rig::{FleetRig, VIP, vip_addr},
-    load::{LoadHandle, LoadOptions, LoadReport, LongLived},
+    load::{LoadOptions, LongLived},
 };
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-
-/// Bounded load from every client address: `rate` connections/s for at most `secs` seconds.
-fn load(rig: &FleetRig, rate: u32, secs: u64) -> LoadHandle {
-    let mut opts = LoadOptions::new(vip_addr());
-    opts.rate_per_s = rate;
-    opts.max_connections = rate * secs as u32;
-    opts.max_duration = Duration::from_secs(secs);
-    opts.source_addrs = rig.client_addrs.iter().copied().map(std::net::IpAddr::V4).collect();
-    LoadHandle::start(&rig.client, opts).expect("starting load")
-}
-
-fn new_flows(rig: &FleetRig) -> Vec<u64> {
-    rig.balancers.iter().map(|b| b.new_flows().expect("status")).collect()
-}
-
-fn assert_clean(report: &LoadReport, what: &str) {
-    assert!(!report.is_empty(), "{what}: no connection made");
-    assert_eq!(report.failed(), 0, "{what}: {}", report.summary());
-}
 
 /// `lbctl <args>` against balancer `i`, which must exit 0; its stdout.
 fn lbctl(rig: &FleetRig, i: usize, args: &[&str]) -> String {

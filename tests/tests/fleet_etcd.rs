@@ -5,9 +5,12 @@
 //! did not hold the watch.
 
 use lb_tests::{
-    fleet_ctl::{active, describe, fleet_view, lbctl, lbctl_ok, lbctl_spawn, wait_active, wait_in_sync},
+    fleet_ctl::{
+        active, assert_clean, describe, fleet_view, lbctl, lbctl_ok, lbctl_spawn, load, new_flows, wait_active,
+        wait_in_sync,
+    },
     fleet_rig::{FleetOptions, FleetRig, vip_addr},
-    load::{LoadHandle, LoadOptions, LoadReport, LongLived},
+    load::{LoadReport, LongLived},
 };
 use std::time::Duration;
 
@@ -18,20 +21,6 @@ fn rig(prefix: &str) -> FleetRig {
     FleetRig::with(prefix, FleetOptions { hosts: 2, etcd: true }).expect("fleet rig with etcd")
 }
 
-/// Bounded load from every client address: `rate` connections/s for at most `secs` seconds.
-fn load(rig: &FleetRig, rate: u32, secs: u64) -> LoadHandle {
-    let mut opts = LoadOptions::new(vip_addr());
-    opts.rate_per_s = rate;
-    opts.max_connections = rate * secs as u32;
-    opts.max_duration = Duration::from_secs(secs);
-    opts.source_addrs = rig.client_addrs.iter().copied().map(std::net::IpAddr::V4).collect();
-    LoadHandle::start(&rig.client, opts).expect("starting load")
-}
-
-fn new_flows(rig: &FleetRig) -> Vec<u64> {
-    rig.balancers.iter().map(|b| b.new_flows().expect("status")).collect()
-}
-
 fn established(rig: &FleetRig) -> Vec<u64> {
     rig.balancers
         .iter()
@@ -40,11 +29,6 @@ fn established(rig: &FleetRig) -> Vec<u64> {
             host["flows_established"].as_u64().unwrap_or(0)
         })
         .collect()
-}
-
-fn assert_clean(report: &LoadReport, what: &str) {
-    assert!(!report.is_empty(), "{what}: no connection made");
-    assert_eq!(report.failed(), 0, "{what}: {}", report.summary());
 }
 
 /// Backends that answered connections of `report`, as a sorted list of names.

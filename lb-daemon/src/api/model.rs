@@ -208,10 +208,16 @@ pub struct PoolDrain {
     pub pool: String,
     /// Share of new flows it receives now (0 for a pool being drained).
     pub share: u32,
-    /// Flows seen within the idle timeout and not closed by FIN or RST.
+    /// Flows seen within the idle timeout and not closed by FIN or RST (this host's own: not
+    /// the copies received from peers).
     pub established: u64,
     /// Flows that saw a FIN or RST (finishing).
     pub closing: u64,
+    /// Flows received from the fleet's other hosts (flow sync) and alive by the same rules,
+    /// counted apart: connections the peers carry (or that ECMP moved here from a peer).
+    /// Absent from an older daemon's answer: 0.
+    #[serde(default)]
+    pub synced: u64,
 }
 
 /// `GET /v1/services/{name}/drain`.

@@ -4,13 +4,20 @@
 //! host that carried it, went away without closing it) and counts as neither, so waiting for a
 //! drain never waits on the dead. Neither does a handshake that never completed and is older
 //! than `flows.handshake_timeout`: the data plane no longer trusts that entry either.
+//!
+//! Entries received from the fleet's other hosts (flow sync, `FLOW_SYNCED`) are counted apart
+//! ([`BackendFlows::synced`]): they are copies of connections other hosts carry, kept so that a
+//! connection ECMP moves here keeps its backend. Counted as established they would make every
+//! host of a fleet report (and `--wait-drained` or `host drain --wait` wait on) its peers'
+//! connections too, until they went idle here (a copy sees no packet unless its connection
+//! moves here). A connection that did move here keeps the mark and is counted as synced.
 
 use super::{core::Core, layout::ServiceLayout};
 use crate::{
     api::model::{ApiError, DrainView, PoolDrain},
     dataplane::{FlowSource, Maps},
 };
-use lb_common::maps::{FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST};
+use lb_common::maps::{FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FLOW_SYNCED};
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 /// Established and closing flows of one backend.
@@ -20,6 +27,9 @@ pub struct BackendFlows {
     pub established: u64,
     /// Saw a FIN or RST.
     pub closing: u64,
+    /// Received from a peer (flow sync) and alive by the same rules as `established`; not in
+    /// `established` nor `closing` (a closed copy is not counted at all).
+    pub synced: u64,
 }
 
 /// How long a flow may go without a packet and still count, from the config.
@@ -51,12 +61,19 @@ impl FlowCounts {
         let scanned = source
             .for_each_flow(&mut |_, f| {
                 let c = counts.by_backend.entry(u32::from(f.backend)).or_default();
+                let synced = f.flags & FLOW_SYNCED != 0;
                 if f.flags & (FLOW_FIN | FLOW_RST) != 0 {
-                    c.closing += 1;
+                    if !synced {
+                        c.closing += 1;
+                    }
                 } else if f.idle_ns(now) <= idle
                     && (f.flags & FLOW_ESTABLISHED != 0 || f.idle_ns(now) <= handshake)
                 {
-                    c.established += 1;
+                    if synced {
+                        c.synced += 1;
+                    } else {
+                        c.established += 1;
+                    }
                 }
             })
             .map_err(|e| ApiError::internal(format!("data plane: counting FLOWS: {e}")))?;
@@ -67,6 +84,15 @@ impl FlowCounts {
     /// Entries the scan walked (the flow table's occupancy).
     pub fn entries(&self) -> u64 {
         self.scanned
+    }
+
+    /// Counts of every backend together (what the flow sync's status shows).
+    pub fn total(&self) -> BackendFlows {
+        self.by_backend.values().fold(BackendFlows::default(), |a, b| BackendFlows {
+            established: a.established + b.established,
+            closing: a.closing + b.closing,
+            synced: a.synced + b.synced,
+        })
     }
 
     /// Counts of one backend (zero when it has no flow).
@@ -101,6 +127,7 @@ impl<M: Maps> Core<M> {
                     share: active.share(&p.name),
                     established: p.backends.iter().map(|b| counts.of(b.index).established).sum(),
                     closing: p.backends.iter().map(|b| counts.of(b.index).closing).sum(),
+                    synced: p.backends.iter().map(|b| counts.of(b.index).synced).sum(),
                 })
                 .collect(),
             flows_scanned: counts.scanned,

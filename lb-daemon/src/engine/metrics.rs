@@ -198,7 +198,7 @@ pub fn render(
         &mut out,
         "lb_pool_established_flows",
         "gauge",
-        "Established flows pinned to a pool's backends, counted from the flow table.",
+        "Established flows pinned to a pool's backends, counted from the flow table (this host's own; those received from peers are lb_pool_synced_flows).",
     );
     for s in &layout.services {
         for p in &s.pools {
@@ -206,6 +206,23 @@ pub fn render(
             let _ = writeln!(
                 out,
                 "lb_pool_established_flows{{service=\"{}\",pool=\"{}\"}} {n}",
+                esc(&s.name),
+                esc(&p.name)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "lb_pool_synced_flows",
+        "gauge",
+        "Established flows pinned to a pool's backends that were received from the fleet's other hosts (flow sync), counted apart from lb_pool_established_flows.",
+    );
+    for s in &layout.services {
+        for p in &s.pools {
+            let n: u64 = p.backends.iter().map(|b| flows.of(b.index).synced).sum();
+            let _ = writeln!(
+                out,
+                "lb_pool_synced_flows{{service=\"{}\",pool=\"{}\"}} {n}",
                 esc(&s.name),
                 esc(&p.name)
             );

@@ -40,4 +40,17 @@ impl LocalSource for Engine {
     fn local_view(&self) -> anyhow::Result<LocalView> {
         self.lock().sync_view()
     }
+
+    /// From the scan `/metrics` caches (one walk of the table serves both).
+    fn flow_origins(&self) -> Option<(super::BackendFlows, std::time::Duration)> {
+        let (flows, age) = self
+            .flow_cache
+            .get(std::time::Instant::now(), || {
+                let (source, timeouts) = self.lock().flow_scan();
+                super::FlowCounts::scan(source.as_ref(), timeouts)
+            })
+            .inspect_err(|e| tracing::warn!(error = %e.message, "flow sync: counting the flow table failed"))
+            .ok()?;
+        Some((flows.total(), age))
+    }
 }

@@ -210,7 +210,10 @@ pub(super) async fn route_and_dispatch(
             let status = call(&control, |c| c.status()).await?;
             let mut value = crate::fleet::api::status_with_bgp(status, shared.fleet.as_ref());
             if let (Some(sync), serde_json::Value::Object(map)) = (&shared.sync, &mut value) {
-                map.insert("sync".into(), serde_json::to_value(sync.view()).unwrap_or_default());
+                // Off the runtime: the view may count the flow table.
+                let sync = sync.clone();
+                let view = tokio::task::spawn_blocking(move || sync.view()).await.ok();
+                map.insert("sync".into(), serde_json::to_value(view).unwrap_or_default());
             }
             json_response(&crate::fleet::etcd::api::with_fleet(&control, value).await)
         }

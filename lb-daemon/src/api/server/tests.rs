@@ -196,6 +196,7 @@ impl Control for Fake {
                     share: p.share,
                     established: if p.share == 0 { 3 } else { 0 },
                     closing: 1,
+                    synced: 0,
                 })
                 .collect(),
             flows_scanned: 8,

@@ -31,6 +31,14 @@ pub fn render(s: &SyncView, paint: Paint) -> String {
     out.push_str("  ");
     out.push_str(&if refused > 0 || s.auth_failures > 0 { paint.red(&refused_text) } else { refused_text });
     out.push('\n');
+    if let Some(f) = &s.flows {
+        out.push_str(&format!(
+            "  flow table: {} established of this host, {} synced from peers (counted apart; scan {}s old)\n",
+            f.local,
+            f.synced,
+            f.scan_age_ms / 1000
+        ));
+    }
     if s.peers.is_empty() {
         out.push_str("  no peers\n");
         return out;
@@ -57,7 +65,7 @@ pub fn render(s: &SyncView, paint: Paint) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_daemon::fleet::sync::view::SyncPeerView;
+    use lb_daemon::fleet::sync::view::{SyncFlows, SyncPeerView};
 
     fn view() -> SyncView {
         SyncView {
@@ -103,6 +111,7 @@ mod tests {
                     error: Some("connection refused".into()),
                 },
             ],
+            flows: Some(SyncFlows { local: 40, synced: 75, scan_age_ms: 2500 }),
         }
     }
 
@@ -113,6 +122,10 @@ mod tests {
         let text = render(&s, Paint::OFF);
         assert!(text.starts_with("flow sync on 10.0.0.1:7946 (interval 100ms): ready; reported 200, received 100, inserted 99, kept local 1\n"), "{text}");
         assert!(text.contains("refused 3 (unknown service 0, unknown backend 0, stale epoch 3)"), "{text}");
+        assert!(
+            text.contains("  flow table: 40 established of this host, 75 synced from peers (counted apart; scan 2s old)\n"),
+            "{text}"
+        );
         assert!(text.contains("  PEER           LINK  QUEUED  SENT  DROPPED  LAST ACK\n"), "{text}");
         assert!(text.contains("  10.0.0.2:7946  up         5   200        0      40ms\n"), "{text}");
         assert!(text.contains("  10.0.0.3:7946  down       0     7       12         -\n"), "{text}");

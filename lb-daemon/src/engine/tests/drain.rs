@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::engine::{drain::FlowCounts, metrics};
-use lb_common::maps::{FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FlowKey, FlowValue, flow_ticks};
+use lb_common::maps::{FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FLOW_SYNCED, FlowKey, FlowValue, flow_ticks};
 
 /// A connection whose handshake completed.
 const E: u8 = FLOW_ESTABLISHED;
@@ -104,4 +104,48 @@ fn a_handshake_that_never_completed_stops_counting_after_the_handshake_timeout()
     flows(&r, &[(0, 2, 0), (0, 10, 0), (1, 10, E)]);
     let a = &drain(&r).pools[0];
     assert_eq!((a.established, a.closing), (2, 0));
+}
+
+#[test]
+fn flows_received_from_peers_are_counted_apart() {
+    // Issue 12: entries the flow sync wrote (FLOW_SYNCED) are copies of the peers' connections:
+    // drain-status, --wait-drained, `host drain --wait` and lb_pool_established_flows count this
+    // host's own flows; the copies have their own count, by the same idle rules.
+    let text = CONFIG.replace("ring_size = 401", "ring_size = 401\ndrain_idle_timeout = \"60s\"");
+    let mut r = Rig::new(&text);
+    r.core.switch(None, &to("pool-b"), "ci").unwrap();
+    const SY: u8 = FLOW_SYNCED;
+    flows(
+        &r,
+        &[
+            (0, 1, E),                   // pool-a, this host's own
+            (0, 2, E | SY),              // pool-a, a peer's connection
+            (1, 30, E | SY),             // pool-a, a peer's connection
+            (1, 61, E | SY),             // a peer's copy idle past the timeout: not counted
+            (1, 1, E | SY | FLOW_FIN),   // a peer's connection closing: not counted here
+            (2, 5, E | SY),              // pool-b, a peer's
+            (2, 5, E),                   // pool-b, own
+            (3, 5, E | FLOW_FIN),        // pool-b, own, closing
+        ],
+    );
+    let d = drain(&r);
+    let a = &d.pools[0];
+    assert_eq!((a.pool.as_str(), a.established, a.closing, a.synced), ("pool-a", 1, 0, 2), "{d:?}");
+    let b = &d.pools[1];
+    assert_eq!((b.pool.as_str(), b.established, b.closing, b.synced), ("pool-b", 1, 1, 1), "{d:?}");
+    assert_eq!(d.flows_scanned, 8);
+
+    let (source, timeouts) = r.core.flow_scan();
+    let counts = FlowCounts::scan(source.as_ref(), timeouts).unwrap();
+    let total = counts.total();
+    assert_eq!((total.established, total.closing, total.synced), (2, 1, 3));
+    let text = metrics::render(&r.core.layout, &r.core.state, &r.core.maps, &r.core.down, &counts);
+    for line in [
+        "lb_pool_established_flows{service=\"web\",pool=\"pool-a\"} 1",
+        "lb_pool_synced_flows{service=\"web\",pool=\"pool-a\"} 2",
+        "lb_pool_established_flows{service=\"web\",pool=\"pool-b\"} 1",
+        "lb_pool_synced_flows{service=\"web\",pool=\"pool-b\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
 }

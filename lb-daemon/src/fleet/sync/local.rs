@@ -39,6 +39,13 @@ pub struct LocalView {
 pub trait LocalSource: Send + Sync {
     /// The current view (a failure keeps the previous one).
     fn local_view(&self) -> anyhow::Result<LocalView>;
+
+    /// This host's flow table counted by origin (its own flows, the copies received from
+    /// peers) from a scan at most a few seconds old, with the scan's age; `None` when it cannot
+    /// be counted. Shown in the status so an operator sees what the sync keeps here.
+    fn flow_origins(&self) -> Option<(crate::engine::BackendFlows, std::time::Duration)> {
+        None
+    }
 }
 
 /// Why a received record is not kept.

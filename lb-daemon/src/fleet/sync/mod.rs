@@ -265,6 +265,11 @@ impl FlowSync {
         &self.writer
     }
 
+    /// This host's flows by origin (see [`LocalSource::flow_origins`]).
+    pub fn flow_origins(&self) -> Option<(crate::engine::BackendFlows, std::time::Duration)> {
+        self.local.flow_origins()
+    }
+
     /// The fleet key.
     pub fn key(&self) -> &wire::Key {
         &self.key

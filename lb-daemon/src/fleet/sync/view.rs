@@ -41,6 +41,21 @@ pub struct SyncView {
     pub bytes_sent: u64,
     /// Each peer.
     pub peers: Vec<SyncPeerView>,
+    /// This host's flow table by origin (a scan at most a few seconds old).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<SyncFlows>,
+}
+
+/// This host's established flows by origin, in [`SyncView`]: its own, and the copies received
+/// from peers (marked synced), counted apart as in `drain-status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncFlows {
+    /// Established flows this host recorded itself.
+    pub local: u64,
+    /// Established flows received from peers.
+    pub synced: u64,
+    /// Age of the scan, ms.
+    pub scan_age_ms: u64,
 }
 
 /// One peer in [`SyncView`].
@@ -76,7 +91,8 @@ fn get(a: &AtomicU64) -> u64 {
 }
 
 impl FlowSync {
-    /// The status part.
+    /// The status part. Counts the flow table when the cached scan is old: call it off the
+    /// async runtime's threads.
     pub fn view(&self) -> SyncView {
         let c = self.counters();
         let cfg = self.config();
@@ -112,6 +128,11 @@ impl FlowSync {
                     error: p.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                 })
                 .collect(),
+            flows: self.flow_origins().map(|(f, age)| SyncFlows {
+                local: f.established,
+                synced: f.synced,
+                scan_age_ms: age.as_millis() as u64,
+            }),
         }
     }
 
