@@ -143,8 +143,9 @@ fn bring_back(rig: &mut FleetRig, i: usize, loss: Loss, both: &[Ipv4Addr]) -> Re
     Ok(())
 }
 
-/// Unpaced short connections from every client address for `seconds` (at most `MAX` per run).
-fn unpaced(rig: &FleetRig, seconds: f64, workers: usize) -> Result<(f64, usize)> {
+/// Unpaced short connections from every client address for `seconds` (at most `MAX` per run):
+/// answered connections/s and failures.
+pub fn unpaced(rig: &FleetRig, seconds: f64, workers: usize) -> Result<(f64, usize)> {
     const MAX: u32 = 400_000;
     let mut opts = LoadOptions::new(vip_addr());
     opts.rate_per_s = 0;

@@ -825,6 +825,54 @@ impl Balancer {
         self.start_daemon()
     }
 
+    /// Appends a `[sync]` table to the daemon's config: the rig's shared key (mode 0600), this
+    /// host's sync address, `peers`, `interval` and the lines of `extra` (takes effect at the
+    /// next daemon start).
+    pub fn write_sync_table(&self, peers: &[SocketAddr], interval: Duration, extra: &str) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let key = self.dir.path().join("sync.key");
+        std::fs::write(&key, "fleet-rig-shared-sync-key-0123456789\n")?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        let peers: Vec<String> = peers.iter().map(|a| format!("\"{a}\"")).collect();
+        let mut config = std::fs::read_to_string(self.config_path())?;
+        config += &format!(
+            "\n[sync]\nlisten = \"{}\"\nkey_file = \"{}\"\npeers = [{}]\ninterval = \"{}ms\"\n{extra}",
+            self.sync_addr(),
+            key.display(),
+            peers.join(", "),
+            interval.as_millis()
+        );
+        std::fs::write(self.config_path(), config)?;
+        Ok(())
+    }
+
+    /// Takes the host out of the fleet as an operator switching it off would: `shutdown
+    /// --detach` (VIPs withdrawn, program detached, pins and so flows removed), then its BIRD
+    /// stopped. [`Balancer::join`] brings it back as a new host.
+    pub fn leave(&mut self) -> Result<()> {
+        self.shutdown_daemon(true)?;
+        self.bird.process().kill();
+        Ok(())
+    }
+
+    /// Starts the host's BIRD, then its daemon (from empty pins): a host joining the fleet.
+    pub fn join(&mut self) -> Result<()> {
+        self.bird.restart(&self.ns)?;
+        self.start_daemon()
+    }
+
+    /// The instance's pinned flow table (`/sys/fs/bpf/<instance>/maps/FLOWS`), opened read-only
+    /// by the test to see when an entry appears there.
+    pub fn pinned_flows(
+        &self,
+    ) -> Result<aya::maps::HashMap<aya::maps::MapData, lb_common::maps::FlowKey, lb_common::maps::FlowValue>>
+    {
+        let path = PathBuf::from("/sys/fs/bpf").join(&self.instance).join("maps").join("FLOWS");
+        let data =
+            aya::maps::MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))?)
+    }
+
     /// `POST /v1/services/web/switch` to `pool` (what `lbctl switch` sends).
     pub fn switch(&self, pool: &str, hard: bool) -> Result<serde_json::Value> {
         Ok(self.client().post(
@@ -857,6 +905,23 @@ impl FleetRig {
                 interval.as_millis()
             );
             std::fs::write(b.config_path(), config)?;
+            b.restart_daemon()?;
+        }
+        self.wait_sync_linked(Duration::from_secs(20))
+    }
+
+    /// Like [`FleetRig::enable_sync`] for a rig with etcd: no static peers (each host's peers
+    /// are the fleet's live members in etcd) and a `ready_timeout` of `ready_timeout`, so a
+    /// joining host announces only once its peers' bulk transfers arrived (not because the
+    /// wait ran out).
+    pub fn enable_fleet_sync(&mut self, interval: Duration, ready_timeout: Duration) -> Result<()> {
+        ensure!(self.etcd.is_some(), "peers from the fleet's membership need the rig's etcd");
+        for b in &mut self.balancers {
+            b.write_sync_table(
+                &[],
+                interval,
+                &format!("ready_timeout = \"{}s\"\n", ready_timeout.as_secs()),
+            )?;
             b.restart_daemon()?;
         }
         self.wait_sync_linked(Duration::from_secs(20))

@@ -9,6 +9,7 @@ pub mod fleet_bench;
 pub mod fleet_ctl;
 pub mod fleet_rig;
 pub mod fleet_switch_bench;
+pub mod fleet_sync_bench;
 pub mod flood;
 pub mod interrupt;
 pub mod load;

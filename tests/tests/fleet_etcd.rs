@@ -6,8 +6,8 @@
 
 use lb_tests::{
     fleet_ctl::{
-        active, assert_clean, describe, fleet_view, lbctl, lbctl_ok, lbctl_spawn, load, new_flows, wait_active,
-        wait_in_sync,
+        active, assert_clean, describe, fleet_view, lbctl, lbctl_ok, lbctl_spawn, load, new_flows,
+        wait_active, wait_in_sync,
     },
     fleet_rig::{FleetOptions, FleetRig, vip_addr},
     load::{LoadReport, LongLived},

@@ -2,10 +2,13 @@
 //! connections a lost host carried keep their backend on the other host after a drain switch
 //! (without sync they are re-hashed into the new pool and reset), a hard switch still moves
 //! every flow, and hosts that disagree on the epoch never bring a flow back across a hard
-//! switch.
+//! switch. With etcd and a third host: a host that joins after a drain switch gets its peers'
+//! flows by bulk transfer before it announces the VIP, and the connections ECMP then moves onto
+//! it keep their backend.
 
 use lb_tests::{
-    fleet_rig::{FleetRig, vip_addr},
+    fleet_ctl::{lbctl_ok, wait_active},
+    fleet_rig::{Balancer, CONVERGE_TIMEOUT, FleetOptions, FleetRig, vip_addr},
     load::LongLived,
 };
 use std::time::Duration;
@@ -111,4 +114,115 @@ fn hosts_that_disagree_on_the_epoch_never_resurrect_a_flow() {
     let resurrected = after.iter().filter(|r| r.as_ref().is_ok_and(|b| pool_of(b) == 'a')).count();
     eprintln!("lb2 lost: {resurrected} of {via_lb2} old-epoch connections answered by pool-a on lb1");
     assert_eq!(resurrected, 0, "{after:?}");
+}
+
+/// Packets host `b` forwarded to the backends of `pool` (its status counters).
+fn pool_packets(b: &Balancer, pool: &str) -> u64 {
+    let s = b.status().expect("status");
+    s.services.iter().flat_map(|s| &s.pools).filter(|p| p.name == pool).map(|p| p.traffic.packets).sum()
+}
+
+/// `text` without ANSI colour sequences (tracing colours its fields on a terminal).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of field `name` in a tracing log line (`name=value`).
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+}
+
+#[test]
+fn a_joining_host_gets_the_flows_before_it_announces_and_keeps_moved_connections() {
+    let mut rig = FleetRig::with("fj", FleetOptions { hosts: 3, etcd: true }).expect("fleet rig with etcd");
+    // Peers from etcd's live hosts; a joining host waits up to a minute for its peers' flows, so
+    // only the bulk transfers can make it announce in this test.
+    rig.enable_fleet_sync(INTERVAL, Duration::from_secs(60)).expect("flow sync on");
+    let all = rig.balancer_addrs();
+    rig.wait_next_hops(&all, CONVERGE_TIMEOUT).expect("three hosts announce");
+
+    // lb3 leaves (switched off: withdrawn, detached, its BIRD stopped).
+    rig.balancers[2].leave().expect("lb3 leaves");
+    rig.wait_next_hops(&all[..2], Duration::from_secs(10)).expect("lb3 withdrawn");
+
+    // Long-lived connections through lb1 and lb2, older than the sync interval, on pool-a.
+    let mut conns = LongLived::open(&rig.client, vip_addr(), 300).expect("long-lived connections");
+    let first: Vec<String> = conns.ask().into_iter().map(|r| r.expect("answer")).collect();
+    assert!(first.iter().all(|b| pool_of(b) == 'a'), "{first:?}");
+    std::thread::sleep(10 * INTERVAL);
+    let reported: Vec<u64> = (0..2).map(|i| counter(&rig, i, "reported")).collect();
+    assert!(reported[0] > 0 && reported[1] > 0, "connections through both hosts: {reported:?}");
+
+    // Drain switch of the fleet: one etcd transaction through lb1, applied by lb1 and lb2.
+    lbctl_ok(&rig.balancers[0], &["switch", "pool-b"]).expect("drain switch");
+    for b in &rig.balancers[..2] {
+        wait_active(b, "pool-b", Duration::from_secs(20)).expect("the switch applied");
+    }
+    let still: Vec<String> = conns.ask().into_iter().map(|r| r.expect("answer after the drain")).collect();
+    assert_eq!(still, first, "drain keeps every connection on its backend");
+
+    // lb3 joins: BIRD and daemon start from nothing (no pins, no flows).
+    let log_from = rig.balancers[2].daemon_log().len();
+    rig.balancers[2].join().expect("lb3 joins");
+    rig.wait_next_hops(&all, CONVERGE_TIMEOUT).expect("lb3 announces");
+    wait_active(&rig.balancers[2], "pool-b", Duration::from_secs(20)).expect("lb3 serves the fleet's pool");
+
+    // It announced only after both peers' bulk transfers: in its log the line of each
+    // transfer (written before the transfer counts for readiness) precedes the announcement.
+    let log = plain(&rig.balancers[2].daemon_log()[log_from..]);
+    let lines: Vec<&str> = log.lines().collect();
+    let announced = lines
+        .iter()
+        .position(|l| l.contains("BGP: BIRD reconfigured") && l.contains("added=[10.77.100.1"))
+        .unwrap_or_else(|| panic!("no announcement in lb3's log:\n{log}"));
+    let mut bulk_flows = 0;
+    for peer in &rig.balancers[..2] {
+        let addr = peer.sync_addr().to_string();
+        let at = lines
+            .iter()
+            .position(|l| l.contains("bulk transfer from peer received") && field(l, "peer") == Some(&addr))
+            .unwrap_or_else(|| panic!("no bulk transfer from {addr} in lb3's log:\n{log}"));
+        let flows: u64 = field(lines[at], "flows").and_then(|f| f.parse().ok()).unwrap_or(0);
+        eprintln!(
+            "lb3: bulk transfer from {addr}: {flows} flows (log line {at}); announced at line {announced}"
+        );
+        assert!(at < announced, "lb3 announced before the bulk transfer of {addr}:\n{log}");
+        bulk_flows += flows;
+    }
+    let ready = lines.iter().find(|l| l.contains("flow sync ready")).expect("a ready line");
+    assert_eq!(field(ready, "timed_out"), Some("false"), "ready by the transfers, not the timeout: {ready}");
+    // Each peer holds every connection (its own and the other's, synced).
+    assert!(bulk_flows >= first.len() as u64, "{bulk_flows} flows in bulk for {} connections", first.len());
+
+    // ECMP now spreads over three hosts: the connections it moved onto lb3 keep their backend.
+    let pool_a_before = pool_packets(&rig.balancers[2], "pool-a");
+    let after = conns.ask();
+    let kept = after.iter().zip(&first).filter(|(a, f)| a.as_ref().ok() == Some(*f)).count();
+    let moved_packets = pool_packets(&rig.balancers[2], "pool-a") - pool_a_before;
+    let view = rig.balancers[2].sync_view().expect("lb3 sync view");
+    eprintln!(
+        "host joined after a drain switch: {kept} of {} long-lived connections kept their backend ({:.1}%); \
+         lb3 forwarded {moved_packets} packets of them to pool-a; lb3 sync: inserted {}, refused stale epoch {}, \
+         flows {}",
+        first.len(),
+        100.0 * kept as f64 / first.len() as f64,
+        view["inserted"],
+        view["refused_stale_epoch"],
+        view["flows"]
+    );
+    assert!(moved_packets > 0, "ECMP moved no connection onto lb3");
+    assert!(kept * 100 >= first.len() * 99, "at least 99% survive: {kept}/{}: {after:?}", first.len());
 }

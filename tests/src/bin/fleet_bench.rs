@@ -10,6 +10,10 @@
 //!   it is applied on every host, and the spread between the first and the last host
 //!   (`lb_tests::fleet_switch_bench::switch_latency`; its own rig, built after the BGP one is
 //!   gone).
+//! - `sync-rate`: flow sync's cost, on its own two-host rig: new connections/s with sync off
+//!   and on in alternating rounds, the sync bytes per new flow (scaled to 10,000 new flows/s),
+//!   and the time from a connection's establishment to its entry on the peer
+//!   (`lb_tests::fleet_sync_bench::sync_rate`).
 //!
 //! Prints one line per round and a summary (medians, min, max), or with `--json` one JSON
 //! document. SIGINT / SIGTERM stop early and clean up (exit code 130).
@@ -19,6 +23,7 @@ use clap::{Parser, ValueEnum};
 use lb_tests::cli::require_root;
 use lb_tests::fleet_bench::{self, ConnRateReport, FailoverReport, median};
 use lb_tests::fleet_switch_bench::{SwitchLatencyOptions, SwitchLatencyReport, switch_latency};
+use lb_tests::fleet_sync_bench::{SyncRateOptions, SyncRateReport, sync_rate};
 use std::process::ExitCode;
 
 /// Which measurements to run.
@@ -30,6 +35,8 @@ enum Case {
     ConnRate,
     /// Fleet switch (etcd): request to applied on every host, 3 hosts.
     Switch,
+    /// Flow sync's cost: conn/s with sync off vs on, sync bytes per flow, flow-to-peer time.
+    SyncRate,
     /// All of them.
     All,
 }
@@ -57,6 +64,15 @@ struct Args {
     /// Switches timed by `--case switch` (alternating pool-b and pool-a).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     switches: u32,
+    /// Sync-rate rounds (each: sync off, then on).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    sync_rounds: u32,
+    /// Send interval of the flow sync in `--case sync-rate`, ms.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=5000))]
+    sync_interval_ms: u64,
+    /// Connections timed from establishment to their entry on the peer (`--case sync-rate`).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    sync_samples: u32,
     /// Print one JSON document instead of text.
     #[arg(long)]
     json: bool,
@@ -71,6 +87,8 @@ struct Output {
     conn_rate: Option<ConnRateReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     switch: Option<SwitchLatencyReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync_rate: Option<SyncRateReport>,
 }
 
 fn main() -> ExitCode {
@@ -110,6 +128,24 @@ fn bench(args: &Args) -> Result<()> {
     let mut out = Output::default();
     if matches!(args.case, Case::Failover | Case::ConnRate | Case::All) {
         bgp_cases(args, &mut out, say)?;
+    }
+    if matches!(args.case, Case::SyncRate | Case::All) {
+        // Its own two-host rig; the ones above are gone by now.
+        say(&format!(
+            "flow sync cost, 2 hosts, {} round(s) of sync off then on ({} workers, {} s each), interval {} ms:",
+            args.sync_rounds, args.workers, args.seconds, args.sync_interval_ms
+        ));
+        let mut rig = fleet_bench::rig("fsr")?;
+        let opts = SyncRateOptions {
+            rounds: args.sync_rounds,
+            seconds: args.seconds,
+            workers: args.workers as usize,
+            interval: std::time::Duration::from_millis(args.sync_interval_ms),
+            latency_samples: args.sync_samples,
+        };
+        let r = sync_rate(&mut rig, opts, &say)?;
+        say(r.text().trim_end());
+        out.sync_rate = Some(r);
     }
     if matches!(args.case, Case::Switch | Case::All) {
         // Its own rig (3 hosts, etcd); the BGP rig above is gone by now.

@@ -119,7 +119,13 @@ pub fn drain_view(share_a: u32, established_a: u64) -> DrainView {
         service: "web".into(),
         idle_timeout_s: 120,
         pools: vec![
-            PoolDrain { pool: "pool-a".into(), share: share_a, established: established_a, closing: 1, synced: 0 },
+            PoolDrain {
+                pool: "pool-a".into(),
+                share: share_a,
+                established: established_a,
+                closing: 1,
+                synced: 0,
+            },
             PoolDrain { pool: "pool-b".into(), share: 100 - share_a, established: 30, closing: 0, synced: 0 },
         ],
         flows_scanned: 99,

@@ -118,14 +118,14 @@ fn flows_received_from_peers_are_counted_apart() {
     flows(
         &r,
         &[
-            (0, 1, E),                   // pool-a, this host's own
-            (0, 2, E | SY),              // pool-a, a peer's connection
-            (1, 30, E | SY),             // pool-a, a peer's connection
-            (1, 61, E | SY),             // a peer's copy idle past the timeout: not counted
-            (1, 1, E | SY | FLOW_FIN),   // a peer's connection closing: not counted here
-            (2, 5, E | SY),              // pool-b, a peer's
-            (2, 5, E),                   // pool-b, own
-            (3, 5, E | FLOW_FIN),        // pool-b, own, closing
+            (0, 1, E),                 // pool-a, this host's own
+            (0, 2, E | SY),            // pool-a, a peer's connection
+            (1, 30, E | SY),           // pool-a, a peer's connection
+            (1, 61, E | SY),           // a peer's copy idle past the timeout: not counted
+            (1, 1, E | SY | FLOW_FIN), // a peer's connection closing: not counted here
+            (2, 5, E | SY),            // pool-b, a peer's
+            (2, 5, E),                 // pool-b, own
+            (3, 5, E | FLOW_FIN),      // pool-b, own, closing
         ],
     );
     let d = drain(&r);

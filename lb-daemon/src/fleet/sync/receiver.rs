@@ -83,8 +83,11 @@ async fn connection(sync: &Arc<FlowSync>, stream: TcpStream, from: SocketAddr) -
             Kind::BulkDone => {
                 let n = wire::u64_payload(&f.payload)?;
                 sync.counters().bulk_received.fetch_add(bulk, Ordering::Relaxed);
-                if !peer.bulk_received.swap(true, Ordering::Relaxed) {
+                // Logged before the flag is set: the flag makes the host ready to announce, so
+                // in the log this line always comes before the announcement it allows.
+                if !peer.bulk_received.load(Ordering::SeqCst) {
                     tracing::info!(peer = %peer.addr, flows = n, "flow sync: bulk transfer from peer received");
+                    peer.bulk_received.store(true, Ordering::SeqCst);
                 }
             }
             Kind::Ping => {}
