@@ -5,6 +5,11 @@
 //! - unpaced new connections/s through the fleet with sync off and on, in alternating rounds
 //!   of one run (each switch restarts both daemons with or without `[sync]`: the program is
 //!   loaded again, so "off" has no reporting in the data plane either), compared by medians;
+//!   odd rounds measure off then on, even rounds on then off, so a drift of the shared
+//!   machine's load favours neither;
+//! - the daemons' CPU time per new flow with sync off and on (`process_cpu_seconds_total` of
+//!   both daemons over each measurement): the control-plane cost of a synced flow, steadier than
+//!   a rate on a shared machine;
 //! - the sync traffic: bytes of frames the hosts sent to each other (`lb_sync_sent_bytes_total`,
 //!   the status's `sync.bytes_sent`) per new flow during the "on" rounds, scaled to 10,000 new
 //!   flows/s, and the pings' share when idle;
@@ -77,6 +82,10 @@ pub struct SyncRateReport {
     /// Flow records both hosts' data planes reported in each "on" round (a short connection
     /// makes two: established, closed).
     pub on_records: Vec<u64>,
+    /// Both daemons' CPU microseconds per new flow with sync off, per round.
+    pub off_daemon_cpu_us_per_flow: Vec<f64>,
+    /// Both daemons' CPU microseconds per new flow with sync on, per round.
+    pub on_daemon_cpu_us_per_flow: Vec<f64>,
     /// Bytes of sync frames both hosts sent in each "on" round.
     pub on_sync_bytes: Vec<u64>,
     /// Records dropped for a peer (queue full or link down) during the "on" rounds.
@@ -110,6 +119,7 @@ impl SyncRateReport {
             "  sync off: {:.0} conn/s (median of {:?}; failed {:?})\n  \
              sync on:  {:.0} conn/s (median of {:?}; failed {:?})\n  \
              with sync on: {:.1}% of the rate without (the issue asks >= 90%)\n  \
+             daemons' CPU per new flow: {:.1} us with sync off, {:.1} us with sync on (medians)\n  \
              sync traffic: {:.1} bytes per new flow (frames the hosts send each other, per round {:?}), \
              {:.0} kB/s = {:.2} Mbit/s per 10,000 new flows/s; {} records dropped; idle (pings): {:.0} B/s\n  \
              sync interval {} ms; connection established -> entry on the peer: p50 {:.1} ms, p99 {:.1} ms, \
@@ -121,6 +131,8 @@ impl SyncRateReport {
             self.on_conn_per_s.iter().map(|v| v.round()).collect::<Vec<_>>(),
             self.on_failed,
             100.0 * self.ratio(),
+            median(&self.off_daemon_cpu_us_per_flow),
+            median(&self.on_daemon_cpu_us_per_flow),
             self.median_bytes_per_flow(),
             self.bytes_per_flow.iter().map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>(),
             per_10k / 1000.0,
@@ -213,34 +225,41 @@ pub fn sync_rate(
     };
     for round in 1..=opts.rounds {
         check_interrupted()?;
-        set_sync(rig, &base, false, opts.interval)?;
-        let (off, off_failed) = unpaced(rig, opts.seconds, opts.workers)?;
-
-        set_sync(rig, &base, true, opts.interval)?;
-        let (flows0, records0, bytes0, dropped0) =
-            (new_flows(rig)?, sync_sum(rig, "reported")?, sync_sum(rig, "bytes_sent")?, dropped(rig)?);
-        let (on, on_failed) = unpaced(rig, opts.seconds, opts.workers)?;
-        // Let the last interval's records go out before reading the counters.
-        std::thread::sleep(opts.interval * 3);
-        let flows = new_flows(rig)? - flows0;
-        let records = sync_sum(rig, "reported")? - records0;
-        let bytes = sync_sum(rig, "bytes_sent")? - bytes0;
-        report.on_dropped += dropped(rig)? - dropped0;
-        let per_flow = if flows > 0 { bytes as f64 / flows as f64 } else { 0.0 };
-        progress(&format!(
-            "  round {round}: sync off {off:.0} conn/s ({off_failed} failed), sync on {on:.0} conn/s \
-             ({on_failed} failed; {flows} new flows, {records} records, {bytes} sync bytes = {per_flow:.1} B/flow)"
-        ));
-        report.off_conn_per_s.push(off);
-        report.off_failed.push(off_failed);
-        report.on_conn_per_s.push(on);
-        report.on_failed.push(on_failed);
-        report.on_new_flows.push(flows);
-        report.on_records.push(records);
-        report.on_sync_bytes.push(bytes);
-        report.bytes_per_flow.push(per_flow);
+        let order = if round % 2 == 1 { [false, true] } else { [true, false] };
+        let mut line = format!("  round {round}:");
+        for on in order {
+            set_sync(rig, &base, on, opts.interval)?;
+            let m = measure(rig, opts)?;
+            let cpu_us = if m.flows > 0 { m.cpu_s * 1e6 / m.flows as f64 } else { 0.0 };
+            if on {
+                let per_flow = if m.flows > 0 { m.bytes as f64 / m.flows as f64 } else { 0.0 };
+                line += &format!(
+                    " sync on {:.0} conn/s ({} failed; {} new flows, {} records, {} sync bytes = {per_flow:.1} B/flow, \
+                     daemons {cpu_us:.1} us CPU/flow)",
+                    m.rate, m.failed, m.flows, m.records, m.bytes
+                );
+                report.on_conn_per_s.push(m.rate);
+                report.on_failed.push(m.failed);
+                report.on_new_flows.push(m.flows);
+                report.on_records.push(m.records);
+                report.on_sync_bytes.push(m.bytes);
+                report.on_dropped += m.dropped;
+                report.bytes_per_flow.push(per_flow);
+                report.on_daemon_cpu_us_per_flow.push(cpu_us);
+            } else {
+                line += &format!(
+                    " sync off {:.0} conn/s ({} failed; daemons {cpu_us:.1} us CPU/flow);",
+                    m.rate, m.failed
+                );
+                report.off_conn_per_s.push(m.rate);
+                report.off_failed.push(m.failed);
+                report.off_daemon_cpu_us_per_flow.push(cpu_us);
+            }
+        }
+        progress(&line);
     }
-    if opts.rounds == 0 {
+    // Leave the daemons with sync on for the measurements below.
+    if opts.rounds.is_multiple_of(2) {
         set_sync(rig, &base, true, opts.interval)?;
     }
 
@@ -254,6 +273,54 @@ pub fn sync_rate(
     report.to_peer_samples = samples.len();
     report.to_peer_ms = Percentiles::of(&samples);
     Ok(report)
+}
+
+/// One measurement's figures (both hosts; sync counters read as 0 without `[sync]`).
+struct Measured {
+    rate: f64,
+    failed: usize,
+    flows: u64,
+    records: u64,
+    bytes: u64,
+    dropped: u64,
+    cpu_s: f64,
+}
+
+/// Both daemons' CPU seconds so far (their `process_cpu_seconds_total`).
+fn daemon_cpu(rig: &FleetRig) -> Result<f64> {
+    let mut total = 0.0;
+    for b in &rig.balancers {
+        let text = b.client().get_text("/metrics")?;
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .context("no process_cpu_seconds_total in /metrics")?;
+        total += v;
+    }
+    Ok(total)
+}
+
+fn counters(rig: &FleetRig) -> Result<[u64; 4]> {
+    Ok([new_flows(rig)?, sync_sum(rig, "reported")?, sync_sum(rig, "bytes_sent")?, dropped(rig)?])
+}
+
+/// `opts.seconds` of unpaced load, with the counters around it.
+fn measure(rig: &FleetRig, opts: SyncRateOptions) -> Result<Measured> {
+    let (c0, cpu0) = (counters(rig)?, daemon_cpu(rig)?);
+    let (rate, failed) = unpaced(rig, opts.seconds, opts.workers)?;
+    // Let the last interval's records go out before reading the counters.
+    std::thread::sleep(opts.interval * 3);
+    let (c1, cpu1) = (counters(rig)?, daemon_cpu(rig)?);
+    Ok(Measured {
+        rate,
+        failed,
+        flows: c1[0] - c0[0],
+        records: c1[1] - c0[1],
+        bytes: c1[2] - c0[2],
+        dropped: c1[3] - c0[3],
+        cpu_s: cpu1 - cpu0,
+    })
 }
 
 /// `n` connections, one at a time: for each, the time from its establishment until the host
