@@ -15,8 +15,8 @@
 //!   flows/s, and the pings' share when idle;
 //! - how long a flow takes to reach the peer: from a connection's establishment (the client's
 //!   `connect` returned: its ACK is on the wire) until the other host's pinned `FLOWS` holds the
-//!   entry, read directly from the map (not through the API), one connection at a time, at
-//!   pseudo-random offsets from the send interval's ticks.
+//!   entry, read directly from the map (not through the API), one connection at a time, each
+//!   at a pseudo-random phase of the send interval.
 //!
 //! Everything stays inside the rig's namespaces and is bounded in count and time.
 
@@ -269,7 +269,7 @@ pub fn sync_rate(
     std::thread::sleep(idle);
     report.idle_bytes_per_s = (sync_sum(rig, "bytes_sent")? - before) as f64 / idle.as_secs_f64();
 
-    let samples = to_peer(rig, opts.latency_samples, &mut progress)?;
+    let samples = to_peer(rig, opts.latency_samples, opts.interval, &mut progress)?;
     report.to_peer_samples = samples.len();
     report.to_peer_ms = Percentiles::of(&samples);
     Ok(report)
@@ -325,14 +325,20 @@ fn measure(rig: &FleetRig, opts: SyncRateOptions) -> Result<Measured> {
 
 /// `n` connections, one at a time: for each, the time from its establishment until the host
 /// that did not forward it holds its entry (received by sync).
-fn to_peer(rig: &FleetRig, n: u32, progress: &mut impl FnMut(&str)) -> Result<Vec<Duration>> {
+fn to_peer(
+    rig: &FleetRig,
+    n: u32,
+    interval: Duration,
+    progress: &mut impl FnMut(&str),
+) -> Result<Vec<Duration>> {
     const TIMEOUT: Duration = Duration::from_secs(2);
     let maps = rig.balancers.iter().map(Balancer::pinned_flows).collect::<Result<Vec<_>>>()?;
     let vip = vip_addr();
     let mut samples = Vec::new();
     let mut missed = 0usize;
-    // A fixed pseudo-random sequence of pauses (0..37 ms), so connections start at every phase
-    // of the send interval.
+    // A fixed pseudo-random sequence of pauses, uniform over one send interval: each sample
+    // starts right after the previous one was seen on the peer (just after a send), so without
+    // them every connection would start at the same phase of the interval.
     let mut seed: u32 = 0x2545_f491;
     for _ in 0..n {
         check_interrupted()?;
@@ -360,7 +366,8 @@ fn to_peer(rig: &FleetRig, n: u32, progress: &mut impl FnMut(&str)) -> Result<Ve
             None => missed += 1,
         }
         seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        std::thread::sleep(Duration::from_millis(u64::from(seed >> 16) % 37));
+        let pause_us = u64::from(seed >> 8) % (interval.as_micros() as u64).max(1);
+        std::thread::sleep(Duration::from_micros(pause_us));
     }
     progress(&format!(
         "  to the peer: {} of {n} connections timed ({missed} not on the peer within {TIMEOUT:?})",
