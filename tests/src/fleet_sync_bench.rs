@@ -349,11 +349,12 @@ fn to_peer(
         let mut got = None;
         while established.elapsed() < TIMEOUT {
             let entries: Vec<_> = maps.iter().map(|m| m.get(&key, 0).ok()).collect();
-            // The peer's entry: the one received by sync, established.
+            // The peer's entry: received by sync, established and open (an entry of an earlier
+            // connection on the same 5-tuple, from the load above, is closed).
             let on_peer = entries
                 .iter()
                 .flatten()
-                .any(|v| v.flags & FLOW_SYNCED != 0 && v.flags & FLOW_ESTABLISHED != 0);
+                .any(|v| v.flags & FLOW_SYNCED != 0 && v.flags & FLOW_ESTABLISHED != 0 && !v.is_closed());
             if on_peer {
                 got = Some(established.elapsed());
                 break;
