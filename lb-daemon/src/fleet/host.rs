@@ -80,7 +80,8 @@ pub struct BgpView {
 pub struct HostView {
     /// Announcements and maintenance state.
     pub bgp: BgpView,
-    /// Established flows in the flow table, all services.
+    /// Established flows in the flow table, all services: this host's own (copies received
+    /// from peers by flow sync are not waited on).
     pub flows_established: u64,
     /// Established flows per service.
     pub services: Vec<ServiceFlows>,
