@@ -78,6 +78,9 @@ pub struct SwitchLatencyReport {
     pub all_applied_ms: Percentiles,
     /// First to last host applying the same switch.
     pub spread_ms: Percentiles,
+    /// Where the time goes, step by step, from the daemons' own log lines (see [`breakdown`]).
+    #[serde(default)]
+    pub steps: Vec<(String, Percentiles)>,
 }
 
 impl SwitchLatencyReport {
@@ -93,8 +96,70 @@ impl SwitchLatencyReport {
             row("request -> API answer", &self.answer_ms),
             row("request -> applied on every host", &self.all_applied_ms),
             row("first -> last host applied", &self.spread_ms),
-        )
+        ) + &self.steps.iter().map(|(name, p)| row(name, p)).collect::<String>()
     }
+}
+
+/// A field `name=<integer>` of a daemon log line.
+fn field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// The time of day of a log line (`2026-12-03T13:51:18.123456Z ...`), in microseconds.
+fn time_of_day_us(line: &str) -> Option<u64> {
+    let t = line.get(11..)?.split(['Z', ' ', '+']).next()?;
+    let mut parts = t.split(':');
+    let (h, m, s): (u64, u64, f64) =
+        (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+    Some((h * 3600 + m * 60) * 1_000_000 + (s * 1e6) as u64)
+}
+
+/// Where a switch's time goes, from the daemons' log lines of the timed switches (their etcd
+/// `revisions`): on the host that took the request, reading and deciding, the gate's read of
+/// the hosts, and etcd's commit of the ONE transaction; on every host, from the end of that
+/// commit to the change applied (watch delivery and the thread's turn), the pending record's
+/// write and the `SERVICES` update; then, after it reported the change applied, the whole
+/// state file and the applied marks. `logs[0]` is the host that took the requests.
+pub fn breakdown(logs: &[String], revisions: &[i64]) -> Vec<(String, Percentiles)> {
+    let us = |v: Vec<u64>| Percentiles::of(&v.into_iter().map(Duration::from_micros).collect::<Vec<_>>());
+    let timed = |l: &&str| field(l, "revision").is_some_and(|r| revisions.contains(&(r as i64)));
+    let lines = |log: &str, what: &str| -> Vec<String> {
+        log.lines().filter(|l| l.contains(what)).filter(timed).map(String::from).collect()
+    };
+    let committed = logs.first().map(|l| lines(l, "fleet: change committed")).unwrap_or_default();
+    let applied: Vec<String> =
+        logs.iter().flat_map(|l| lines(l, "applied the fleet's desired state")).collect();
+    let settled: Vec<String> = logs
+        .iter()
+        .flat_map(|l| {
+            l.lines().filter(|l| l.contains("fleet: settled after apply") && field(l, "marks") == Some(1))
+        })
+        .map(String::from)
+        .collect();
+    let of = |v: &[String], name: &str| us(v.iter().filter_map(|l| field(l, name)).collect());
+    // Commit end (lb1's clock) to applied on each host (same machine, same clock).
+    let commit_end: std::collections::BTreeMap<u64, u64> =
+        committed.iter().filter_map(|l| Some((field(l, "revision")?, time_of_day_us(l)?))).collect();
+    let delivery: Vec<u64> = applied
+        .iter()
+        .filter_map(|l| {
+            let done = time_of_day_us(l)?;
+            let end = commit_end.get(&field(l, "revision")?)?;
+            let local = field(l, "stage_us")? + field(l, "map_us")?;
+            Some(done.saturating_sub(*end).saturating_sub(local))
+        })
+        .collect();
+    vec![
+        ("lb1: read + decide".into(), of(&committed, "decided_us")),
+        ("lb1: gate (hosts read)".into(), of(&committed, "gate_us")),
+        ("lb1: etcd txn commit".into(), of(&committed, "commit_us")),
+        ("commit -> host got it (watch)".into(), us(delivery)),
+        ("host: pending record write".into(), of(&applied, "stage_us")),
+        ("host: SERVICES update".into(), of(&applied, "map_us")),
+        ("host, after applied: state file".into(), of(&settled, "persist_us")),
+        ("host, after applied: etcd marks".into(), of(&settled, "marks_us")),
+    ]
 }
 
 /// (time since the start, applied revision) each time a host's applied revision changed.
@@ -142,6 +207,7 @@ fn time_switches(
 ) -> Result<SwitchLatencyReport> {
     let client = rig.balancers[0].client();
     let (mut answer, mut all, mut spread) = (Vec::new(), Vec::new(), Vec::new());
+    let mut revisions = Vec::new();
     for i in 0..opts.switches {
         crate::cli::check_interrupted()?;
         let pool = if i % 2 == 0 { "pool-b" } else { "pool-a" };
@@ -154,6 +220,7 @@ fn time_switches(
         let rev = o["revision"]
             .as_i64()
             .context("the switch's answer has no etcd revision: is [fleet] configured?")?;
+        revisions.push(rev);
         let deadline = Instant::now() + opts.timeout;
         let applied = loop {
             let at: Vec<Option<Duration>> = samples
@@ -183,6 +250,7 @@ fn time_switches(
         answer_ms: Percentiles::of(&answer),
         all_applied_ms: Percentiles::of(&all),
         spread_ms: Percentiles::of(&spread),
+        steps: breakdown(&rig.balancers.iter().map(|b| b.daemon_log()).collect::<Vec<_>>(), &revisions),
     })
 }
 
@@ -198,5 +266,21 @@ mod tests {
         let p = Percentiles::of(&ms(&[7, 3, 5]));
         assert_eq!((p.p50, p.p99, p.max), (5.0, 7.0, 7.0));
         assert_eq!(Percentiles::of(&[]), Percentiles::default());
+    }
+
+    #[test]
+    fn breakdown_reads_the_daemons_timing_fields() {
+        let lb1 = "2026-12-03T13:00:00.001000Z  INFO lb_daemon::fleet::etcd::change: fleet: change committed service=web seq=9 revision=40 decided_us=700 gate_us=800 commit_us=3000\n\
+                   2026-12-03T13:00:00.003000Z  INFO lb_daemon::engine::fleet: applied the fleet's desired state service=web revision=40 stage_us=100 map_us=20\n\
+                   2026-12-03T13:00:00.009000Z  INFO lb_daemon::fleet::etcd::node: fleet: settled after apply persist_us=5000 marks_us=2000 marks=1\n\
+                   2026-12-03T13:00:00.000500Z  INFO lb_daemon::engine::fleet: applied the fleet's desired state service=web revision=12 stage_us=9 map_us=9";
+        let steps = breakdown(&[lb1.to_string()], &[40]);
+        let get = |n: &str| steps.iter().find(|(name, _)| name == n).unwrap().1.p50;
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(near(get("lb1: etcd txn commit"), 3.0));
+        assert!(near(get("host: pending record write"), 0.1), "revision 12 is not a timed switch");
+        assert!(near(get("commit -> host got it (watch)"), 1.88));
+        assert!(near(get("host, after applied: state file"), 5.0));
+        assert_eq!(time_of_day_us("2026-12-03T01:02:03.5Z x"), Some(3_723_500_000));
     }
 }

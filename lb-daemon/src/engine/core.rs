@@ -54,7 +54,8 @@ pub struct Core<M: Maps> {
     pub(crate) maps: M,
     pub(crate) state: PersistedState,
     pub(super) store: Box<dyn StateStore>,
-    /// The last write of `state` failed: what is on disk is older than `state`.
+    /// The last write of `state` failed: what is on disk is older than `state`. Also set while a
+    /// fleet change is live on its pending record only (see [`super::fleet_pending`]).
     pub(super) unsaved: bool,
     pub(crate) layout: Layout,
     /// Table slot holding each (service, pool)'s current table.

@@ -4,9 +4,9 @@
 //! `SERVICES` entry. Nothing here talks to etcd, so these decisions are unit-tested against the
 //! fake maps.
 
-use super::{core::Core, state::ServiceState, switch::validate_active};
+use super::{core::Core, fleet_pending::FleetPending, state::ServiceState, switch::validate_active};
 use crate::{
-    api::model::{Active, ApiError, HistoryEntry, WatchState},
+    api::model::{Active, ApiError, HistoryEntry},
     dataplane::Maps,
     fleet::etcd::records::{DesiredService, HistoryRecord, PoolHealth, ServiceHealth},
 };
@@ -56,9 +56,10 @@ impl<M: Maps> Core<M> {
         self.state.fleet_revision
     }
 
-    /// Serves `desired` for service `name`, as the fleet decided at etcd `revision`: persisted
-    /// first (with the history entry `record`, when known), then made live with one
-    /// `SERVICES` update. Returns whether anything changed; an identical desired state only
+    /// Serves `desired` for service `name`, as the fleet decided at etcd `revision`: recorded
+    /// first (its pending record, with the history entry `record` when known; see
+    /// [`super::fleet_pending`]), then made live with one `SERVICES` update; the caller writes
+    /// the whole state file after it reported the change applied ([`Self::fleet_persist`]). Returns whether anything changed; an identical desired state only
     /// repairs what the disk or the maps miss. Refused (nothing changed) when this host cannot
     /// serve it, e.g. its config lacks the pool: the host then reports itself out of sync.
     pub fn apply_fleet(
@@ -99,11 +100,11 @@ impl<M: Maps> Core<M> {
             Active::Split(ws) => Some(self.build_split(&svc, ws)?),
             Active::Pool(_) => None,
         };
-        let mut next = self.state.clone();
-        next.services.insert(name.to_string(), next_service);
-        next.fleet_revision = next.fleet_revision.max(revision);
-        if let Some(r) = record {
-            next.record(HistoryEntry {
+        let pending = FleetPending {
+            revision,
+            service: name.to_string(),
+            state: next_service,
+            entry: record.map(|r| HistoryEntry {
                 id: 0,
                 time: r.time.clone(),
                 service: name.to_string(),
@@ -114,30 +115,54 @@ impl<M: Maps> Core<M> {
                 requester: r.requester.clone(),
                 reason: r.reason.clone(),
                 backend: None,
-            });
-        }
-        // A local watch (from before the host joined a fleet) must not roll back on its own.
-        if let Some(w) = next.watches.get_mut(name)
-            && w.state == WatchState::Watching
-        {
-            w.state = WatchState::Cancelled;
-            w.reason = Some(format!("superseded by the fleet's change at revision {revision}"));
-        }
-        self.store.save(&next).map_err(|e| {
+            }),
+        };
+        let mut next = self.state.clone();
+        pending.apply_to(&mut next);
+        let t0 = std::time::Instant::now();
+        // etcd holds this desired state durably already; what must reach the disk before the
+        // map update is what a restart needs not to go back behind the pinned maps: the
+        // pending record (page cache, survives a crash of the daemon). The whole state file
+        // follows in `fleet_persist`, after the host reported the change applied. When the
+        // disk is behind already (a write failed), the whole state is written first, as before.
+        let staged = if self.unsaved {
+            self.store.save(&next).map(|()| false)
+        } else {
+            self.store.stage_pending(&pending).map(|()| true)
+        };
+        let staged = staged.map_err(|e| {
             ApiError::internal(format!(
                 "{name}: the fleet's {} not applied, nothing changed: writing the state file failed: {e:#}",
                 desired.active
             ))
         })?;
+        let stage_us = t0.elapsed().as_micros() as u64;
         self.state = next;
-        self.unsaved = false;
+        self.unsaved = staged;
+        let t1 = std::time::Instant::now();
         self.point_with(&svc, &desired.active, desired.epoch, split).map_err(|e| {
             ApiError::internal(format!(
                 "{name}: the fleet's {} is recorded but the data plane was not updated: {}",
                 desired.active, e.message
             ))
         })?;
-        tracing::info!(service = %name, from = %st.active, to = %desired.active, epoch = desired.epoch, revision, "applied the fleet's desired state");
+        let map_us = t1.elapsed().as_micros() as u64;
+        tracing::info!(service = %name, from = %st.active, to = %desired.active, epoch = desired.epoch, revision, stage_us, map_us, "applied the fleet's desired state");
+        Ok(true)
+    }
+
+    /// Writes the whole state file when it is behind what is served (after [`Self::apply_fleet`]
+    /// made a change live on its pending record), then drops the pending record. Whether it
+    /// wrote anything. On failure the record stays, and the next change writes the whole state
+    /// before its map update.
+    pub fn fleet_persist(&mut self) -> Result<bool, ApiError> {
+        if !self.unsaved {
+            return Ok(false);
+        }
+        self.persist()?;
+        if let Err(e) = self.store.clear_pending() {
+            tracing::warn!(error = %format!("{e:#}"), "fleet pending record not removed (harmless: the state file is as new)");
+        }
         Ok(true)
     }
 

@@ -16,6 +16,7 @@ mod control;
 pub mod core;
 pub mod drain;
 pub mod fleet;
+pub mod fleet_pending;
 pub mod flow_cache;
 pub mod keys;
 pub mod layout;
@@ -89,7 +90,9 @@ impl Engine {
     /// persisted desired state: the active pool after a restart is the last one switched to.
     pub fn start(config_path: PathBuf, config: Config, dp: Dataplane, adopted: bool) -> anyhow::Result<Self> {
         let path = config.state_file();
-        let state = PersistedState::load(&path)?;
+        let mut state = PersistedState::load(&path)?;
+        // A fleet change made live just before a crash, which the state file had not caught up with.
+        fleet_pending::replay(&mut state, fleet_pending::read_pending(&path).as_ref());
         let core = Core::start(config, dp, state, Box::new(StateFile(path)), adopted, core::system_clock())?;
         let (shutdown, _) = signal::channel(ShutdownKind::Running);
         Ok(Self {

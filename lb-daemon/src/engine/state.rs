@@ -145,6 +145,12 @@ impl PersistedState {
 pub trait StateStore: Send {
     /// Persists `state` completely, or fails and leaves the earlier one in place.
     fn save(&mut self, state: &PersistedState) -> Result<()>;
+    /// Records a fleet change about to be made live before the whole state is written (see
+    /// [`super::fleet_pending`]): must be readable by the next start once it returns, even
+    /// after a crash of the daemon.
+    fn stage_pending(&mut self, pending: &super::fleet_pending::FleetPending) -> Result<()>;
+    /// Drops the pending record once [`StateStore::save`] wrote a state that holds it.
+    fn clear_pending(&mut self) -> Result<()>;
 }
 
 /// The state file, written with [`write_atomic`].
@@ -154,6 +160,14 @@ pub struct StateFile(pub PathBuf);
 impl StateStore for StateFile {
     fn save(&mut self, state: &PersistedState) -> Result<()> {
         state.save(&self.0)
+    }
+
+    fn stage_pending(&mut self, pending: &super::fleet_pending::FleetPending) -> Result<()> {
+        super::fleet_pending::write_pending(&self.0, pending)
+    }
+
+    fn clear_pending(&mut self) -> Result<()> {
+        super::fleet_pending::remove_pending(&self.0)
     }
 }
 

@@ -5,6 +5,7 @@ mod adopt;
 mod backend;
 mod drain;
 mod durability;
+mod fleet_crash;
 mod health;
 mod metrics;
 mod reload;
@@ -55,6 +56,8 @@ pub struct MemStore {
     pub saved: Arc<Mutex<Vec<PersistedState>>>,
     /// Fail every write while set.
     pub full: Arc<AtomicBool>,
+    /// The fleet's pending record, as the next start would read it.
+    pub pending: Arc<Mutex<Option<super::fleet_pending::FleetPending>>>,
 }
 
 impl StateStore for MemStore {
@@ -63,6 +66,21 @@ impl StateStore for MemStore {
             anyhow::bail!("writing /var/lib/lb/lb.state.json: No space left on device (os error 28)");
         }
         self.saved.lock().unwrap().push(state.clone());
+        Ok(())
+    }
+
+    fn stage_pending(&mut self, pending: &super::fleet_pending::FleetPending) -> anyhow::Result<()> {
+        if self.full.load(Ordering::SeqCst) {
+            anyhow::bail!(
+                "writing /var/lib/lb/lb.state.json.fleet-pending: No space left on device (os error 28)"
+            );
+        }
+        *self.pending.lock().unwrap() = Some(pending.clone());
+        Ok(())
+    }
+
+    fn clear_pending(&mut self) -> anyhow::Result<()> {
+        *self.pending.lock().unwrap() = None;
         Ok(())
     }
 }

@@ -125,7 +125,9 @@ impl<M: Maps> FleetNode<M> {
                 return Ok(outcome(false, Vec::new(), None, Some(read_mod)));
             }
             let gated = kind != HistoryKind::Rollback;
+            let t_gate = Instant::now();
             let problems = if gated { self.gate(&name, &target)? } else { Vec::new() };
+            let gate_us = t_gate.elapsed().as_micros() as u64;
             if !problems.is_empty() && !req.force {
                 return Err(ApiError::refused(format!(
                     "{name}: refused, {} (use --force to switch anyway)",
@@ -185,7 +187,10 @@ impl<M: Maps> FleetNode<M> {
                 ],
                 puts,
             };
-            let Some(revision) = self.store.commit(&txn).map_err(unavailable)? else {
+            let t_commit = Instant::now();
+            let committed = self.store.commit(&txn).map_err(unavailable)?;
+            let commit_us = t_commit.elapsed().as_micros() as u64;
+            let Some(revision) = committed else {
                 // Lost a race: someone changed the service, or took the same history number.
                 let (now_kv, _) = self.store.get(&key).map_err(unavailable)?;
                 let moved = now_kv.as_ref().map_or(0, |kv| kv.mod_revision) != read_mod;
@@ -198,7 +203,8 @@ impl<M: Maps> FleetNode<M> {
                 tracing::debug!(service = %name, attempt, "fleet: state moved during the change; deciding again");
                 continue;
             };
-            tracing::info!(service = %name, from = %current.active, to = %target, ?mode, ?kind, requester, seq, revision, "fleet: change committed");
+            let decided_us = (t_gate - started).as_micros() as u64;
+            tracing::info!(service = %name, from = %current.active, to = %target, ?mode, ?kind, requester, seq, revision, decided_us, gate_us, commit_us, "fleet: change committed");
             let mut out = outcome(true, warnings, Some(seq), Some(revision));
             if self.wait_applied(revision, self.apply_wait) {
                 out.apply_us = started.elapsed().as_micros() as u64;

@@ -74,6 +74,9 @@ pub struct FleetNode<M: Maps> {
     pub(super) api: Option<String>,
     /// This host's flow-sync address, published in its status (`[sync]` with `[fleet]`).
     pub(super) sync_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// History entries applied in this turn, `(seq, revision)`, marked in etcd after the turn
+    /// reported them applied (see [`FleetNode::settle`]).
+    marks: Mutex<Vec<(u64, i64)>>,
 }
 
 impl<M: Maps> FleetNode<M> {
@@ -110,6 +113,7 @@ impl<M: Maps> FleetNode<M> {
             announced: Mutex::new(None),
             api,
             sync_addr: std::sync::OnceLock::new(),
+            marks: Mutex::new(Vec::new()),
         }
     }
 
@@ -133,9 +137,39 @@ impl<M: Maps> FleetNode<M> {
         }
     }
 
-    /// One turn: (re)sync if needed, wait up to `wait` for events and apply them, then publish
-    /// the host's status and check the `--watch` records.
+    /// One turn: (re)sync if needed, wait up to `wait` for events and apply them (reported
+    /// applied as soon as the maps serve them), then publish the host's status and check the
+    /// `--watch` records, then [`settle`](Self::settle) what the applies left to do.
     pub fn step(&self, wait: Duration) {
+        self.turn(wait);
+        self.settle();
+    }
+
+    /// The work an apply leaves for after this host reported it applied, off the path of
+    /// `--wait-fleet` and of the API's answer: the whole state file (the apply wrote only its
+    /// pending record, see [`crate::engine::fleet_pending`]), then the applied marks of the
+    /// history entries in etcd (best effort).
+    pub(super) fn settle(&self) {
+        let t0 = Instant::now();
+        let persisted = self.core().fleet_persist();
+        let persist_us = t0.elapsed().as_micros() as u64;
+        // On failure the pending record stays, and the next change writes the whole state
+        // before its map update.
+        if let Err(e) = &persisted {
+            tracing::error!(error = %e, "fleet: state file not written after an apply");
+        }
+        let marks = std::mem::take(&mut *self.marks.lock().unwrap_or_else(|e| e.into_inner()));
+        let t1 = Instant::now();
+        for (seq, revision) in &marks {
+            self.mark_applied(*seq, *revision);
+        }
+        if matches!(persisted, Ok(true)) || !marks.is_empty() {
+            let marks_us = t1.elapsed().as_micros() as u64;
+            tracing::info!(persist_us, marks_us, marks = marks.len(), "fleet: settled after apply");
+        }
+    }
+
+    fn turn(&self, wait: Duration) {
         let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
         if feed.is_some() && !self.sync().connected {
             // A call failed meanwhile (status, rollback): read everything again once etcd answers.
@@ -350,7 +384,7 @@ impl<M: Maps> FleetNode<M> {
             Ok(changed) => {
                 self.sync().failed.remove(name);
                 if changed && desired.seq > 0 {
-                    self.mark_applied(desired.seq, kv.mod_revision);
+                    self.marks.lock().unwrap_or_else(|e| e.into_inner()).push((desired.seq, kv.mod_revision));
                 }
             }
             Err(e) => {

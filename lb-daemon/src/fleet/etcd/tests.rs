@@ -346,3 +346,75 @@ fn a_fresh_empty_etcd_is_seeded_once_and_every_host_is_in_sync_at_one_revision()
     assert!(va.applied_revision > 0, "{va:?}");
     assert_eq!(va.applied_revision, vb.applied_revision, "{va:?} {vb:?}");
 }
+
+/// A host's etcd client that notes, at each applied mark it writes, the applied revision the
+/// host reports at that moment.
+struct MarkSpy {
+    inner: super::memory::MemClient,
+    node: Arc<std::sync::OnceLock<std::sync::Weak<FleetNode<FakeMaps>>>>,
+    seen: Arc<Mutex<Vec<i64>>>,
+}
+
+impl super::store::DesiredStore for MarkSpy {
+    fn get(&self, key: &str) -> Result<(Option<super::store::Kv>, i64), super::store::StoreError> {
+        self.inner.get(key)
+    }
+    fn get_prefix(&self, prefix: &str) -> Result<super::store::Snapshot, super::store::StoreError> {
+        self.inner.get_prefix(prefix)
+    }
+    fn commit(&self, txn: &super::store::Txn) -> Result<Option<i64>, super::store::StoreError> {
+        if txn.puts.iter().any(|(k, _)| k.contains("/applied/"))
+            && let Some(node) = self.node.get().and_then(std::sync::Weak::upgrade)
+        {
+            self.seen.lock().unwrap().push(node.view().applied_revision);
+        }
+        self.inner.commit(txn)
+    }
+    fn put_leased(&self, key: &str, value: &str) -> Result<i64, super::store::StoreError> {
+        self.inner.put_leased(key, value)
+    }
+    fn keep_alive(&self) -> Result<bool, super::store::StoreError> {
+        self.inner.keep_alive()
+    }
+    fn watch(
+        &self,
+        prefix: &str,
+        from: i64,
+    ) -> Result<Box<dyn super::store::Feed>, super::store::StoreError> {
+        self.inner.watch(prefix, from)
+    }
+}
+
+#[test]
+fn a_host_reports_a_change_applied_before_it_writes_its_applied_mark_and_state_file() {
+    let store = MemStore::default();
+    let a = host(&store, 1, "lb1");
+    let rig = Rig::new(CONFIG);
+    let state = rig.store.clone();
+    let spy_node = Arc::new(std::sync::OnceLock::new());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let spy = MarkSpy { inner: store.client(2), node: spy_node.clone(), seen: seen.clone() };
+    let node = Arc::new(FleetNode::new(
+        "edge1",
+        "lb2",
+        Arc::new(Mutex::new(rig.core)),
+        Arc::new(spy),
+        Duration::from_secs(2),
+        Duration::ZERO,
+        None,
+        Box::new(|| crate::engine::tests::T0_MS),
+    ));
+    let _ = spy_node.set(Arc::downgrade(&node));
+    a.step();
+    node.step(Duration::ZERO);
+    let out = a.node.change(None, &a.switch("pool-b"), "ci").unwrap();
+    let revision = out.revision.unwrap();
+    let saves = state.count();
+    node.step(Duration::ZERO);
+    assert_eq!(*seen.lock().unwrap(), vec![revision], "applied reported before the mark is written");
+    // By the end of the turn the whole state file holds it, and no pending record is left.
+    assert!(state.count() > saves);
+    assert_eq!(state.last().services["web"].active, pool("pool-b"));
+    assert_eq!(state.last().fleet_revision, revision);
+    assert!(state.pending.lock().unwrap().is_none());
+}
