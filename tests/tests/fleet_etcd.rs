@@ -83,7 +83,7 @@ fn fleet_switch_in_history(b: &lb_tests::fleet_rig::Balancer, pool: &str) -> ser
         let history: serde_json::Value = serde_json::from_str(&raw).unwrap();
         let switch = history
             .as_array()
-            .and_then(|h| h.iter().rev().find(|e| e["kind"] == "switch" && e["to"] == pool))
+            .and_then(|h| h.iter().rev().find(|e| e["kind"] == "switch" && e["to"]["pool"] == pool))
             .cloned()
             .unwrap_or_default();
         let hosts: Vec<&str> = switch["fleet"]["applied"]

@@ -135,7 +135,7 @@ fn tls_files_and_credentials_reach_an_etcd_with_tls_and_auth_and_wrong_ones_are_
     let history: serde_json::Value =
         serde_json::from_str(&daemon.lbctl_ok(&["-o", "json", "history"])).expect("history JSON");
     let last = history.as_array().and_then(|h| h.last()).expect("an entry").clone();
-    assert_eq!(last["to"], "pool-b", "{history:#}");
+    assert_eq!(last["to"]["pool"], "pool-b", "{history:#}");
     assert_eq!(last["fleet"]["applied"][0]["host"], "lb1", "{history:#}");
 
     // A wrong password, then the wrong CA: the check fails and names what to fix.

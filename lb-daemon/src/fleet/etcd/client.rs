@@ -38,7 +38,7 @@ fn map_err(e: etcd_client::Error) -> StoreError {
             tonic::Code::Unavailable
             | tonic::Code::DeadlineExceeded
             | tonic::Code::Cancelled
-            | tonic::Code::Unknown => StoreError::Unavailable(describe(&s)),
+            | tonic::Code::Unknown => StoreError::Unavailable(describe_status(&s)),
             _ => StoreError::Failed(format!("{}: {}", s.code(), s.message())),
         },
         E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
@@ -64,6 +64,21 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// A gRPC status as its message and the causes the message does not already say (its
+/// `Display` is a debug dump).
+fn describe_status(s: &tonic::Status) -> String {
+    let mut text = s.message().to_string();
+    let mut cur = std::error::Error::source(s);
+    while let Some(err) = cur {
+        let part = err.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text = if text.is_empty() { part } else { format!("{text}: {part}") };
+        }
+        cur = err.source();
+    }
+    text
+}
+
 /// The `[fleet]` settings to check when etcd's answer names a configuration problem (TLS files,
 /// credentials, permissions) rather than an outage.
 pub fn config_hint(message: &str) -> Option<&'static str> {
@@ -80,7 +95,15 @@ pub fn config_hint(message: &str) -> Option<&'static str> {
             "etcd's server certificate was not accepted: check fleet.ca_file (the CA that signed it) \
              and that the certificate names the endpoint's host",
         )
-    } else if has(&["certificate required", "bad certificate", "unknown ca", "handshake"]) {
+    } else if has(&[
+        "certificate required",
+        "certificaterequired",
+        "bad certificate",
+        "badcertificate",
+        "unknown ca",
+        "unknownca",
+        "handshake",
+    ]) {
         Some(
             "etcd refused the TLS handshake: check fleet.cert_file and fleet.key_file (a client certificate signed by the CA etcd trusts)",
         )
@@ -130,6 +153,7 @@ pub fn reach(cfg: &FleetConfig) -> anyhow::Result<Reach> {
     Ok(match result {
         Ok(Ok(_)) => Reach::Ok,
         Ok(Err(StoreError::Unavailable(why))) if config_hint(&why).is_none() => Reach::Unreachable(why),
+        Ok(Err(StoreError::Unavailable(why) | StoreError::Failed(why))) => Reach::Refused(why),
         Ok(Err(e)) => Reach::Refused(e.to_string()),
         Err(_) => Reach::Refused("the etcd check panicked".into()),
     })
@@ -357,5 +381,44 @@ impl Feed for EtcdFeed {
             })
             .collect();
         Ok((!events.is_empty()).then_some(events))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_errors_name_the_setting_and_count_as_unavailable() {
+        let cases = [
+            (
+                "InvalidArgument: etcdserver: authentication failed, invalid user ID or password",
+                "fleet.user and fleet.password_file",
+            ),
+            ("transport error: invalid peer certificate: UnknownIssuer", "fleet.ca_file"),
+            ("received fatal alert: CertificateRequired", "fleet.cert_file"),
+            ("PermissionDenied: etcdserver: permission denied", "readwrite"),
+        ];
+        for (message, setting) in cases {
+            match with_hint(StoreError::Failed(message.into())) {
+                StoreError::Unavailable(why) => {
+                    assert!(why.starts_with(message) && why.contains(setting), "{why}")
+                }
+                other => panic!("{message}: {other:?}"),
+            }
+        }
+        // An outage stays what it is.
+        let down = StoreError::Unavailable("tcp connect error: Connection refused (os error 111)".into());
+        assert_eq!(with_hint(down.clone()), down);
+        let failed = StoreError::Failed("InvalidArgument: etcdserver: request is too large".into());
+        assert_eq!(with_hint(failed.clone()), failed);
+    }
+
+    #[test]
+    fn an_error_is_described_with_its_causes_once() {
+        let inner = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let outer = anyhow::Error::new(inner).context("error trying to connect");
+        let e: &(dyn std::error::Error + 'static) = outer.as_ref();
+        assert_eq!(describe(e), "error trying to connect: invalid peer certificate: UnknownIssuer");
     }
 }

@@ -288,6 +288,17 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_password_files_are_checked_as_every_fleet_path() {
+        let p = problems(&format!(
+            "{DSR}\n[fleet]\ncluster = \"c\"\nhost = \"h\"\nendpoints = [\"https://e:2379\"]\n\
+             ca_file = \"ca.pem\"\nkey_file = \"/x/k\\\"ey\"\ncert_file = \"/x/c.pem\"\n"
+        ));
+        assert!(p.iter().any(|(k, r)| k == "fleet.ca_file" && r.contains("not an absolute path")), "{p:?}");
+        assert!(p.iter().any(|(k, r)| k == "fleet.key_file" && r.contains("quote")), "{p:?}");
+        assert!(!p.iter().any(|(k, _)| k == "fleet.cert_file"), "{p:?}");
+    }
+
+    #[test]
     fn tls_files_need_https_endpoints() {
         let p = problems(&format!("{DSR}{FLEET}ca_file = \"/x/ca.pem\"\n"));
         assert_eq!(p.len(), 1, "{p:?}");
