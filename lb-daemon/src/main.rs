@@ -114,6 +114,22 @@ fn run(args: Args) -> Result<()> {
         tracing::warn!("{warning}");
     }
     if args.check {
+        // With [fleet]: etcd refusing the TLS files or credentials fails the check, naming the
+        // setting; an etcd not reachable from here is only a warning (checks run on build hosts).
+        if let Some(fleet) = &config.fleet {
+            use lb_daemon::fleet::etcd::client::{Reach, reach};
+            match reach(fleet)? {
+                Reach::Ok => {}
+                Reach::Unreachable(why) => {
+                    tracing::warn!("[fleet]: etcd not reachable from here, not checked: {why}")
+                }
+                Reach::Refused(why) => anyhow::bail!(
+                    "{}: [fleet]: etcd at {} refused this host's settings: {why}",
+                    args.config.display(),
+                    fleet.endpoints.join(", ")
+                ),
+            }
+        }
         println!("{}: valid", args.config.display());
         return Ok(());
     }

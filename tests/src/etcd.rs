@@ -42,6 +42,119 @@ pub struct Etcd {
     ns_path: String,
     addr: Ipv4Addr,
     dir: tempfile::TempDir,
+    tls: Option<EtcdTls>,
+}
+
+/// Port of the plain-HTTP `/health` and `/metrics` listener of a TLS etcd (the client port
+/// then speaks only TLS and wants a client certificate).
+pub const METRICS_PORT: u16 = 2381;
+
+/// TLS on etcd's client port, with client certificates required (`--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    /// CA (PEM) that signed the client certificates etcd accepts.
+    pub ca: PathBuf,
+    /// etcd's server certificate (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+}
+
+/// Certificates made by [`make_certs`] in a directory of the test.
+#[derive(Clone, Debug)]
+pub struct TestCerts {
+    /// The CA that signed the server and client certificates.
+    pub ca: PathBuf,
+    /// A second CA that signed nothing here: a daemon trusting it rejects etcd's certificate.
+    pub other_ca: PathBuf,
+    /// etcd's server certificate, for `ip` (as an IP subject alternative name).
+    pub server_cert: PathBuf,
+    /// Its key.
+    pub server_key: PathBuf,
+    /// The daemon's client certificate.
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+}
+
+impl TestCerts {
+    /// The server side, for [`Etcd::start_tls`].
+    pub fn etcd_tls(&self) -> EtcdTls {
+        EtcdTls { ca: self.ca.clone(), cert: self.server_cert.clone(), key: self.server_key.clone() }
+    }
+}
+
+/// Runs `openssl` (Debian's `openssl`; `cargo xtask test` installs it) in `dir`.
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .context("running openssl (Debian package openssl)")?;
+    ensure!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// A CA, a second unrelated CA, a server certificate for `ip` and a client certificate, all
+/// P-256 keys valid for two days, written into `dir` with the `openssl` command line.
+pub fn make_certs(dir: &Path, ip: Ipv4Addr) -> Result<TestCerts> {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    for ca in ["ca", "other-ca"] {
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        let (key, pem, subj) = (format!("{ca}.key"), format!("{ca}.pem"), format!("/CN=lb test {ca}"));
+        args.extend(["-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subj]);
+        args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        openssl(dir, &args)?;
+    }
+    let leaf = |name: &str, cn: &str, ext: &str| -> Result<()> {
+        std::fs::write(dir.join(format!("{name}.ext")), ext)?;
+        let (key, csr, pem, subj) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("/CN={cn}"));
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &args)?;
+        let extfile = format!("{name}.ext");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+            ],
+        )
+    };
+    leaf(
+        "server",
+        "etcd",
+        &format!(
+            "subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\n"
+        ),
+    )?;
+    leaf("client", "lb", "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n")?;
+    Ok(TestCerts {
+        ca: dir.join("ca.pem"),
+        other_ca: dir.join("other-ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    })
 }
 
 impl Etcd {
@@ -53,14 +166,30 @@ impl Etcd {
             ns_path: format!("/run/netns/{}", ns.name()),
             addr,
             dir: tempfile::tempdir()?,
+            tls: None,
         };
         e.spawn()?;
         Ok(e)
     }
 
-    /// The client URL daemons are configured with (`http://<addr>:2379`).
+    /// Like [`Etcd::start`], with TLS on the client port and client certificates required;
+    /// `/health` is probed on the plain [`METRICS_PORT`].
+    pub fn start_tls(ns: &NetNs, addr: Ipv4Addr, tls: EtcdTls) -> Result<Etcd> {
+        let mut e = Etcd {
+            child: None,
+            ns_path: format!("/run/netns/{}", ns.name()),
+            addr,
+            dir: tempfile::tempdir()?,
+            tls: Some(tls),
+        };
+        e.spawn()?;
+        Ok(e)
+    }
+
+    /// The client URL daemons are configured with (`http://<addr>:2379`, `https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{CLIENT_PORT}", self.addr)
     }
 
     /// The client address.
@@ -95,7 +224,10 @@ impl Etcd {
 
     /// `GET /health` from inside the namespace: true when etcd says it is healthy.
     pub fn healthy(&self) -> bool {
-        let addr = self.client_addr();
+        let addr = match self.tls {
+            Some(_) => SocketAddr::from((self.addr, METRICS_PORT)),
+            None => self.client_addr(),
+        };
         let ns = self.ns_path.clone();
         std::thread::scope(|s| {
             s.spawn(move || -> Result<bool> {
@@ -131,6 +263,7 @@ impl Etcd {
             // Small and quick: one member, short heartbeats, nothing kept that a test does not need.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "warn"])
             .args(["--auto-compaction-retention", "0"])
+            .args(self.tls_args())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -152,6 +285,25 @@ impl Etcd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Etcd {
+    /// The TLS flags of etcd (none without TLS).
+    fn tls_args(&self) -> Vec<String> {
+        let Some(t) = &self.tls else { return Vec::new() };
+        let path = |p: &PathBuf| p.display().to_string();
+        vec![
+            "--cert-file".into(),
+            path(&t.cert),
+            "--key-file".into(),
+            path(&t.key),
+            "--trusted-ca-file".into(),
+            path(&t.ca),
+            "--client-cert-auth".into(),
+            "--listen-metrics-urls".into(),
+            format!("http://{}:{METRICS_PORT}", self.addr),
+        ]
     }
 }
 

@@ -58,6 +58,33 @@ fn change_under_load(rig: &FleetRig, via: usize, args: &[&str], expect: &[&str])
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The newest switch to `pool` in `lbctl -o json history` on `b`, once every host's applied
+/// mark is there (the marks are written right after applying; bounded wait).
+fn fleet_switch_in_history(b: &lb_tests::fleet_rig::Balancer, pool: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let raw = lbctl_ok(b, &["-o", "json", "history", "--limit", "5"]).unwrap();
+        let history: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        let switch = history
+            .as_array()
+            .and_then(|h| h.iter().rev().find(|e| e["kind"] == "switch" && e["to"]["pool"] == pool))
+            .cloned()
+            .unwrap_or_default();
+        let hosts: Vec<&str> = switch["fleet"]["applied"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|m| m["host"].as_str()).collect())
+            .unwrap_or_default();
+        if hosts == ["lb1", "lb2"] {
+            return switch;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "switch to {pool} not applied by both in history: {history:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn fleet_switch_and_rollback_under_load_with_wait_fleet() {
     let mut rig = rig("fe");
@@ -100,6 +127,15 @@ fn fleet_switch_and_rollback_under_load_with_wait_fleet() {
     let json: serde_json::Value =
         serde_json::from_str(&lbctl_ok(&rig.balancers[1], &["-o", "json", "status"]).unwrap()).unwrap();
     assert_eq!(json["fleet"]["hosts"].as_array().map(Vec::len), Some(2), "{json:#}");
+    // Both hosts run the same service config: no mismatch flagged.
+    assert_eq!(json["fleet"]["config_mismatch"], serde_json::json!([]), "{json:#}");
+    assert!(json["fleet"]["config_digest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{json:#}");
+
+    // The fleet's history on lb2 shows the switch made through lb1, applied by both hosts.
+    let switch = fleet_switch_in_history(&rig.balancers[1], "pool-b");
+    assert_eq!(switch["fleet"]["via"], "lb1", "{switch:#}");
+    let text = lbctl_ok(&rig.balancers[1], &["history"]).unwrap();
+    assert!(text.contains("via lb1, applied on: lb1, lb2"), "{text}");
 
     // The rollback through lb2, the same way.
     let text = change_under_load(&rig, 1, &["rollback", "--wait-fleet", "20s"], &["a1", "a2"]);

@@ -181,6 +181,8 @@ fn main() -> Result<()> {
                 ("bird", "bird2"),
                 ("etcd", "etcd-server"),
                 ("protoc", "protobuf-compiler"),
+                // The fleet's TLS test makes its certificates with it (not in every base system).
+                ("openssl", "openssl"),
             ])?;
             let tc = toolchain::ensure()?;
             // Formatting and lints first, both workspaces: they fail in seconds, a build does

@@ -59,6 +59,17 @@ pub trait Control: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The fleet's history from etcd, newest last, at most `limit` entries, optionally of one
+    /// service, each with the hosts that applied it (`None` without `[fleet]`: the daemon's own
+    /// [`Control::history`] is the whole story then).
+    fn fleet_history(
+        &self,
+        _service: Option<&str>,
+        _limit: usize,
+    ) -> Result<Option<Vec<model::HistoryItem>>, ApiError> {
+        Ok(None)
+    }
+
     /// Drains, disables, enables or re-weights one backend (of `service` when named, else
     /// found in every service by address).
     fn backend(

@@ -591,6 +591,13 @@ pub struct FleetView {
     pub problem: Option<String>,
     /// Every live host (its status key exists under a lease), this one included, by name.
     pub hosts: Vec<FleetHostView>,
+    /// Digest of this host's service config (pools, backends, weights, ring size).
+    #[serde(default)]
+    pub config_digest: Option<String>,
+    /// Live hosts whose service config digest differs from this host's: their Maglev tables
+    /// differ, so a flow ECMP moves between them may change backend.
+    #[serde(default)]
+    pub config_mismatch: Vec<String>,
 }
 
 /// One live host of the fleet, from its status in etcd.
@@ -620,6 +627,12 @@ pub struct FleetHostView {
     pub api: Option<String>,
     /// Milliseconds since it last wrote its status (by this host's clock).
     pub age_ms: u64,
+    /// Digest of its service config (absent from older versions).
+    #[serde(default)]
+    pub config_digest: Option<String>,
+    /// Its digest differs from this host's.
+    #[serde(default)]
+    pub config_mismatch: bool,
 }
 
 impl SwitchMode {
@@ -790,4 +803,43 @@ pub struct BackendOutcome {
     /// Things worth knowing (e.g. a forced change below min_healthy).
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+/// One entry of `GET /v1/history` in a fleet: the change as every history entry has it, and,
+/// since the fleet's history lives in etcd, where it was made and which hosts applied it.
+/// Without `[fleet]` the route answers plain [`HistoryEntry`] values (no `fleet` member), so a
+/// client reads both shapes as this type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryItem {
+    /// The change (its `id` is the fleet's history number in a fleet).
+    #[serde(flatten)]
+    pub entry: HistoryEntry,
+    /// Fleet facts of the change (absent on a single host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetHistory>,
+}
+
+/// Where a fleet change was made and which hosts serve it (from the applied marks in etcd).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetHistory {
+    /// The host whose API took the request (or that rolled back by itself).
+    pub via: String,
+    /// The `min_healthy` gate was overridden with `--force`.
+    #[serde(default)]
+    pub forced: bool,
+    /// Hosts that applied the change, by name. A host that joined later, or applied a newer
+    /// change first, never marks older ones.
+    #[serde(default)]
+    pub applied: Vec<AppliedBy>,
+}
+
+/// One host's mark that it applied a fleet change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedBy {
+    /// Host name.
+    pub host: String,
+    /// When it applied it (RFC 3339, that host's clock).
+    pub time: String,
+    /// The etcd revision it applied.
+    pub revision: i64,
 }

@@ -157,6 +157,19 @@ impl Control for Engine {
         Ok(self.fleet.get().map(|node| node.view()))
     }
 
+    fn fleet_history(
+        &self,
+        service: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<crate::api::model::HistoryItem>>, ApiError> {
+        let Some(node) = self.fleet.get() else { return Ok(None) };
+        let name = match service {
+            Some(_) => Some(self.lock().service_layout(service)?.name.clone()),
+            None => None,
+        };
+        node.history(name.as_deref(), limit).map(Some)
+    }
+
     fn backend(
         &self,
         service: Option<&str>,

@@ -106,8 +106,8 @@ impl BgpConfig {
 }
 
 /// An absolute path, without characters that would break a file name in a log or a BIRD
-/// `include "…";` line.
-fn check_path(push: &mut impl FnMut(String, String), key: &str, path: &Path, what: &str) {
+/// `include "…";` line. Every path of the fleet's tables (`[bgp]`, `[fleet]`) is checked here.
+pub(crate) fn check_path(push: &mut impl FnMut(String, String), key: &str, path: &Path, what: &str) {
     if path.as_os_str().is_empty() {
         push(key.into(), format!("missing: the absolute path of {what}"));
         return;

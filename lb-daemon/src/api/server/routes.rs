@@ -238,8 +238,12 @@ pub(super) async fn route_and_dispatch(
         Route::Watch(_) => json_response(&call(&control, move |c| c.watch(service.as_deref())).await?),
         Route::History => {
             let (service, limit) = history_query(req.uri().query())?;
-            let entries = call(&control, move |c| c.history(service.as_deref(), limit)).await?;
-            json_response(&entries)
+            // In a fleet the history lives in etcd, with the hosts that applied each change.
+            let name = service.clone();
+            match call(&control, move |c| c.fleet_history(name.as_deref(), limit)).await? {
+                Some(items) => json_response(&items),
+                None => json_response(&call(&control, move |c| c.history(service.as_deref(), limit)).await?),
+            }
         }
         Route::Reload => {
             let _: NoFields = read_json(req, true, body_timeout).await?;

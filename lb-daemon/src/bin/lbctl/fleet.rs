@@ -43,6 +43,9 @@ pub struct FleetSnapshot {
     /// Every live host (its status key's lease alive), this one included.
     #[serde(default)]
     pub hosts: Vec<FleetHost>,
+    /// Live hosts whose service config digest differs from that host's.
+    #[serde(default)]
+    pub config_mismatch: Vec<String>,
 }
 
 /// One live host of the fleet.
@@ -62,6 +65,9 @@ pub struct FleetHost {
     /// Milliseconds since it last published its status.
     #[serde(default)]
     pub age_ms: Option<u64>,
+    /// Its service config digest differs from that of the host lbctl talks to.
+    #[serde(default)]
+    pub config_mismatch: bool,
 }
 
 impl FleetSnapshot {
@@ -241,13 +247,31 @@ pub fn render(f: &FleetSnapshot, paint: Paint) -> String {
         } else {
             paint.yellow(&format!("LAGGING ({} behind)", (newest - h.applied_revision).max(0)))
         };
+        let state =
+            if h.config_mismatch { format!("{state}, {}", paint.red("CONFIG DIFFERS")) } else { state };
         let announces = if h.announced.is_empty() { "-".to_owned() } else { h.announced.join(" ") };
         let seen = h.age_ms.map_or_else(|| "-".to_owned(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0));
         let me = if h.host == f.host { " *" } else { "" };
         rows.push(vec![format!("{}{me}", h.host), h.applied_revision.to_string(), state, announces, seen]);
     }
     out.push_str(&table::table(&rows, &[false, true, false, false, true], "  "));
+    out.push_str(&mismatch_note(f, paint));
     out
+}
+
+/// The warning under the fleet table when some hosts' service config differs from this one's.
+fn mismatch_note(f: &FleetSnapshot, paint: Paint) -> String {
+    if f.config_mismatch.is_empty() {
+        return String::new();
+    }
+    format!(
+        "{}: {} ha{} other pools, backends, weights or ring size than {}: their Maglev tables differ, so a \
+         flow ECMP moves between hosts may change backend; make the configs equal and reload\n",
+        paint.red("CONFIG MISMATCH"),
+        f.config_mismatch.join(", "),
+        if f.config_mismatch.len() == 1 { "s" } else { "ve" },
+        f.host
+    )
 }
 
 /// The `fleet` member of a raw `GET /v1/status` answer, when the daemon is in a fleet.
@@ -285,6 +309,7 @@ mod tests {
             applied_revision: 42,
             in_sync: true,
             hosts: hosts.iter().map(|(n, r)| host(n, *r)).collect(),
+            ..FleetSnapshot::default()
         }
     }
 
@@ -401,6 +426,20 @@ mod tests {
         f.in_sync = false;
         let text = render(&f, Paint::OFF);
         assert!(text.contains("etcd UNREACHABLE, revision 42 (applied 42, LAGGING)"), "{text}");
+    }
+
+    #[test]
+    fn status_section_flags_hosts_whose_config_differs() {
+        let mut f = snap(&[("lb1", 42), ("lb2", 42), ("lb3", 42)]);
+        assert!(!render(&f, Paint::OFF).contains("CONFIG"));
+        f.hosts[2].config_mismatch = true;
+        f.config_mismatch = vec!["lb3".into()];
+        let text = render(&f, Paint::OFF);
+        assert!(text.contains("  lb3         42  in sync, CONFIG DIFFERS"), "{text}");
+        assert!(
+            text.contains("CONFIG MISMATCH: lb3 has other pools, backends, weights or ring size than lb1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn as EtcdTxn, TxnOp, WatchOptions, WatchStream,
+    PutOptions, SortOrder, SortTarget, TlsOptions, Txn as EtcdTxn, TxnOp, WatchOptions, WatchStream,
 };
 use tokio::runtime::Handle;
 
@@ -33,19 +33,130 @@ pub struct EtcdStore {
 
 fn map_err(e: etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
-    match e {
+    let error = match e {
         E::GRpcStatus(s) => match s.code() {
             tonic::Code::Unavailable
             | tonic::Code::DeadlineExceeded
             | tonic::Code::Cancelled
-            | tonic::Code::Unknown => StoreError::Unavailable(s.message().to_string()),
+            | tonic::Code::Unknown => StoreError::Unavailable(describe_status(&s)),
             _ => StoreError::Failed(format!("{}: {}", s.code(), s.message())),
         },
         E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
-            StoreError::Unavailable(e.to_string())
+            StoreError::Unavailable(describe(&e))
         }
-        other => StoreError::Failed(other.to_string()),
+        other => StoreError::Failed(describe(&other)),
+    };
+    with_hint(error)
+}
+
+/// An error and its causes, each said once: a TLS failure is only named deep in the chain
+/// ("transport error: ... invalid peer certificate: UnknownIssuer").
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
     }
+    parts.join(": ")
+}
+
+/// A gRPC status as its message and the causes the message does not already say (its
+/// `Display` is a debug dump).
+fn describe_status(s: &tonic::Status) -> String {
+    let mut text = s.message().to_string();
+    let mut cur = std::error::Error::source(s);
+    while let Some(err) = cur {
+        let part = err.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text = if text.is_empty() { part } else { format!("{text}: {part}") };
+        }
+        cur = err.source();
+    }
+    text
+}
+
+/// The `[fleet]` settings to check when etcd's answer names a configuration problem (TLS files,
+/// credentials, permissions) rather than an outage.
+pub fn config_hint(message: &str) -> Option<&'static str> {
+    let m = message.to_ascii_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| m.contains(w));
+    if has(&["authentication failed", "invalid user id or password", "invalid auth token"]) {
+        Some("etcd refused the credentials: check fleet.user and fleet.password_file")
+    } else if has(&["authentication is not enabled"]) {
+        Some("etcd has authentication disabled: remove fleet.user and fleet.password_file")
+    } else if has(&["permission denied"]) {
+        Some("the etcd user lacks permission: grant it readwrite on the prefix /lb/<cluster>/")
+    } else if has(&["unknownissuer", "unknown issuer", "invalid peer certificate", "certificate verify"]) {
+        Some(
+            "etcd's server certificate was not accepted: check fleet.ca_file (the CA that signed it) \
+             and that the certificate names the endpoint's host",
+        )
+    } else if has(&[
+        "certificate required",
+        "certificaterequired",
+        "bad certificate",
+        "badcertificate",
+        "unknown ca",
+        "unknownca",
+        "handshake",
+    ]) {
+        Some(
+            "etcd refused the TLS handshake: check fleet.cert_file and fleet.key_file (a client certificate signed by the CA etcd trusts)",
+        )
+    } else if has(&[
+        "invalid content type",
+        "corrupt message",
+        "frame with invalid size",
+        "invalid http version",
+    ]) {
+        Some("the endpoint's scheme does not match etcd's: https:// for a TLS etcd, http:// otherwise")
+    } else {
+        None
+    }
+}
+
+/// `error` with the setting to check named, when it is a configuration problem. Those count as
+/// unavailable (changes refused, exit 3 in lbctl), and the client connects and authenticates
+/// again on the next call.
+fn with_hint(error: StoreError) -> StoreError {
+    let (StoreError::Unavailable(why) | StoreError::Failed(why)) = &error else { return error };
+    match config_hint(why) {
+        Some(hint) => StoreError::Unavailable(format!("{why} ({hint})")),
+        None => error,
+    }
+}
+
+/// What `lb-daemon --check` found reaching the fleet's etcd.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// etcd answered a read of the cluster's keys with these settings.
+    Ok,
+    /// etcd did not answer (down, or not reachable from here): not a config error.
+    Unreachable(String),
+    /// etcd answered but refused these settings (TLS files, credentials, permissions).
+    Refused(String),
+}
+
+/// Reads the cluster's root key once with `cfg`'s endpoints, TLS files and credentials, bounded
+/// by `dial_timeout`, on a runtime of its own: `lb-daemon --check` tells a settings error
+/// (refused) from an etcd that is merely not reachable from where the check runs.
+pub fn reach(cfg: &FleetConfig) -> anyhow::Result<Reach> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let store = EtcdStore::new(cfg, runtime.handle().clone())?;
+    let root = super::records::Keys::new(&cfg.cluster).root().to_owned();
+    let result = std::thread::scope(|s| s.spawn(|| store.get(&root)).join());
+    drop(store);
+    Ok(match result {
+        Ok(Ok(_)) => Reach::Ok,
+        Ok(Err(StoreError::Unavailable(why))) if config_hint(&why).is_none() => Reach::Unreachable(why),
+        Ok(Err(StoreError::Unavailable(why) | StoreError::Failed(why))) => Reach::Refused(why),
+        Ok(Err(e)) => Reach::Refused(e.to_string()),
+        Err(_) => Reach::Refused("the etcd check panicked".into()),
+    })
 }
 
 impl EtcdStore {
@@ -57,7 +168,9 @@ impl EtcdStore {
             .with_keep_alive(cfg.dial_timeout, cfg.dial_timeout)
             .with_keep_alive_while_idle(true);
         if let (Some(user), Some(password)) = (&cfg.user, cfg.password()?) {
-            options = options.with_user(user.clone(), password);
+            // etcd's tokens expire (5 min by default) and vanish with an etcd restart: get a new
+            // one when etcd says so, instead of failing every call from then on.
+            options = options.with_user(user.clone(), password).with_auto_token_refresh(true);
         }
         if cfg.tls() {
             let read = |p: &std::path::Path, what: &str| {
@@ -204,6 +317,25 @@ impl DesiredStore for EtcdStore {
         }
     }
 
+    fn get_prefix_desc(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Kv>, StoreError> {
+        let prefix = prefix.to_string();
+        let options = GetOptions::new()
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        // Keys in [prefix, before) or, for the first page, every key under the prefix.
+        let options = match before {
+            Some(b) => options.with_range(b),
+            None => options.with_prefix(),
+        };
+        let r = self.call(|mut c| async move { c.get(prefix, Some(options)).await })?;
+        Ok(r.kvs().iter().filter_map(kv_of).collect())
+    }
+
     fn watch(&self, prefix: &str, from: i64) -> Result<Box<dyn Feed>, StoreError> {
         let prefix = prefix.to_string();
         let options = WatchOptions::new().with_prefix().with_start_revision(from);
@@ -249,5 +381,44 @@ impl Feed for EtcdFeed {
             })
             .collect();
         Ok((!events.is_empty()).then_some(events))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_errors_name_the_setting_and_count_as_unavailable() {
+        let cases = [
+            (
+                "InvalidArgument: etcdserver: authentication failed, invalid user ID or password",
+                "fleet.user and fleet.password_file",
+            ),
+            ("transport error: invalid peer certificate: UnknownIssuer", "fleet.ca_file"),
+            ("received fatal alert: CertificateRequired", "fleet.cert_file"),
+            ("PermissionDenied: etcdserver: permission denied", "readwrite"),
+        ];
+        for (message, setting) in cases {
+            match with_hint(StoreError::Failed(message.into())) {
+                StoreError::Unavailable(why) => {
+                    assert!(why.starts_with(message) && why.contains(setting), "{why}")
+                }
+                other => panic!("{message}: {other:?}"),
+            }
+        }
+        // An outage stays what it is.
+        let down = StoreError::Unavailable("tcp connect error: Connection refused (os error 111)".into());
+        assert_eq!(with_hint(down.clone()), down);
+        let failed = StoreError::Failed("InvalidArgument: etcdserver: request is too large".into());
+        assert_eq!(with_hint(failed.clone()), failed);
+    }
+
+    #[test]
+    fn an_error_is_described_with_its_causes_once() {
+        let inner = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let outer = anyhow::Error::new(inner).context("error trying to connect");
+        let e: &(dyn std::error::Error + 'static) = outer.as_ref();
+        assert_eq!(describe(e), "error trying to connect: invalid peer certificate: UnknownIssuer");
     }
 }

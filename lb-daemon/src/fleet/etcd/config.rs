@@ -6,7 +6,7 @@
 //! watch. Without the table nothing about etcd runs (see [`super`]). It is separate from `[bgp]`
 //! on purpose (see [`crate::fleet::config`]): either is useful without the other.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -144,14 +144,14 @@ impl FleetConfig {
                 "TLS files are set but the endpoints are http://: use https:// endpoints".into(),
             );
         }
-        for (key, path) in [
-            ("fleet.ca_file", &self.ca_file),
-            ("fleet.cert_file", &self.cert_file),
-            ("fleet.key_file", &self.key_file),
-            ("fleet.password_file", &self.password_file),
+        for (key, path, what) in [
+            ("fleet.ca_file", &self.ca_file, "the CA certificate (PEM)"),
+            ("fleet.cert_file", &self.cert_file, "the client certificate (PEM)"),
+            ("fleet.key_file", &self.key_file, "the client certificate's key (PEM)"),
+            ("fleet.password_file", &self.password_file, "the file holding the etcd password"),
         ] {
             if let Some(p) = path {
-                check_file(&mut push, key, p);
+                crate::fleet::config::check_path(&mut push, key, p, what);
             }
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
@@ -222,14 +222,6 @@ fn endpoint_problem(e: &str) -> Result<&'static str, String> {
     Ok(scheme)
 }
 
-fn check_file(push: &mut impl FnMut(String, String), key: &str, path: &Path) {
-    if path.as_os_str().is_empty() {
-        push(key.into(), "must not be empty".into());
-    } else if !path.is_absolute() {
-        push(key.into(), format!("{path:?} is not an absolute path"));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
@@ -293,6 +285,17 @@ mod tests {
         assert!(e.to_string().contains("lease"), "{e}");
         let e = Config::from_toml_str(&format!("{DSR}{FLEET}dial_timeout = \"soon\"\n")).unwrap_err();
         assert!(e.to_string().contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn tls_and_password_files_are_checked_as_every_fleet_path() {
+        let p = problems(&format!(
+            "{DSR}\n[fleet]\ncluster = \"c\"\nhost = \"h\"\nendpoints = [\"https://e:2379\"]\n\
+             ca_file = \"ca.pem\"\nkey_file = \"/x/k\\\"ey\"\ncert_file = \"/x/c.pem\"\n"
+        ));
+        assert!(p.iter().any(|(k, r)| k == "fleet.ca_file" && r.contains("not an absolute path")), "{p:?}");
+        assert!(p.iter().any(|(k, r)| k == "fleet.key_file" && r.contains("quote")), "{p:?}");
+        assert!(!p.iter().any(|(k, _)| k == "fleet.cert_file"), "{p:?}");
     }
 
     #[test]

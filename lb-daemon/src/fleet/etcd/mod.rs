@@ -12,11 +12,15 @@
 //! - [`rollback`]: `--watch` records any host executes, once.
 //! - [`status`]: the host's status under a lease, the fleet view, `/metrics`.
 //! - [`api`]: `GET /v1/fleet` and `fleet` in `GET /v1/status`.
+//! - [`history`]: the fleet's history (entries and applied marks) for `GET /v1/history`.
+//! - [`digest`]: the digest of the service config each host publishes, compared across hosts.
 
 pub mod api;
 pub mod change;
 pub mod client;
 pub mod config;
+pub mod digest;
+pub mod history;
 pub mod join;
 #[cfg(test)]
 pub mod memory;

@@ -179,6 +179,10 @@ pub struct HostStatus {
     /// fleet take their sync peers from these (see `fleet::sync::FleetPeers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_addr: Option<std::net::SocketAddr>,
+    /// Digest of its service config (see [`super::digest`]): hosts with different digests build
+    /// different Maglev tables. Absent from hosts of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
 }
 
 impl HostStatus {

@@ -32,7 +32,14 @@ impl<M: Maps> FleetNode<M> {
             version: env!("CARGO_PKG_VERSION").into(),
             time_ms: (self.clock)(),
             sync_addr: self.sync_addr.get().copied(),
+            config_digest: Some(self.config_digest()),
         }
+    }
+
+    /// The digest of this host's service config (see [`super::digest`]).
+    pub fn config_digest(&self) -> String {
+        let core = self.core();
+        super::digest::config_digest(core.config.ring_size, &core.layout)
     }
 
     /// Writes the status when it changed (or the lease expired) and renews the lease when due.
@@ -80,6 +87,7 @@ impl<M: Maps> FleetNode<M> {
     /// `GET /v1/fleet`.
     pub fn view(&self) -> FleetView {
         let now = (self.clock)();
+        let own_digest = self.config_digest();
         let st = self.sync();
         let hosts = st
             .hosts
@@ -105,6 +113,8 @@ impl<M: Maps> FleetNode<M> {
                     pools_below_min: below,
                     api: h.api.clone(),
                     age_ms: now.saturating_sub(h.time_ms),
+                    config_digest: h.config_digest.clone(),
+                    config_mismatch: h.config_digest.as_ref().is_some_and(|d| *d != own_digest),
                 }
             })
             .collect();
@@ -117,6 +127,11 @@ impl<M: Maps> FleetNode<M> {
             in_sync: st.in_sync,
             problem: st.problem.clone(),
             hosts,
+            config_mismatch: super::digest::mismatched(
+                &own_digest,
+                st.hosts.values().map(|h| (h.host.as_str(), h.config_digest.as_deref())),
+            ),
+            config_digest: Some(own_digest),
         }
     }
 
@@ -143,6 +158,26 @@ impl<M: Maps> FleetNode<M> {
         );
         metric("lb_fleet_revision", "Latest etcd revision this host has seen.", st.revision);
         metric("lb_fleet_live_hosts", "Hosts whose status lease is alive.", st.hosts.len() as i64);
+        drop(st);
+        self.render_config_mismatch(out);
+    }
+
+    /// `lb_fleet_config_mismatch`: live hosts whose service config differs from this host's.
+    fn render_config_mismatch(&self, out: &mut String) {
+        let own = self.config_digest();
+        let st = self.sync();
+        let n = super::digest::mismatched(
+            &own,
+            st.hosts.values().map(|h| (h.host.as_str(), h.config_digest.as_deref())),
+        )
+        .len();
+        let name = "lb_fleet_config_mismatch";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Live hosts whose service config (pools, backends, weights, ring size) differs \
+             from this host's: their Maglev tables differ, so a flow ECMP moves between them may change \
+             backend.\n# TYPE {name} gauge\n{name} {n}"
+        );
     }
 }
 

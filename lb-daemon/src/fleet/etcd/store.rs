@@ -114,4 +114,22 @@ pub trait DesiredStore: Send + Sync {
     fn keep_alive(&self) -> Result<bool, StoreError>;
     /// Watches every key under `prefix` from revision `from` (inclusive).
     fn watch(&self, prefix: &str, from: i64) -> Result<Box<dyn Feed>, StoreError>;
+
+    /// One page of the keys under `prefix`, in key order last first: at most `limit` keys, only
+    /// those sorting before `before` when it is given (the last key of the previous page). The
+    /// fleet's history is read newest first this way, a page at a time, instead of reading the
+    /// whole history prefix, which only grows. This default reads the prefix (the test store);
+    /// [`super::client::EtcdStore`] asks etcd for just the page.
+    fn get_prefix_desc(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Kv>, StoreError> {
+        let mut kvs = self.get_prefix(prefix)?.kvs;
+        kvs.retain(|kv| before.is_none_or(|b| kv.key.as_str() < b));
+        kvs.sort_by(|a, b| b.key.cmp(&a.key));
+        kvs.truncate(limit);
+        Ok(kvs)
+    }
 }

@@ -14,14 +14,19 @@ use crate::dataplane::fake::FakeMaps;
 use crate::engine::tests::{CONFIG, MemStore as StateMem, Rig};
 
 /// One host: its node, its core's state store.
-struct Host {
-    node: Arc<FleetNode<FakeMaps>>,
+pub(super) struct Host {
+    pub(super) node: Arc<FleetNode<FakeMaps>>,
     state: StateMem,
     clock: Arc<std::sync::atomic::AtomicU64>,
 }
 
-fn host(store: &MemStore, id: u32, name: &str) -> Host {
-    let rig = Rig::new(CONFIG);
+pub(super) fn host(store: &MemStore, id: u32, name: &str) -> Host {
+    host_with(store, id, name, CONFIG)
+}
+
+/// A host whose config is `config`.
+pub(super) fn host_with(store: &MemStore, id: u32, name: &str, config: &str) -> Host {
+    let rig = Rig::new(config);
     let state = rig.store.clone();
     let clock = rig.clock.clone();
     let host_clock = clock.clone();
@@ -40,10 +45,10 @@ fn host(store: &MemStore, id: u32, name: &str) -> Host {
 }
 
 impl Host {
-    fn step(&self) {
+    pub(super) fn step(&self) {
         self.node.step(Duration::ZERO);
     }
-    fn switch(&self, pool: &str) -> ChangeRequest {
+    pub(super) fn switch(&self, pool: &str) -> ChangeRequest {
         let _ = self;
         ChangeRequest {
             kind: Some(HistoryKind::Switch),
