@@ -42,7 +42,7 @@ use lb_common::{
         NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED, Service, VipValue, flow_ticks,
     },
     packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    stats::{Reason, backend_counter, backend_new_flow_counter, reason_counter, vip_counter},
+    stats::{Reason, backend_counter, reason_counter, vip_counter},
 };
 
 use crate::{
@@ -90,10 +90,18 @@ fn count(index: u32, bytes: u64) {
 /// `count` without the call, for the per-packet hot paths.
 #[inline(always)]
 fn count_inline(index: u32, bytes: u64) {
+    count_slot(index, 1, bytes, 0)
+}
+
+/// Adds to counter `index`, `new_flows` of the packets having started a flow (a new flow is
+/// counted in the slots its packet updates anyway: its backend's and its outcome's).
+#[inline(always)]
+fn count_slot(index: u32, packets: u64, bytes: u64, new_flows: u64) {
     if let Some(c) = STATS.get_ptr_mut(index) {
         unsafe {
-            (*c).packets += 1;
+            (*c).packets += packets;
             (*c).bytes += bytes;
+            (*c).new_flows += new_flows;
         }
     }
 }
@@ -266,12 +274,17 @@ fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes
             None => return drop(Reason::DropNoBackend, bytes),
         },
     };
+    // One entry for either table (a SYN's flags are 0 in both), built once.
+    let flags =
+        if syn { 0 } else { FLOW_ESTABLISHED | if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 } };
+    let value = flow_value(ctx, pkt, vip, svc, backend, now, flags);
+    let mut new_flow = 0;
     if syn && flood {
         // A retransmitted SYN finds its half-open entry and writes nothing.
         if !known_half_open {
             if let Some(half) = HALF_OPEN.get_ptr_mut(slot) {
-                let flow = flow_value(ctx, pkt, vip, svc, backend, now, 0);
-                unsafe { *half = HalfOpen { key: pkt.key, flow, flags: 0, synack_seq: 0 } };
+                // See `HALF_OPEN` for what two CPUs writing this slot at once can do.
+                unsafe { *half = HalfOpen { key: pkt.key, flow: value, flags: 0, synack_seq: 0 } };
             }
         }
         count(reason_counter(Reason::FloodNotRecorded), bytes);
@@ -283,17 +296,14 @@ fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes
         // recorded by its first packet after the flood.
         count(reason_counter(Reason::FloodNotRecorded), bytes);
     } else {
-        let flags =
-            if syn { 0 } else { FLOW_ESTABLISHED | if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 } };
-        let value = flow_value(ctx, pkt, vip, svc, backend, now, flags);
         let _ = FLOWS.insert(&pkt.key, &value, BPF_ANY);
         if flags != 0 {
             sync::report(&pkt.key, &value);
         }
-        count(reason_counter(Reason::NewFlow), bytes);
-        count(backend_new_flow_counter(backend), bytes);
+        new_flow = 1;
     }
-    to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes)
+    let fwd = Fwd { backend, vip_index: vip.vip_index, nat, new_flow, now, bytes };
+    to_backend(ctx, pkt, &fwd)
 }
 
 /// Picks the backend for a flow from the service's active table.
@@ -378,8 +388,6 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
             if expired {
                 count(reason_counter(Reason::FlowExpired), bytes);
             }
-            count(reason_counter(Reason::NewFlow), bytes);
-            count(backend_new_flow_counter(backend), bytes);
         } else {
             let why = if flow.epoch != svc.epoch { Reason::FlowRebalanced } else { Reason::FlowBackendDown };
             count(reason_counter(why), bytes);
@@ -387,7 +395,8 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
         flow.backend = backend as u16;
         flow.epoch = svc.epoch;
     }
-    if svc.flags & SERVICE_DSR == 0 {
+    let nat = svc.flags & SERVICE_DSR == 0;
+    if nat {
         note_client(ctx, pkt, flow);
     }
     let t = flow_ticks(now);
@@ -410,7 +419,15 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
         flow.flags |= FLOW_ESTABLISHED;
         sync::report(&pkt.key, flow);
     }
-    Some(to_backend(ctx, pkt, svc, flow.backend as u32, flow.vip_index as u32, now, bytes))
+    let fwd = Fwd {
+        backend: flow.backend as u32,
+        vip_index: flow.vip_index as u32,
+        nat,
+        new_flow: reopened as u64,
+        now,
+        bytes,
+    };
+    Some(to_backend(ctx, pkt, &fwd))
 }
 
 /// `FLOWS` update flag: create or replace.
@@ -442,54 +459,67 @@ fn flow_value(
     }
 }
 
-/// Sends a client packet to its backend.
-#[inline(always)]
-fn to_backend(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    svc: &Service,
+/// A client packet's way to its backend: `to_backend`'s arguments beyond the packet (a BPF
+/// function takes at most five).
+struct Fwd {
+    /// Backend index.
     backend: u32,
+    /// The VIP's counter index.
     vip_index: u32,
+    /// NAT (rewrite the destination) rather than DSR.
+    nat: bool,
+    /// 1 when the packet started its flow (counted with its backend and outcome), else 0.
+    new_flow: u64,
+    /// `now_ns()` of this packet.
     now: u64,
+    /// Frame length, for the counters.
     bytes: u64,
-) -> u32 {
+}
+
+/// Sends a client packet to its backend. Not inlined: both a known flow (`established`) and a
+/// new one (`without_entry`) end here, and inlined this was the program's largest duplicate
+/// (rewrite, next-hop lookup, egress and counters). One rewrite serves every way out.
+#[inline(never)]
+fn to_backend(ctx: &XdpContext, pkt: &Packet, f: &Fwd) -> u32 {
+    let (backend, bytes, new_flow) = (f.backend, f.bytes, f.new_flow);
     let (Some(b), Some(nh)) = (BACKENDS.get(backend), NEXTHOPS.get_ptr_mut(backend)) else {
-        return drop(Reason::DropBadState, bytes);
+        count_slot(reason_counter(Reason::DropBadState), 1, bytes, new_flow);
+        return xdp_action::XDP_DROP;
     };
-    let nat = svc.flags & SERVICE_DSR == 0;
     if b.family != pkt.key.family {
-        return drop(Reason::DropBadState, bytes);
+        count_slot(reason_counter(Reason::DropBadState), 1, bytes, new_flow);
+        return xdp_action::XDP_DROP;
     }
     let nh = unsafe { &mut *nh };
-    if !nexthop::is_fresh(nh, now) && !nexthop::resolve(ctx, b.family, &pkt.key.src, &b.addr, now, nh) {
-        // NAT: the kernel forwards the packet (already addressed to the backend) and resolves
-        // the neighbour; later packets take the fast path. DSR: the kernel could only route the
-        // VIP back to us (or answer "unreachable"), so drop and let the client retransmit.
-        if nat {
-            rewrite(pkt, End::Dst, &b.addr, b.port);
-            count(vip_counter(vip_index), bytes);
-            count(backend_counter(backend), bytes);
-            return pass(Reason::PassNoNextHop, bytes);
+    let resolved = nexthop::is_fresh(nh, f.now) || nexthop::resolve(ctx, b.family, &pkt.key.src, &b.addr, nh);
+    // Unresolved, NAT: the kernel forwards the packet (already addressed to the backend) and
+    // resolves the neighbour; later packets take the fast path. DSR: the kernel could only route
+    // the VIP back to us (or answer "unreachable"), so drop and let the client retransmit.
+    let (action, reason, sent) = if !resolved {
+        if f.nat {
+            (xdp_action::XDP_PASS, Reason::PassNoNextHop, true)
+        } else {
+            (xdp_action::XDP_DROP, Reason::DropNoNextHop, false)
         }
-        return drop(Reason::DropNoNextHop, bytes);
-    }
-    let action = egress_action(ctx, nh.ifindex);
-    if action == xdp_action::XDP_PASS {
-        if nat {
-            rewrite(pkt, End::Dst, &b.addr, b.port);
+    } else {
+        match egress_action(ctx, nh.ifindex) {
+            xdp_action::XDP_PASS => (xdp_action::XDP_PASS, Reason::PassEgressUnknown, false),
+            xdp_action::XDP_TX => (xdp_action::XDP_TX, Reason::FwdTx, true),
+            a => (a, Reason::FwdRedirect, true),
         }
-        return pass(Reason::PassEgressUnknown, bytes);
-    }
-    if nat {
+    };
+    if f.nat && action != xdp_action::XDP_DROP {
         rewrite(pkt, End::Dst, &b.addr, b.port);
     }
-    set_macs(pkt, nh.dmac, nh.smac);
-    count_inline(vip_counter(vip_index), bytes);
-    count_inline(backend_counter(backend), bytes);
-    count_inline(
-        reason_counter(if action == xdp_action::XDP_TX { Reason::FwdTx } else { Reason::FwdRedirect }),
-        bytes,
-    );
+    if resolved && sent {
+        set_macs(pkt, nh.dmac, nh.smac);
+    }
+    if sent {
+        count_inline(vip_counter(f.vip_index), bytes);
+    }
+    let sent = sent as u64;
+    count_slot(backend_counter(backend), sent, sent * bytes, new_flow);
+    count_slot(reason_counter(reason), 1, bytes, new_flow);
     action
 }
 
