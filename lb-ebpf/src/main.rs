@@ -38,8 +38,8 @@ use lb_common::{
     hash::flow_hash,
     maps::{
         BACKEND_UP, EndpointKey, FLOOD_WINDOW_NS, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FLOW_TOUCH_TICKS,
-        FlowKey, FlowValue, HALF_OPEN_SLOTS, HALF_OPEN_SYNACK_SEEN, HalfOpen, MAX_VIPS_PER_BACKEND,
-        NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED, Service, VipValue, flow_ticks,
+        FlowKey, FlowValue, HALF_OPEN_SLOTS, HALF_OPEN_SYNACK_SEEN, MAX_VIPS_PER_BACKEND, NO_BACKEND,
+        NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED, Service, VipValue, flow_ticks,
     },
     packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::{Reason, backend_counter, reason_counter, vip_counter},
@@ -278,13 +278,19 @@ fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes
     let flags =
         if syn { 0 } else { FLOW_ESTABLISHED | if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 } };
     let value = flow_value(ctx, pkt, vip, svc, backend, now, flags);
-    let mut new_flow = 0;
+    let mut new_flow = false;
     if syn && flood {
         // A retransmitted SYN finds its half-open entry and writes nothing.
         if !known_half_open {
             if let Some(half) = HALF_OPEN.get_ptr_mut(slot) {
                 // See `HALF_OPEN` for what two CPUs writing this slot at once can do.
-                unsafe { *half = HalfOpen { key: pkt.key, flow: value, flags: 0, synack_seq: 0 } };
+                // Field by field: a whole `HalfOpen` built first would take 96 bytes of stack.
+                unsafe {
+                    (*half).key = pkt.key;
+                    (*half).flow = value;
+                    (*half).flags = 0;
+                    (*half).synack_seq = 0;
+                }
             }
         }
         count(reason_counter(Reason::FloodNotRecorded), bytes);
@@ -300,10 +306,9 @@ fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes
         if flags != 0 {
             sync::report(&pkt.key, &value);
         }
-        new_flow = 1;
+        new_flow = true;
     }
-    let fwd = Fwd { backend, vip_index: vip.vip_index, nat, new_flow, now, bytes };
-    to_backend(ctx, pkt, &fwd)
+    forward(ctx, pkt, Fwd::new(backend, vip.vip_index, nat, new_flow), now)
 }
 
 /// Picks the backend for a flow from the service's active table.
@@ -419,15 +424,8 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
         flow.flags |= FLOW_ESTABLISHED;
         sync::report(&pkt.key, flow);
     }
-    let fwd = Fwd {
-        backend: flow.backend as u32,
-        vip_index: flow.vip_index as u32,
-        nat,
-        new_flow: reopened as u64,
-        now,
-        bytes,
-    };
-    Some(to_backend(ctx, pkt, &fwd))
+    let fwd = Fwd::new(flow.backend as u32, flow.vip_index as u32, nat, reopened);
+    Some(forward(ctx, pkt, fwd, now))
 }
 
 /// `FLOWS` update flag: create or replace.
@@ -459,29 +457,84 @@ fn flow_value(
     }
 }
 
-/// A client packet's way to its backend: `to_backend`'s arguments beyond the packet (a BPF
-/// function takes at most five).
-struct Fwd {
-    /// Backend index.
-    backend: u32,
-    /// The VIP's counter index.
-    vip_index: u32,
-    /// NAT (rewrite the destination) rather than DSR.
-    nat: bool,
-    /// 1 when the packet started its flow (counted with its backend and outcome), else 0.
-    new_flow: u64,
-    /// `now_ns()` of this packet.
-    now: u64,
-    /// Frame length, for the counters.
-    bytes: u64,
+/// A client packet's way to its backend, packed in one register for `to_backend` (a BPF
+/// function takes five arguments in registers; a struct on the caller's stack would add to
+/// the combined stack of the call chain, limited to 512 bytes).
+#[derive(Clone, Copy)]
+struct Fwd(u64);
+
+impl Fwd {
+    /// `backend` (< 2^16), the VIP's counter index (< 2^8), NAT rather than DSR, and whether
+    /// the packet started its flow (counted with its backend and outcome).
+    #[inline(always)]
+    fn new(backend: u32, vip_index: u32, nat: bool, new_flow: bool) -> Self {
+        Fwd((backend & 0xffff) as u64
+            | ((vip_index & 0xff) as u64) << 16
+            | (nat as u64) << 24
+            | (new_flow as u64) << 25)
+    }
+    #[inline(always)]
+    fn backend(self) -> u32 {
+        (self.0 & 0xffff) as u32
+    }
+    #[inline(always)]
+    fn vip_index(self) -> u32 {
+        ((self.0 >> 16) & 0xff) as u32
+    }
+    #[inline(always)]
+    fn nat(self) -> bool {
+        (self.0 >> 24) & 1 != 0
+    }
+    #[inline(always)]
+    fn new_flow(self) -> u64 {
+        (self.0 >> 25) & 1
+    }
+    /// The next hop could not be resolved (`forward` tried): NAT hands the packet to the
+    /// kernel, DSR drops it.
+    #[inline(always)]
+    fn unresolved(self) -> Self {
+        Fwd(self.0 | 1 << 26)
+    }
+    #[inline(always)]
+    fn is_unresolved(self) -> bool {
+        (self.0 >> 26) & 1 != 0
+    }
 }
 
-/// Sends a client packet to its backend. Not inlined: both a known flow (`established`) and a
-/// new one (`without_entry`) end here, and inlined this was the program's largest duplicate
-/// (rewrite, next-hop lookup, egress and counters). One rewrite serves every way out.
+/// `to_backend`'s answer when the backend's cached next hop is stale: resolve it, call again.
+const RESOLVE_FIRST: u32 = u32::MAX;
+
+/// Sends a client packet to its backend (`to_backend`), resolving the next hop on a cache miss
+/// from here: a `nexthop::resolve` called inside `to_backend` would stack its 64-byte lookup
+/// on both frames, over the 512 bytes the verifier allows a call chain.
+#[inline(always)]
+fn forward(ctx: &XdpContext, pkt: &Packet, fwd: Fwd, now: u64) -> u32 {
+    let action = to_backend(ctx, pkt, fwd, now);
+    if action != RESOLVE_FIRST {
+        return action;
+    }
+    let fwd = if resolve_backend(ctx, pkt, fwd.backend()) { fwd } else { fwd.unresolved() };
+    to_backend(ctx, pkt, fwd, now)
+}
+
+/// Resolves and caches the next hop of `backend` for a client packet. False when the kernel
+/// does not know it (or the backend index is out of range).
 #[inline(never)]
-fn to_backend(ctx: &XdpContext, pkt: &Packet, f: &Fwd) -> u32 {
-    let (backend, bytes, new_flow) = (f.backend, f.bytes, f.new_flow);
+fn resolve_backend(ctx: &XdpContext, pkt: &Packet, backend: u32) -> bool {
+    let (Some(b), Some(nh)) = (BACKENDS.get(backend), NEXTHOPS.get_ptr_mut(backend)) else {
+        return false;
+    };
+    nexthop::resolve(ctx, b.family, &pkt.key.src, &b.addr, unsafe { &mut *nh })
+}
+
+/// Sends a client packet to its backend (through `forward`: `RESOLVE_FIRST` when the cached
+/// next hop is stale). Not inlined: both a known flow (`established`) and a new one
+/// (`without_entry`) end here, and inlined this was the program's largest duplicate (rewrite,
+/// next-hop lookup, egress and counters). One rewrite serves every way out.
+#[inline(never)]
+fn to_backend(ctx: &XdpContext, pkt: &Packet, f: Fwd, now: u64) -> u32 {
+    let (backend, new_flow) = (f.backend(), f.new_flow());
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
     let (Some(b), Some(nh)) = (BACKENDS.get(backend), NEXTHOPS.get_ptr_mut(backend)) else {
         count_slot(reason_counter(Reason::DropBadState), 1, bytes, new_flow);
         return xdp_action::XDP_DROP;
@@ -491,12 +544,15 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, f: &Fwd) -> u32 {
         return xdp_action::XDP_DROP;
     }
     let nh = unsafe { &mut *nh };
-    let resolved = nexthop::is_fresh(nh, f.now) || nexthop::resolve(ctx, b.family, &pkt.key.src, &b.addr, nh);
+    let resolved = !f.is_unresolved();
+    if resolved && !nexthop::is_fresh(nh, now) {
+        return RESOLVE_FIRST;
+    }
     // Unresolved, NAT: the kernel forwards the packet (already addressed to the backend) and
     // resolves the neighbour; later packets take the fast path. DSR: the kernel could only route
     // the VIP back to us (or answer "unreachable"), so drop and let the client retransmit.
     let (action, reason, sent) = if !resolved {
-        if f.nat {
+        if f.nat() {
             (xdp_action::XDP_PASS, Reason::PassNoNextHop, true)
         } else {
             (xdp_action::XDP_DROP, Reason::DropNoNextHop, false)
@@ -508,14 +564,14 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, f: &Fwd) -> u32 {
             a => (a, Reason::FwdRedirect, true),
         }
     };
-    if f.nat && action != xdp_action::XDP_DROP {
+    if f.nat() && action != xdp_action::XDP_DROP {
         rewrite(pkt, End::Dst, &b.addr, b.port);
     }
     if resolved && sent {
         set_macs(pkt, nh.dmac, nh.smac);
     }
     if sent {
-        count_inline(vip_counter(f.vip_index), bytes);
+        count_inline(vip_counter(f.vip_index()), bytes);
     }
     let sent = sent as u64;
     count_slot(backend_counter(backend), sent, sent * bytes, new_flow);
