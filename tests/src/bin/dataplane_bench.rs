@@ -375,7 +375,10 @@ fn bench_table_size(
     }
     bed.dp.set_settings(&Settings::default())?;
     let ring_full = sync_bed.packets(reason_counter(Reason::SyncEventDropped));
-    anyhow::ensure!(ring_full == 0, "{ring_full} flow reports found the ring full: the sync rows measured failing writes");
+    anyhow::ensure!(
+        ring_full == 0,
+        "{ring_full} flow reports found the ring full: the sync rows measured failing writes"
+    );
     if args.json {
         return Ok(());
     }
