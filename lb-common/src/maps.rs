@@ -329,7 +329,7 @@ pub struct NatBackend {
     pub count: u32,
 }
 
-/// Value of `STATS` (per-CPU array): one counter.
+/// One counter as the daemon reports it (`STATS` summed over CPUs, see [`StatsSlot`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counter {
@@ -337,6 +337,22 @@ pub struct Counter {
     pub packets: u64,
     /// Bytes counted (whole frames).
     pub bytes: u64,
+}
+
+/// Value of `STATS` (per-CPU array): one counter, plus the new flows among its packets. The
+/// third field lets a forwarded packet that starts a flow be counted with the lookups it needs
+/// anyway (its backend's and its outcome's counters) instead of two more: the per-backend
+/// new-flow counter is the backend slot's `new_flows`, and `Reason::NewFlow` is the sum of
+/// `new_flows` over the reason slots (`lb_common::stats` keeps their indices for readers).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSlot {
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes counted (whole frames).
+    pub bytes: u64,
+    /// Of those packets, how many started a flow (recorded it, or re-balanced a stale entry).
+    pub new_flows: u64,
 }
 
 /// Bytes of `FLOW_EVENTS`, the ring buffer through which the data plane reports flows to the
@@ -387,6 +403,7 @@ mod pod {
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for NatBackend {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for StatsSlot {}
     unsafe impl aya::Pod for BenchPacket {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for FloodState {}

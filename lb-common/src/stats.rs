@@ -34,7 +34,9 @@ pub enum Reason {
     FwdRedirect = 11,
     /// Backend reply rewritten back to the VIP (NAT mode) and forwarded.
     FwdReply = 12,
-    /// Packets that started a new flow entry.
+    /// Packets that started a new flow entry. Read as the sum of `StatsSlot::new_flows` over the
+    /// reason slots: the data plane counts a new flow in its packet's outcome slot, which it
+    /// updates anyway, so this index's own slot stays zero.
     NewFlow = 13,
     /// Established flows moved because their service epoch changed (hard switch).
     FlowRebalanced = 14,
@@ -59,10 +61,13 @@ pub enum Reason {
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" about a VIP flow, sent on to the
     /// flow's backend (translated in NAT mode) so that path MTU discovery works.
     FwdIcmpTooBig = 22,
+    /// A flow report (flow sync) not written because the `FLOW_EVENTS` ring was full (the
+    /// daemon not reading fast enough): that flow is not synced to the peers.
+    SyncEventDropped = 23,
 }
 
 /// Number of reason counters (`Reason` values are `0..REASONS`).
-pub const REASONS: u32 = 23;
+pub const REASONS: u32 = 24;
 
 /// Every reason, in counter order (for userspace reporting).
 pub const ALL_REASONS: [Reason; REASONS as usize] = [
@@ -89,6 +94,7 @@ pub const ALL_REASONS: [Reason; REASONS as usize] = [
     Reason::FlowExpired,
     Reason::PassOtherMac,
     Reason::FwdIcmpTooBig,
+    Reason::SyncEventDropped,
 ];
 
 impl Reason {
@@ -118,6 +124,7 @@ impl Reason {
             Reason::FlowExpired => "flow_expired",
             Reason::PassOtherMac => "pass_other_mac",
             Reason::FwdIcmpTooBig => "fwd_icmp_too_big",
+            Reason::SyncEventDropped => "sync_event_dropped",
         }
     }
 }
@@ -149,7 +156,9 @@ pub const fn backend_counter(backend: u32) -> u32 {
     BACKEND_BASE + (backend & (MAX_BACKENDS - 1))
 }
 
-/// Counter index of the flows started on a backend.
+/// Counter index of the flows started on a backend. Read as `StatsSlot::new_flows` of the
+/// backend's packet slot (`backend_counter`), which the data plane updates anyway; this index's
+/// own slot stays zero.
 #[inline(always)]
 pub const fn backend_new_flow_counter(backend: u32) -> u32 {
     BACKEND_NEW_FLOW_BASE + (backend & (MAX_BACKENDS - 1))
@@ -168,7 +177,7 @@ mod tests {
 
     #[test]
     fn counter_ranges_do_not_overlap() {
-        assert!(reason_counter(Reason::FwdIcmpTooBig) < vip_counter(0));
+        assert!(reason_counter(Reason::SyncEventDropped) < vip_counter(0));
         assert!(vip_counter(MAX_VIPS - 1) < backend_counter(0));
         assert!(backend_counter(MAX_BACKENDS - 1) < backend_new_flow_counter(0));
         assert_eq!(backend_new_flow_counter(MAX_BACKENDS - 1), STATS_ENTRIES - 1);

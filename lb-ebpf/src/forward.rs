@@ -43,8 +43,9 @@ pub enum End {
 }
 
 /// Replaces one end's address and port, updating the IPv4 header checksum and the TCP
-/// checksum incrementally.
-#[inline(always)]
+/// checksum incrementally. Not inlined: a client packet (destination) and a NAT reply (source)
+/// both rewrite, and the IPv6 checksum update is long.
+#[inline(never)]
 pub fn rewrite(pkt: &Packet, end: End, addr: &[u32; 4], port: u16) {
     unsafe {
         let tcp = pkt.tcp;

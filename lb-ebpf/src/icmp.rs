@@ -100,7 +100,7 @@ pub fn handle(ctx: &XdpContext, bytes: u64) -> Result<u32, Reason> {
     };
     let nh = unsafe { &mut *nh };
     let now = crate::now_ns();
-    if !nexthop::is_fresh(nh, now) && !nexthop::resolve(ctx, b.family, &tb.src, &b.addr, now, nh) {
+    if !nexthop::is_fresh(nh, now) && !nexthop::resolve_call(ctx, b.family, &tb.src, &b.addr, nh) {
         // As for a TCP packet: NAT hands the (already rewritten) error to the kernel to forward;
         // DSR cannot (the kernel would route the VIP back here).
         if nat {

@@ -38,11 +38,11 @@ use lb_common::{
     hash::flow_hash,
     maps::{
         BACKEND_UP, EndpointKey, FLOOD_WINDOW_NS, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FLOW_TOUCH_TICKS,
-        FlowKey, FlowValue, HALF_OPEN_SLOTS, HALF_OPEN_SYNACK_SEEN, HalfOpen, MAX_VIPS_PER_BACKEND,
-        NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED, Service, VipValue, flow_ticks,
+        FlowKey, FlowValue, HALF_OPEN_SLOTS, HALF_OPEN_SYNACK_SEEN, MAX_VIPS_PER_BACKEND, NO_BACKEND,
+        NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED, Service, VipValue, flow_ticks,
     },
     packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    stats::{Reason, backend_counter, backend_new_flow_counter, reason_counter, vip_counter},
+    stats::{Reason, backend_counter, reason_counter, vip_counter},
 };
 
 use crate::{
@@ -90,10 +90,18 @@ fn count(index: u32, bytes: u64) {
 /// `count` without the call, for the per-packet hot paths.
 #[inline(always)]
 fn count_inline(index: u32, bytes: u64) {
+    count_slot(index, 1, bytes, 0)
+}
+
+/// Adds to counter `index`, `new_flows` of the packets having started a flow (a new flow is
+/// counted in the slots its packet updates anyway: its backend's and its outcome's).
+#[inline(always)]
+fn count_slot(index: u32, packets: u64, bytes: u64, new_flows: u64) {
     if let Some(c) = STATS.get_ptr_mut(index) {
         unsafe {
-            (*c).packets += 1;
+            (*c).packets += packets;
             (*c).bytes += bytes;
+            (*c).new_flows += new_flows;
         }
     }
 }
@@ -266,12 +274,23 @@ fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes
             None => return drop(Reason::DropNoBackend, bytes),
         },
     };
+    // One entry for either table (a SYN's flags are 0 in both), built once.
+    let flags =
+        if syn { 0 } else { FLOW_ESTABLISHED | if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 } };
+    let value = flow_value(ctx, pkt, vip, svc, backend, now, flags);
+    let mut new_flow = false;
     if syn && flood {
         // A retransmitted SYN finds its half-open entry and writes nothing.
         if !known_half_open {
             if let Some(half) = HALF_OPEN.get_ptr_mut(slot) {
-                let flow = flow_value(ctx, pkt, vip, svc, backend, now, 0);
-                unsafe { *half = HalfOpen { key: pkt.key, flow, flags: 0, synack_seq: 0 } };
+                // See `HALF_OPEN` for what two CPUs writing this slot at once can do.
+                // Field by field: a whole `HalfOpen` built first would take 96 bytes of stack.
+                unsafe {
+                    (*half).key = pkt.key;
+                    (*half).flow = value;
+                    (*half).flags = 0;
+                    (*half).synack_seq = 0;
+                }
             }
         }
         count(reason_counter(Reason::FloodNotRecorded), bytes);
@@ -283,17 +302,13 @@ fn without_entry(ctx: &XdpContext, pkt: &Packet, vip: &VipValue, now: u64, bytes
         // recorded by its first packet after the flood.
         count(reason_counter(Reason::FloodNotRecorded), bytes);
     } else {
-        let flags =
-            if syn { 0 } else { FLOW_ESTABLISHED | if pkt.tcp_flags & TCP_FIN != 0 { FLOW_FIN } else { 0 } };
-        let value = flow_value(ctx, pkt, vip, svc, backend, now, flags);
         let _ = FLOWS.insert(&pkt.key, &value, BPF_ANY);
         if flags != 0 {
             sync::report(&pkt.key, &value);
         }
-        count(reason_counter(Reason::NewFlow), bytes);
-        count(backend_new_flow_counter(backend), bytes);
+        new_flow = true;
     }
-    to_backend(ctx, pkt, svc, backend, vip.vip_index, now, bytes)
+    forward(ctx, pkt, Fwd::new(backend, vip.vip_index, nat, new_flow), now)
 }
 
 /// Picks the backend for a flow from the service's active table.
@@ -378,8 +393,6 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
             if expired {
                 count(reason_counter(Reason::FlowExpired), bytes);
             }
-            count(reason_counter(Reason::NewFlow), bytes);
-            count(backend_new_flow_counter(backend), bytes);
         } else {
             let why = if flow.epoch != svc.epoch { Reason::FlowRebalanced } else { Reason::FlowBackendDown };
             count(reason_counter(why), bytes);
@@ -387,7 +400,8 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
         flow.backend = backend as u16;
         flow.epoch = svc.epoch;
     }
-    if svc.flags & SERVICE_DSR == 0 {
+    let nat = svc.flags & SERVICE_DSR == 0;
+    if nat {
         note_client(ctx, pkt, flow);
     }
     let t = flow_ticks(now);
@@ -410,7 +424,8 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
         flow.flags |= FLOW_ESTABLISHED;
         sync::report(&pkt.key, flow);
     }
-    Some(to_backend(ctx, pkt, svc, flow.backend as u32, flow.vip_index as u32, now, bytes))
+    let fwd = Fwd::new(flow.backend as u32, flow.vip_index as u32, nat, reopened);
+    Some(forward(ctx, pkt, fwd, now))
 }
 
 /// `FLOWS` update flag: create or replace.
@@ -442,54 +457,125 @@ fn flow_value(
     }
 }
 
-/// Sends a client packet to its backend.
+/// A client packet's way to its backend, packed in one register for `to_backend` (a BPF
+/// function takes five arguments in registers; a struct on the caller's stack would add to
+/// the combined stack of the call chain, limited to 512 bytes).
+#[derive(Clone, Copy)]
+struct Fwd(u64);
+
+impl Fwd {
+    /// `backend` (< 2^16), the VIP's counter index (< 2^8), NAT rather than DSR, and whether
+    /// the packet started its flow (counted with its backend and outcome).
+    #[inline(always)]
+    fn new(backend: u32, vip_index: u32, nat: bool, new_flow: bool) -> Self {
+        Fwd((backend & 0xffff) as u64
+            | ((vip_index & 0xff) as u64) << 16
+            | (nat as u64) << 24
+            | (new_flow as u64) << 25)
+    }
+    #[inline(always)]
+    fn backend(self) -> u32 {
+        (self.0 & 0xffff) as u32
+    }
+    #[inline(always)]
+    fn vip_index(self) -> u32 {
+        ((self.0 >> 16) & 0xff) as u32
+    }
+    #[inline(always)]
+    fn nat(self) -> bool {
+        (self.0 >> 24) & 1 != 0
+    }
+    #[inline(always)]
+    fn new_flow(self) -> u64 {
+        (self.0 >> 25) & 1
+    }
+    /// The next hop could not be resolved (`forward` tried): NAT hands the packet to the
+    /// kernel, DSR drops it.
+    #[inline(always)]
+    fn unresolved(self) -> Self {
+        Fwd(self.0 | 1 << 26)
+    }
+    #[inline(always)]
+    fn is_unresolved(self) -> bool {
+        (self.0 >> 26) & 1 != 0
+    }
+}
+
+/// `to_backend`'s answer when the backend's cached next hop is stale: resolve it, call again.
+const RESOLVE_FIRST: u32 = u32::MAX;
+
+/// Sends a client packet to its backend (`to_backend`), resolving the next hop on a cache miss
+/// from here: a `nexthop::resolve` called inside `to_backend` would stack its 64-byte lookup
+/// on both frames, over the 512 bytes the verifier allows a call chain.
 #[inline(always)]
-fn to_backend(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    svc: &Service,
-    backend: u32,
-    vip_index: u32,
-    now: u64,
-    bytes: u64,
-) -> u32 {
+fn forward(ctx: &XdpContext, pkt: &Packet, fwd: Fwd, now: u64) -> u32 {
+    let action = to_backend(ctx, pkt, fwd, now);
+    if action != RESOLVE_FIRST {
+        return action;
+    }
+    let fwd = if resolve_backend(ctx, pkt, fwd.backend()) { fwd } else { fwd.unresolved() };
+    to_backend(ctx, pkt, fwd, now)
+}
+
+/// Resolves and caches the next hop of `backend` for a client packet. False when the kernel
+/// does not know it (or the backend index is out of range).
+#[inline(never)]
+fn resolve_backend(ctx: &XdpContext, pkt: &Packet, backend: u32) -> bool {
     let (Some(b), Some(nh)) = (BACKENDS.get(backend), NEXTHOPS.get_ptr_mut(backend)) else {
-        return drop(Reason::DropBadState, bytes);
+        return false;
     };
-    let nat = svc.flags & SERVICE_DSR == 0;
+    nexthop::resolve(ctx, b.family, &pkt.key.src, &b.addr, unsafe { &mut *nh })
+}
+
+/// Sends a client packet to its backend (through `forward`: `RESOLVE_FIRST` when the cached
+/// next hop is stale). Not inlined: both a known flow (`established`) and a new one
+/// (`without_entry`) end here, and inlined this was the program's largest duplicate (rewrite,
+/// next-hop lookup, egress and counters). One rewrite serves every way out.
+#[inline(never)]
+fn to_backend(ctx: &XdpContext, pkt: &Packet, f: Fwd, now: u64) -> u32 {
+    let (backend, new_flow) = (f.backend(), f.new_flow());
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let (Some(b), Some(nh)) = (BACKENDS.get(backend), NEXTHOPS.get_ptr_mut(backend)) else {
+        count_slot(reason_counter(Reason::DropBadState), 1, bytes, new_flow);
+        return xdp_action::XDP_DROP;
+    };
     if b.family != pkt.key.family {
-        return drop(Reason::DropBadState, bytes);
+        count_slot(reason_counter(Reason::DropBadState), 1, bytes, new_flow);
+        return xdp_action::XDP_DROP;
     }
     let nh = unsafe { &mut *nh };
-    if !nexthop::is_fresh(nh, now) && !nexthop::resolve(ctx, b.family, &pkt.key.src, &b.addr, now, nh) {
-        // NAT: the kernel forwards the packet (already addressed to the backend) and resolves
-        // the neighbour; later packets take the fast path. DSR: the kernel could only route the
-        // VIP back to us (or answer "unreachable"), so drop and let the client retransmit.
-        if nat {
-            rewrite(pkt, End::Dst, &b.addr, b.port);
-            count(vip_counter(vip_index), bytes);
-            count(backend_counter(backend), bytes);
-            return pass(Reason::PassNoNextHop, bytes);
-        }
-        return drop(Reason::DropNoNextHop, bytes);
+    let resolved = !f.is_unresolved();
+    if resolved && !nexthop::is_fresh(nh, now) {
+        return RESOLVE_FIRST;
     }
-    let action = egress_action(ctx, nh.ifindex);
-    if action == xdp_action::XDP_PASS {
-        if nat {
-            rewrite(pkt, End::Dst, &b.addr, b.port);
+    // Unresolved, NAT: the kernel forwards the packet (already addressed to the backend) and
+    // resolves the neighbour; later packets take the fast path. DSR: the kernel could only route
+    // the VIP back to us (or answer "unreachable"), so drop and let the client retransmit.
+    let (action, reason, sent) = if !resolved {
+        if f.nat() {
+            (xdp_action::XDP_PASS, Reason::PassNoNextHop, true)
+        } else {
+            (xdp_action::XDP_DROP, Reason::DropNoNextHop, false)
         }
-        return pass(Reason::PassEgressUnknown, bytes);
-    }
-    if nat {
+    } else {
+        match egress_action(ctx, nh.ifindex) {
+            xdp_action::XDP_PASS => (xdp_action::XDP_PASS, Reason::PassEgressUnknown, false),
+            xdp_action::XDP_TX => (xdp_action::XDP_TX, Reason::FwdTx, true),
+            a => (a, Reason::FwdRedirect, true),
+        }
+    };
+    if f.nat() && action != xdp_action::XDP_DROP {
         rewrite(pkt, End::Dst, &b.addr, b.port);
     }
-    set_macs(pkt, nh.dmac, nh.smac);
-    count_inline(vip_counter(vip_index), bytes);
-    count_inline(backend_counter(backend), bytes);
-    count_inline(
-        reason_counter(if action == xdp_action::XDP_TX { Reason::FwdTx } else { Reason::FwdRedirect }),
-        bytes,
-    );
+    if resolved && sent {
+        set_macs(pkt, nh.dmac, nh.smac);
+    }
+    if sent {
+        count_inline(vip_counter(f.vip_index()), bytes);
+    }
+    let sent = sent as u64;
+    count_slot(backend_counter(backend), sent, sent * bytes, new_flow);
+    count_slot(reason_counter(reason), 1, bytes, new_flow);
     action
 }
 

@@ -8,9 +8,9 @@ use aya_ebpf::{
 use lb_common::{
     filter::FILTER_WORDS,
     maps::{
-        Backend, Counter, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, EndpointKey,
-        FloodState, FlowKey, FlowValue, HALF_OPEN_SLOTS, HalfOpen, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS,
-        NatBackend, NextHop, Service, Settings, VipValue,
+        Backend, DEFAULT_FLOW_ENTRIES, DEFAULT_RING_SIZE, DEFAULT_TABLE_SLOTS, EndpointKey, FloodState,
+        FlowKey, FlowValue, HALF_OPEN_SLOTS, HalfOpen, MAX_BACKENDS, MAX_SERVICES, MAX_VIPS, NatBackend,
+        NextHop, Service, Settings, StatsSlot, VipValue,
     },
     stats::STATS_ENTRIES,
 };
@@ -45,6 +45,23 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(
 /// backend's SYN-ACK can be rewritten back to the client and the first ACK finds the backend
 /// its SYN went to. An array slot costs no LRU lock or list move, and a flood churns this
 /// table, never `FLOWS`. Written by the XDP program.
+///
+/// Slots are written without a lock, so two CPUs can write one slot at the same time: a SYN
+/// replacing it on each (two handshakes whose hashes collide, within the same ~20 ns), or a
+/// SYN replacing it on one while a NAT SYN-ACK for the previous handshake marks it on the
+/// other. What that can cause, and nothing more (each handshake is checked against `key`):
+/// - a torn entry whose `key` comes from one handshake and `flow` from the other: the first's
+///   first ACK (and NAT SYN-ACK) follow the other's backend. That backend was picked by the
+///   hash of the other 5-tuple, so it differs from the one the SYN went to: the ACK is
+///   answered with a RST and that connection fails (the client opens another). A `key` torn
+///   from both matches neither handshake: they go by the hash, as without a slot;
+/// - the SYN-ACK mark (`flags`, `synack_seq`) of the old handshake landing on the new one: the
+///   new first ACK does not acknowledge that sequence number, so in flood mode its flow is not
+///   recorded on that ACK (it is still forwarded to its backend, and recorded by its first
+///   packet after the flood); the old handshake's ACK finds the slot taken and goes by the
+///   hash, the backend its SYN went to unless the table changed in between.
+/// Forwarding of recorded flows (`FLOWS`) is never affected; a collision of two handshakes
+/// already loses one of them to the direct mapping, the race only narrows which one.
 #[map]
 pub static HALF_OPEN: Array<HalfOpen> = Array::with_max_entries(HALF_OPEN_SLOTS, 0);
 
@@ -85,7 +102,7 @@ pub static BACKEND_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0)
 
 /// Per-CPU counters, laid out by `lb_common::stats`. Written by the XDP program.
 #[map]
-pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+pub static STATS: PerCpuArray<StatsSlot> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
 
 /// Interface index → that interface's own MAC (all zero: not recorded), for interfaces the
 /// program is attached to. Only frames sent to it are forwarded: a switch flooding unknown

@@ -5,7 +5,10 @@
 //! established traffic does not change and a SYN flood reports nothing.
 
 use aya_ebpf::bindings::BPF_RB_NO_WAKEUP;
-use lb_common::maps::{FlowEvent, FlowKey, FlowValue};
+use lb_common::{
+    maps::{FlowEvent, FlowKey, FlowValue},
+    stats::{Reason, reason_counter},
+};
 
 use crate::maps::FLOW_EVENTS;
 
@@ -17,12 +20,16 @@ static FLOW_REPORTS: u32 = 0;
 
 /// Reports `key` with its entry `value`. No wakeup: the daemon drains the ring on its own
 /// schedule (a few ms), so no record costs the kernel a wakeup of the reader. A full ring (a
-/// daemon not reading) drops the record: forwarding never waits for the sync.
-#[inline(always)]
+/// daemon not reading) drops the record, counted (`Reason::SyncEventDropped`): forwarding never
+/// waits for the sync. Not inlined: three transitions report (new established flow, first ACK,
+/// first FIN/RST), and each inlined copy built the record on the stack.
+#[inline(never)]
 pub fn report(key: &FlowKey, value: &FlowValue) {
     if unsafe { core::ptr::read_volatile(&FLOW_REPORTS) } == 0 {
         return;
     }
     let event = FlowEvent { key: *key, value: *value };
-    let _ = FLOW_EVENTS.output(&event, BPF_RB_NO_WAKEUP as u64);
+    if FLOW_EVENTS.output(&event, BPF_RB_NO_WAKEUP as u64).is_err() {
+        crate::count(reason_counter(Reason::SyncEventDropped), 0);
+    }
 }

@@ -97,6 +97,40 @@ fn flows_are_reported_at_establishment_and_close_only() {
     assert!(bed.dp.take_flow_events().is_none(), "one reader only");
 }
 
+/// A ring the daemon does not drain fills up: further reports are dropped, never waited for (the
+/// packets are still forwarded), and each one dropped is counted (`sync_event_dropped` in
+/// `/metrics`); once drained, reports are written again.
+#[test]
+fn reports_a_full_ring_cannot_take_are_counted_as_dropped() {
+    // One page: room for some 40 records of 96 bytes (record and header).
+    let mut bed = {
+        lb_daemon::dataplane::set_flow_reports(true);
+        lb_daemon::dataplane::set_flow_events_bytes(4096);
+        let bed = PacketBed::new().unwrap();
+        lb_daemon::dataplane::set_flow_events_bytes(lb_common::maps::FLOW_EVENTS_BYTES);
+        bed
+    };
+    let mut ring = bed.dp.take_flow_events().expect("FLOW_EVENTS ring");
+    let dropped = lb_common::stats::reason_counter(lb_common::stats::Reason::SyncEventDropped);
+    let vip = sa(VIP);
+    let first_ack = |bed: &PacketBed, port: u16| {
+        // A first ACK without a SYN records an established flow, and reports it.
+        let frame = Frame::syn(sa(&format!("{CLIENT_V4}:{port}")), vip).with(ACK, b"");
+        let out = run(bed.dp.program(), &frame.build(), Some(bed.v0)).unwrap();
+        assert_eq!(out.verdict, XDP_TX, "forwarded whether or not its report fits");
+    };
+    let sent = 100u64;
+    for port in 0..sent as u16 {
+        first_ack(&bed, 30000 + port);
+    }
+    let written = drain(&mut ring).len() as u64;
+    assert!(written > 10 && written < sent, "one page holds some but not all: {written} of {sent}");
+    assert_eq!(bed.packets(dropped), sent - written, "every report the ring could not take is counted");
+    first_ack(&bed, 31000);
+    assert_eq!(drain(&mut ring).len(), 1, "a drained ring takes reports again");
+    assert_eq!(bed.packets(dropped), sent - written, "and drops nothing");
+}
+
 /// The bed's DSR service as the sync's receiver sees it.
 fn view(bed: &PacketBed) -> LocalView {
     let epoch = bed.dp.service(SVC_DSR).unwrap().epoch;

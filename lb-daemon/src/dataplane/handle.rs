@@ -13,6 +13,10 @@ use lb_common::{
     },
     stats::STATS_ENTRIES,
 };
+use lb_common::{
+    maps::{FLOW_EVENTS_BYTES, StatsSlot},
+    stats::{BACKEND_NEW_FLOW_BASE, REASONS, Reason, backend_counter, reason_counter},
+};
 use serde::{Deserialize, Serialize};
 use std::{
     fs,
@@ -145,7 +149,7 @@ pub struct Dataplane {
     egress: DevMapHash<MapData>,
     vip_filter: Array<MapData, u64>,
     backend_filter: Array<MapData, u64>,
-    stats: PerCpuArray<MapData, Counter>,
+    stats: PerCpuArray<MapData, StatsSlot>,
     settings: Array<MapData, Settings>,
     iface_macs: Array<MapData, [u8; 6]>,
     flood: PerCpuArray<MapData, FloodState>,
@@ -165,6 +169,17 @@ pub fn set_flow_reports(on: bool) {
 
 fn flow_reports() -> bool {
     FLOW_REPORTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Bytes of the `FLOW_EVENTS` ring of the programs loaded from now on in this process.
+static FLOW_EVENTS_SIZE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(FLOW_EVENTS_BYTES);
+
+/// Sizes the `FLOW_EVENTS` ring of the programs loaded from now on in this process (a power of
+/// two, a multiple of the page size; the kernel refuses others at load). For tests that fill
+/// the ring with a few packets and for benchmarks that must not fill it; the daemon keeps
+/// `FLOW_EVENTS_BYTES`.
+pub fn set_flow_events_bytes(bytes: u32) {
+    FLOW_EVENTS_SIZE.store(bytes, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -237,7 +252,8 @@ impl Dataplane {
             .override_global("RING_SIZE", &options.ring_size, true)
             .override_global("FLOW_REPORTS", &flow_reports, true)
             .map_max_entries("TABLES", table_entries)
-            .map_max_entries("FLOWS", options.flow_entries);
+            .map_max_entries("FLOWS", options.flow_entries)
+            .map_max_entries("FLOW_EVENTS", FLOW_EVENTS_SIZE.load(std::sync::atomic::Ordering::Relaxed));
         let map_paths: Vec<(&str, PathBuf)> = match &pins {
             Some(p) => MAP_NAMES.iter().map(|n| (*n, p.maps().join(n))).collect(),
             None => Vec::new(),
@@ -472,12 +488,32 @@ impl Dataplane {
         write_filter(&mut self.backend_filter, "BACKEND_FILTER", nat_backends)
     }
 
-    /// A counter summed over all CPUs (index as in `lb_common::stats`).
+    /// A counter summed over all CPUs (index as in `lb_common::stats`). The new-flow counters
+    /// are read where the program counts them (`StatsSlot::new_flows`): a backend's in its packet
+    /// slot, `Reason::NewFlow` summed over the reason slots; they count packets, no bytes.
     pub fn counter(&self, index: u32) -> Result<Counter, DataplaneError> {
+        if index == reason_counter(Reason::NewFlow) {
+            let mut packets = 0;
+            for r in 0..REASONS {
+                packets += self.slot_sum(r)?.new_flows;
+            }
+            return Ok(Counter { packets, bytes: 0 });
+        }
+        if (BACKEND_NEW_FLOW_BASE..STATS_ENTRIES).contains(&index) {
+            let packets = self.slot_sum(backend_counter(index - BACKEND_NEW_FLOW_BASE))?.new_flows;
+            return Ok(Counter { packets, bytes: 0 });
+        }
+        let s = self.slot_sum(index)?;
+        Ok(Counter { packets: s.packets, bytes: s.bytes })
+    }
+
+    /// `STATS[index]` summed over all CPUs.
+    fn slot_sum(&self, index: u32) -> Result<StatsSlot, DataplaneError> {
         let per_cpu = op("STATS", "lookup", self.stats.get(&index, 0))?;
-        Ok(per_cpu.iter().fold(Counter::default(), |a, c| Counter {
+        Ok(per_cpu.iter().fold(StatsSlot::default(), |a, c| StatsSlot {
             packets: a.packets + c.packets,
             bytes: a.bytes + c.bytes,
+            new_flows: a.new_flows + c.new_flows,
         }))
     }
 

@@ -37,6 +37,7 @@ pub fn flow_event(reason: Reason) -> Option<&'static str> {
         Reason::FlowExpired => "expired",
         Reason::FloodNotRecorded => "flood_not_recorded",
         Reason::StatelessRst => "stateless_rst",
+        Reason::SyncEventDropped => "sync_event_dropped",
         _ => return None,
     })
 }

@@ -11,7 +11,10 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use clap::Parser;
-use lb_common::maps::{BENCH_PACKET_MAX, BenchPacket, Settings};
+use lb_common::{
+    maps::{BENCH_PACKET_MAX, BenchPacket, Settings},
+    stats::{Reason, reason_counter},
+};
 use lb_daemon::dataplane::{BENCH_XDP_OBJECT, DataplaneOptions};
 use lb_tests::{
     packets::{ACK, Frame, PSH},
@@ -88,6 +91,17 @@ enum Target {
     Pass,
     Tx,
     Lb,
+    /// The same program loaded with flow reports on (flow sync, `[sync]`), beside `Lb` in the
+    /// same run: its rows give the per-packet and per-new-flow cost of the sync.
+    LbSync,
+}
+
+/// Bytes of a `FLOW_EVENTS` ring that `repeat` reports (96 bytes each with the ring's header)
+/// cannot fill within one test_run call: the ring is drained only between calls, and a full
+/// ring would measure failing writes.
+fn ring_bytes_for(repeat: u32) -> u32 {
+    let need = (u64::from(repeat) + 16) * 96;
+    need.next_power_of_two().clamp(u64::from(lb_common::maps::FLOW_EVENTS_BYTES), 1 << 30) as u32
 }
 
 fn main() -> Result<()> {
@@ -117,12 +131,19 @@ fn bench_table_size(
     floor: &mut u64,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
+    let options = DataplaneOptions { table_slots: 8, flow_entries, ..DataplaneOptions::default() };
+    // The `LbSync` cases' program: reports on, a ring they cannot fill. Loaded first so that
+    // the `Lb` program is the one `--flow-reports` says.
+    lb_daemon::dataplane::set_flow_reports(true);
+    lb_daemon::dataplane::set_flow_events_bytes(ring_bytes_for(args.repeat));
+    let mut sync_bed = PacketBed::with_options(options)?;
+    lb_daemon::dataplane::set_flow_events_bytes(lb_common::maps::FLOW_EVENTS_BYTES);
+    let mut sync_ring = sync_bed.dp.take_flow_events().context("FLOW_EVENTS of the sync program")?;
     lb_daemon::dataplane::set_flow_reports(args.flow_reports);
-    let mut bed = PacketBed::with_options(DataplaneOptions {
-        table_slots: 8,
-        flow_entries,
-        ..DataplaneOptions::default()
-    })?;
+    let mut bed = PacketBed::with_options(options)?;
+    // Each bed has its namespace; the thread stays in the last one. The two are built alike, so
+    // the sync program's interface index and neighbours are the same here.
+    anyhow::ensure!(sync_bed.v0 == bed.v0, "the two beds' interfaces differ");
     let mut bench = EbpfLoader::new().load(BENCH_XDP_OBJECT).context("loading the bench object")?;
     for name in ["bench_restore", "bench_pass", "bench_tx"] {
         let p: &mut Xdp = bench.program_mut(name).context(name)?.try_into()?;
@@ -253,6 +274,27 @@ fn bench_table_size(
             vary_offset: IPV4_SRC_OFFSET,
             new_flow_limit: 1,
         },
+        Case {
+            name: "established flow, nat v4, sync on",
+            frame: established.build(),
+            target: Target::LbSync,
+            vary_offset: 0,
+            new_flow_limit: DEFAULT_LIMIT,
+        },
+        Case {
+            name: "SYN new source, nat v4, flood mode off (recorded), sync on",
+            frame: Frame::syn(client, nat).build(),
+            target: Target::LbSync,
+            vary_offset: IPV4_SRC_OFFSET,
+            new_flow_limit: 0,
+        },
+        Case {
+            name: "first ACK new source, dsr v4 (recorded established), sync on",
+            frame: Frame::syn(client, dsr).with(ACK, b"").build(),
+            target: Target::LbSync,
+            vary_offset: IPV4_SRC_OFFSET,
+            new_flow_limit: 0,
+        },
     ];
 
     let mut ring = bed.dp.take_flow_events();
@@ -265,17 +307,18 @@ fn bench_table_size(
         println!("{:<58} {:>7} {:>7} {:>7} {:>6}  verdict", "case", "min", "median", "max", "÷ pass");
     }
     for case in cases.iter().filter(|c| all_cases || c.vary_offset != 0) {
-        bed.dp.set_settings(&Settings { new_flow_limit: case.new_flow_limit, ..Settings::default() })?;
+        let lb = if matches!(case.target, Target::LbSync) { &mut sync_bed } else { &mut bed };
+        lb.dp.set_settings(&Settings { new_flow_limit: case.new_flow_limit, ..Settings::default() })?;
         // One plain run first: records the flow (established cases) and resolves next hops.
-        let warm = run(bed.dp.program(), &case.frame, Some(bed.v0))?;
+        let warm = run(lb.dp.program(), &case.frame, Some(lb.v0))?;
         let target = match case.target {
             Target::Pass => bench.program("bench_pass"),
             Target::Tx => bench.program("bench_tx"),
-            Target::Lb => None,
+            Target::Lb | Target::LbSync => None,
         };
         let target: &Xdp = match target {
             Some(p) => p.try_into()?,
-            None => bed.dp.program(),
+            None => lb.dp.program(),
         };
         targets.set(0, target.fd()?, 0)?;
         let mut data = [0u8; BENCH_PACKET_MAX];
@@ -286,7 +329,7 @@ fn bench_table_size(
             0,
         )?;
         let wrapper: &Xdp = bench.program("bench_restore").context("bench_restore")?.try_into()?;
-        let md = xdp_md(case.frame.len(), bed.v0);
+        let md = xdp_md(case.frame.len(), lb.v0);
         let mut times = Vec::new();
         let mut verdict = 0;
         for _ in 0..args.runs {
@@ -303,6 +346,7 @@ fn bench_table_size(
             if let Some(ring) = ring.as_mut() {
                 while ring.next().is_some() {}
             }
+            while sync_ring.next().is_some() {}
         }
         times.sort_unstable();
         let (min, median, max) = (times[0], times[times.len() / 2], times[times.len() - 1]);
@@ -330,6 +374,11 @@ fn bench_table_size(
         });
     }
     bed.dp.set_settings(&Settings::default())?;
+    let ring_full = sync_bed.packets(reason_counter(Reason::SyncEventDropped));
+    anyhow::ensure!(
+        ring_full == 0,
+        "{ring_full} flow reports found the ring full: the sync rows measured failing writes"
+    );
     if args.json {
         return Ok(());
     }
