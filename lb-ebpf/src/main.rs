@@ -37,7 +37,7 @@ use aya_ebpf::{
 use lb_common::{
     hash::flow_hash,
     maps::{
-        BACKEND_UP, EndpointKey, FLOOD_WINDOW_NS, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FLOW_TOUCH_TICKS,
+        BACKEND_UP, EndpointKey, FLOOD_WINDOW_NS, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FLOW_SYNCED, FLOW_TOUCH_TICKS,
         FlowKey, FlowValue, HALF_OPEN_SLOTS, HALF_OPEN_SYNACK_SEEN, MAX_VIPS_PER_BACKEND, NO_BACKEND,
         NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED, Service, VipValue, flow_ticks,
     },
@@ -403,6 +403,12 @@ fn established(ctx: &XdpContext, pkt: &Packet, flow: &mut FlowValue, now: u64, b
     let nat = svc.flags & SERVICE_DSR == 0;
     if nat {
         note_client(ctx, pkt, flow);
+    }
+    // A copy received from a peer (flow sync) that now gets packets here is this host's own
+    // connection (ECMP moved it): drain counting sees it as established here, and a later
+    // record from the peer no longer overwrites it. Written once, on its first packet here.
+    if flow.flags & FLOW_SYNCED != 0 {
+        flow.flags &= !FLOW_SYNCED;
     }
     let t = flow_ticks(now);
     if t.wrapping_sub(flow.last_seen) > FLOW_TOUCH_TICKS || reopened {

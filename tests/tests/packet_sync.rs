@@ -197,6 +197,12 @@ fn a_synced_entry_forwards_like_a_local_one_also_after_a_drain_switch() {
     assert_eq!((entry.backend, entry.flags), (5, FLOW_ESTABLISHED | FLOW_SYNCED));
     assert_to(&bed, client, 5, "synced entry");
     assert!(drain(&mut ring).is_empty(), "a synced entry's packets are not reported back");
+    // Its first packet here makes it this host's own connection (ECMP moved it): drain-status
+    // counts it as established here, and the peer's records no longer overwrite it.
+    let entry = bed.dp.flow(&flow_key(client, sa(VIP))).unwrap().unwrap();
+    assert_eq!((entry.backend, entry.flags), (5, FLOW_ESTABLISHED), "the synced mark is cleared");
+    assert_eq!(insert_into(&writer, &view(&bed), &counters, &[record(client, "10.0.0.11:80", 1)]), 0);
+    assert_to(&bed, client, 5, "kept after a later peer record");
 
     // After a drain switch to pool-b a moved connection keeps its pool-a backend...
     bed.switch(SVC_DSR, 6, false).unwrap();
@@ -208,12 +214,15 @@ fn a_synced_entry_forwards_like_a_local_one_also_after_a_drain_switch() {
     let unknown = sa(&format!("{CLIENT_V4}:45001"));
     assert_to(&bed, unknown, bed.expected_backend(6, unknown, sa(VIP)), "not synced");
 
-    // A close record updates the synced copy (it then expires like a local closed entry).
-    let closed = WireFlow { flags: FLOW_ESTABLISHED | FLOW_FIN, ..record(client, "10.0.0.12:80", 1) };
+    // A close record updates a synced copy that got no packet here (it then expires like a
+    // local closed entry).
+    let quiet = sa(&format!("{CLIENT_V4}:46001"));
+    assert_eq!(insert_into(&writer, &view(&bed), &counters, &[record(quiet, "10.0.0.12:80", 1)]), 1);
+    let closed = WireFlow { flags: FLOW_ESTABLISHED | FLOW_FIN, ..record(quiet, "10.0.0.12:80", 1) };
     insert_into(&writer, &view(&bed), &counters, &[closed]);
-    let entry = bed.dp.flow(&flow_key(client, sa(VIP))).unwrap().unwrap();
+    let entry = bed.dp.flow(&flow_key(quiet, sa(VIP))).unwrap().unwrap();
     assert_eq!(entry.flags, FLOW_ESTABLISHED | FLOW_FIN | FLOW_SYNCED);
-    assert_eq!(counters.inserted.load(Ordering::Relaxed), 3);
+    assert_eq!(counters.inserted.load(Ordering::Relaxed), 4);
 }
 
 #[test]
