@@ -51,6 +51,14 @@ pub const MAP_NAMES: [&str; 16] = [
     "FLOW_EVENTS",
 ];
 
+/// Maps that hold only counters, caches and in-flight events, which the program and the daemon
+/// rebuild on their own: when a pinned one no longer fits this version's program (an upgrade
+/// changed its entry size or count), it is replaced, and its contents restart from zero, rather
+/// than the daemon refusing to start behind a still-forwarding old program. Every other map
+/// holds state an operator relies on (flows, tables, services), and a mismatch there stays an
+/// error.
+pub const REPLACEABLE_MAPS: [&str; 5] = ["STATS", "FLOOD", "NEXTHOPS", "HALF_OPEN", "FLOW_EVENTS"];
+
 /// Sizes fixed when the program is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataplaneOptions {
@@ -261,7 +269,29 @@ impl Dataplane {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(LB_XDP_OBJECT).map_err(|e| DataplaneError::Load(format!("{e:#}")))?;
+        let mut replaced = Vec::new();
+        let mut ebpf = loop {
+            match loader.load(LB_XDP_OBJECT) {
+                Ok(ebpf) => break ebpf,
+                Err(aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
+                    name,
+                    property,
+                    expected,
+                    actual,
+                })) if pins.is_some()
+                    && REPLACEABLE_MAPS.contains(&name.as_str())
+                    && !replaced.contains(&name) =>
+                {
+                    let path = pins.as_ref().map(|p| p.maps().join(&name)).unwrap_or_default();
+                    tracing::warn!(map = %name, property, expected, actual, "a pinned map left by another version does not fit this program; replacing it (its counters restart from zero)");
+                    fs::remove_file(&path).map_err(|e| {
+                        DataplaneError::Pin(format!("removing the old pin {}: {e}", path.display()))
+                    })?;
+                    replaced.push(name);
+                }
+                Err(e) => return Err(DataplaneError::Load(format!("{e:#}"))),
+            }
+        };
         {
             let prog: &mut Xdp = ebpf
                 .program_mut(PROGRAM_NAME)

@@ -17,8 +17,8 @@ mod options_file;
 pub use batch::{BATCH, FlowReader};
 pub use flow_writer::FlowWriter;
 pub use handle::{
-    AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir, set_flow_events_bytes,
-    set_flow_reports,
+    AttachMode, Dataplane, DataplaneError, DataplaneOptions, MAP_NAMES, PinDir, REPLACEABLE_MAPS,
+    set_flow_events_bytes, set_flow_reports,
 };
 pub use iface_mac::interface_mac;
 pub use maps::{FlowSource, Maps};
