@@ -4,10 +4,10 @@
 //! apply it itself: like every other host it applies it from its watch; the answer waits
 //! (bounded) until it did, so `apply_us` is real.
 //!
-//! - `--expect-active X`: X is compared with the desired state read from etcd, and the
-//!   transaction compares the key's `mod_revision` with the one read: a change in between
-//!   makes it a `Conflict` (without `--expect-active`, the request is decided again on the new
-//!   state, a few times at most).
+//! - `--expect-active X`: X is compared with the desired state (a mismatch is answered only on
+//!   a fresh read of etcd), and the transaction compares the key's `mod_revision` with the one
+//!   read: a change in between makes it a `Conflict` (without `--expect-active`, the request is
+//!   decided again on the new state, a few times at most).
 //! - Gates use the fleet's view: the target pools must meet `min_healthy` on every live host
 //!   (this host's live health included), unless `--force`, which the history records.
 //! - etcd unreachable: `Unavailable`, nothing written anywhere.
