@@ -96,7 +96,7 @@ impl<M: Maps> FleetNode<M> {
             let from_cache = view.cached;
             let decided = self.decide(&name, &key, kind, req, requester, started, view);
             match decided {
-                Ok(Decided::Done(out)) if !from_cache || out.history_id.is_some() => return Ok(out),
+                Ok(Decided::Done(out)) if !from_cache || out.history_id.is_some() => return Ok(*out),
                 Err(e) if !from_cache || e.code == ErrorCode::Unavailable => return Err(e),
                 Ok(Decided::Lost { moved }) if !from_cache => {
                     if moved && req.expect_active.is_some() {
@@ -209,7 +209,7 @@ impl<M: Maps> FleetNode<M> {
             revision,
         };
         if current.active == target && !req.hard {
-            return Ok(Decided::Done(outcome(false, Vec::new(), None, Some(read_mod))));
+            return Ok(Decided::Done(Box::new(outcome(false, Vec::new(), None, Some(read_mod)))));
         }
         let gated = kind != HistoryKind::Rollback;
         let t_gate = Instant::now();
@@ -223,7 +223,7 @@ impl<M: Maps> FleetNode<M> {
         }
         let warnings: Vec<String> = problems.iter().map(|p| format!("forced: {p}")).collect();
         if req.dry_run {
-            return Ok(Decided::Done(outcome(true, warnings, None, None)));
+            return Ok(Decided::Done(Box::new(outcome(true, warnings, None, None))));
         }
         let seq = read_revision as u64 + 1;
         let now = (self.clock)();
@@ -299,7 +299,7 @@ impl<M: Maps> FleetNode<M> {
                 .push(format!("committed at etcd revision {revision}, but this host has not applied it yet"));
         }
         out.watch = watch.filter(|_| req.watch_s.is_some()).map(|w| self.watch_view_of(&w));
-        Ok(Decided::Done(out))
+        Ok(Decided::Done(Box::new(out)))
     }
 
     /// The problems of the target pools on every live host (this one with its live health).
@@ -386,7 +386,7 @@ struct View {
 /// What one decision came to.
 enum Decided {
     /// An answer: committed, or nothing to write (no change, dry run).
-    Done(SwitchOutcome),
+    Done(Box<SwitchOutcome>),
     /// The transaction's compares failed: nothing written. `moved`: the key changed since the
     /// read (always assumed for a cached read).
     Lost { moved: bool },
