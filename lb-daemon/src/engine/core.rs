@@ -53,7 +53,7 @@ pub struct Core<M: Maps> {
     pub(crate) config: Config,
     pub(crate) maps: M,
     pub(crate) state: PersistedState,
-    pub(super) store: Box<dyn StateStore>,
+    pub(super) store: super::persist::Persist,
     /// The last write of `state` failed: what is on disk is older than `state`. Also set while a
     /// fleet change is live on its pending record only (see [`super::fleet_pending`]).
     pub(super) unsaved: bool,
@@ -105,7 +105,7 @@ impl<M: Maps> Core<M> {
             config,
             maps,
             state,
-            store,
+            store: super::persist::Persist::new(store),
             unsaved: false,
             layout: Layout::default(),
             pool_slots: BTreeMap::new(),

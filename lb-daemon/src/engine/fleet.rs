@@ -4,7 +4,10 @@
 //! `SERVICES` entry. Nothing here talks to etcd, so these decisions are unit-tested against the
 //! fake maps.
 
-use super::{core::Core, fleet_pending::FleetPending, state::ServiceState, switch::validate_active};
+use super::{
+    core::Core, fleet_pending::FleetPending, persist::PersistJob, state::ServiceState,
+    switch::validate_active,
+};
 use crate::{
     api::model::{Active, ApiError, HistoryEntry},
     dataplane::Maps,
@@ -156,14 +159,43 @@ impl<M: Maps> Core<M> {
     /// wrote anything. On failure the record stays, and the next change writes the whole state
     /// before its map update.
     pub fn fleet_persist(&mut self) -> Result<bool, ApiError> {
-        if !self.unsaved {
-            return Ok(false);
+        let Some(job) = self.fleet_persist_job() else { return Ok(false) };
+        let written = job.write();
+        self.fleet_persist_done(&job, written)
+    }
+
+    /// [`Self::fleet_persist`] in three steps, so the state file's fsyncs run without the engine
+    /// lock (see [`super::persist`]): this one, under the lock, snapshots the state when the
+    /// disk is behind it; the caller releases the lock, runs [`PersistJob::write`], and hands
+    /// its result to [`Self::fleet_persist_done`] under the lock again.
+    pub fn fleet_persist_job(&mut self) -> Option<PersistJob> {
+        self.unsaved.then(|| self.store.job(&self.state))
+    }
+
+    /// Records what [`PersistJob::write`] did: when the state is still the one written, the disk
+    /// is up to date and the pending record goes; when a change came meanwhile, its own pending
+    /// record stays (the disk is behind it) and the next [`Self::fleet_persist`] writes it.
+    /// Whether the snapshot was written.
+    pub fn fleet_persist_done(
+        &mut self,
+        job: &PersistJob,
+        written: anyhow::Result<bool>,
+    ) -> Result<bool, ApiError> {
+        match written {
+            Ok(wrote) => {
+                if self.state == job.state {
+                    self.unsaved = false;
+                    if let Err(e) = self.store.clear_pending() {
+                        tracing::warn!(error = %format!("{e:#}"), "fleet pending record not removed (harmless: the state file is as new)");
+                    }
+                }
+                Ok(wrote)
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "state file not written: a restart would come back to an older state");
+                Err(ApiError::internal(format!("writing the state file failed: {e:#}")))
+            }
         }
-        self.persist()?;
-        if let Err(e) = self.store.clear_pending() {
-            tracing::warn!(error = %format!("{e:#}"), "fleet pending record not removed (harmless: the state file is as new)");
-        }
-        Ok(true)
     }
 
     /// Writes what the disk or the `SERVICES` entry of `name` misses; whether it did anything.

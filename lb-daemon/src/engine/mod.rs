@@ -21,6 +21,7 @@ pub mod flow_cache;
 pub mod keys;
 pub mod layout;
 pub mod metrics;
+pub mod persist;
 pub mod rebuild;
 pub mod reload;
 mod reload_summary;

@@ -151,6 +151,9 @@ pub trait StateStore: Send {
     fn stage_pending(&mut self, pending: &super::fleet_pending::FleetPending) -> Result<()>;
     /// Drops the pending record once [`StateStore::save`] wrote a state that holds it.
     fn clear_pending(&mut self) -> Result<()>;
+    /// A second handle on the same files: whole states are written on it off the engine lock
+    /// while the pending record stays writable on this one (see [`super::persist`]).
+    fn handle(&self) -> Box<dyn StateStore>;
 }
 
 /// The state file, written with [`write_atomic`].
@@ -168,6 +171,10 @@ impl StateStore for StateFile {
 
     fn clear_pending(&mut self) -> Result<()> {
         super::fleet_pending::remove_pending(&self.0)
+    }
+
+    fn handle(&self) -> Box<dyn StateStore> {
+        Box::new(self.clone())
     }
 }
 

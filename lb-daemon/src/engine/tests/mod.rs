@@ -6,6 +6,7 @@ mod backend;
 mod drain;
 mod durability;
 mod fleet_crash;
+mod fleet_persist_order;
 mod health;
 mod metrics;
 mod reload;
@@ -82,6 +83,10 @@ impl StateStore for MemStore {
     fn clear_pending(&mut self) -> anyhow::Result<()> {
         *self.pending.lock().unwrap() = None;
         Ok(())
+    }
+
+    fn handle(&self) -> Box<dyn StateStore> {
+        Box::new(self.clone())
     }
 }
 

@@ -20,6 +20,8 @@ struct Inner {
     alive: BTreeMap<u32, bool>,
     down: bool,
     commits: u64,
+    /// Calls made by every client (each one round trip to a real etcd).
+    calls: u64,
 }
 
 /// The shared store; [`MemStore::client`] gives each simulated host its own handle (lease).
@@ -77,6 +79,12 @@ impl MemStore {
         self.lock().keys.keys().filter(|k| k.starts_with(prefix)).cloned().collect()
     }
 
+    /// Calls made to the store by every client, failed ones included: each is one round trip
+    /// to a real etcd.
+    pub fn calls(&self) -> u64 {
+        self.lock().calls
+    }
+
     /// Transactions that wrote something.
     pub fn commits(&self) -> u64 {
         self.lock().commits
@@ -92,7 +100,8 @@ impl MemStore {
 
 impl MemClient {
     fn up(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
-        let g = self.store.lock();
+        let mut g = self.store.lock();
+        g.calls += 1;
         if g.down {
             Err(StoreError::Unavailable("connection refused (test store down)".into()))
         } else {

@@ -151,7 +151,16 @@ impl<M: Maps> FleetNode<M> {
     /// history entries in etcd (best effort).
     pub(super) fn settle(&self) {
         let t0 = Instant::now();
-        let persisted = self.core().fleet_persist();
+        // The state file's fsyncs run without the engine lock (see `engine::persist`): a change
+        // taken meanwhile decides and applies without waiting for them.
+        let job = self.core().fleet_persist_job();
+        let persisted = match job {
+            Some(job) => {
+                let written = job.write();
+                self.core().fleet_persist_done(&job, written)
+            }
+            None => Ok(false),
+        };
         let persist_us = t0.elapsed().as_micros() as u64;
         // On failure the pending record stays, and the next change writes the whole state
         // before its map update.

@@ -423,3 +423,79 @@ fn a_host_reports_a_change_applied_before_it_writes_its_applied_mark_and_state_f
     assert_eq!(state.last().fleet_revision, revision);
     assert!(state.pending.lock().unwrap().is_none());
 }
+
+#[test]
+fn a_change_on_an_in_sync_host_is_one_round_trip_to_etcd() {
+    let store = MemStore::default();
+    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
+    a.step();
+    b.step();
+    a.step();
+    assert!(a.node.view().in_sync && a.node.view().hosts.len() == 2);
+    let calls = store.calls();
+    let out = a.node.change(None, &a.switch("pool-b"), "ci").unwrap();
+    assert!(out.changed);
+    assert_eq!(store.calls() - calls, 1, "only the transaction: decided and gated on the watch cache");
+    // A host out of sync reads etcd (and an unreachable etcd refuses the change).
+    store.set_down(true);
+    a.step();
+    store.set_down(false);
+    assert!(!a.node.view().in_sync);
+    let calls = store.calls();
+    let back = ChangeRequest { kind: Some(HistoryKind::Rollback), ..ChangeRequest::default() };
+    assert_eq!(a.node.change(None, &back, "ci").unwrap().after, pool("pool-a"));
+    assert_eq!(store.calls() - calls, 2, "read + transaction (no gate on a rollback)");
+}
+
+#[test]
+fn a_change_decided_on_a_stale_cache_does_not_overwrite_a_newer_desired_state() {
+    let store = MemStore::default();
+    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
+    a.step();
+    b.step();
+    a.step();
+    // b switches; a has not seen it yet (its cache says pool-a, still in sync).
+    b.node.change(None, &b.switch("pool-b"), "b").unwrap();
+    let commits = store.commits();
+    let out = a.node.change(None, &a.switch("pool-b"), "a").unwrap();
+    assert!(!out.changed, "decided again on etcd: pool-b is active already: {out:?}");
+    assert_eq!(store.commits(), commits, "nothing written over b's change");
+    // A rollback on the stale cache (which has nothing to roll back to) is decided on etcd.
+    let back = ChangeRequest { kind: Some(HistoryKind::Rollback), ..ChangeRequest::default() };
+    let out = a.node.change(None, &back, "a").unwrap();
+    assert_eq!((out.before.clone(), out.after.clone()), (pool("pool-b"), pool("pool-a")));
+    // Still stale (pool-a at its first revision): the transaction fails, the switch is decided
+    // again on what etcd holds.
+    let out = a.node.change(None, &a.switch("pool-b"), "a").unwrap();
+    assert!(out.changed);
+    let h = history(&store);
+    assert_eq!(h.len(), 3, "{h:?}");
+    for pair in h.windows(2) {
+        assert_eq!(pair[1].from, pair[0].to, "each change starts from the one before: {h:?}");
+    }
+    a.step();
+    b.step();
+    assert_eq!((a.active(), b.active()), (pool("pool-b"), pool("pool-b")));
+}
+
+#[test]
+fn expect_active_on_a_stale_cache_answers_on_what_etcd_holds() {
+    let store = MemStore::default();
+    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
+    a.step();
+    b.step();
+    a.step();
+    b.node.change(None, &b.switch("pool-b"), "b").unwrap();
+    // a's cache still says pool-a: the expectation matches it, not etcd.
+    let commits = store.commits();
+    let req = ChangeRequest { expect_active: Some("pool-a".into()), ..a.switch("pool-b") };
+    let e = a.node.change(None, &req, "a").unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict, "{e}");
+    assert!(e.message.contains("pool-b"), "answered on etcd's state: {e}");
+    assert_eq!(store.commits(), commits);
+    // The expectation matches etcd, not the cache: no conflict.
+    let req = ChangeRequest { expect_active: Some("pool-b".into()), ..a.switch("pool-a") };
+    let out = a.node.change(None, &req, "a").unwrap();
+    assert!(out.changed && out.after == pool("pool-a"), "{out:?}");
+    assert_eq!(store.commits(), commits + 1);
+}
