@@ -9,7 +9,8 @@ use crate::{
     fleet::etcd::records::{DesiredService, HistoryRecord},
 };
 
-fn desired(pool: &str, previous: &str, seq: u64) -> DesiredService {
+/// A desired state of service `web` (shared with the other fleet tests).
+pub(super) fn desired(pool: &str, previous: &str, seq: u64) -> DesiredService {
     DesiredService {
         active: Active::Pool(pool.into()),
         previous: Some(Active::Pool(previous.into())),
@@ -35,7 +36,7 @@ fn record(seq: u64, to: &str) -> HistoryRecord {
 }
 
 /// The state a start after a crash now reads: the state file, then the pending record.
-fn after_crash(r: &Rig) -> PersistedState {
+pub(super) fn after_crash(r: &Rig) -> PersistedState {
     let mut state = r.store.last();
     fleet_pending::replay(&mut state, r.store.pending.lock().unwrap().as_ref());
     state

@@ -2,26 +2,11 @@
 //! `engine::persist`): an older snapshot is never written after a newer state, whatever comes
 //! between the snapshot, its write and its end, and a failed write is retried.
 
+use super::fleet_crash::{after_crash, desired};
 use super::*;
-use crate::{engine::fleet_pending, fleet::etcd::records::DesiredService};
-
-fn desired(pool: &str, previous: &str, seq: u64) -> DesiredService {
-    DesiredService {
-        active: Active::Pool(pool.into()),
-        previous: Some(Active::Pool(previous.into())),
-        epoch: 0,
-        seq,
-    }
-}
 
 fn pool(p: &str) -> Active {
     Active::Pool(p.into())
-}
-
-fn after_crash(r: &Rig) -> PersistedState {
-    let mut state = r.store.last();
-    fleet_pending::replay(&mut state, r.store.pending.lock().unwrap().as_ref());
-    state
 }
 
 #[test]
