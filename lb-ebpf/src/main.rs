@@ -37,9 +37,9 @@ use aya_ebpf::{
 use lb_common::{
     hash::flow_hash,
     maps::{
-        BACKEND_UP, EndpointKey, FLOOD_WINDOW_NS, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FLOW_SYNCED, FLOW_TOUCH_TICKS,
-        FlowKey, FlowValue, HALF_OPEN_SLOTS, HALF_OPEN_SYNACK_SEEN, MAX_VIPS_PER_BACKEND, NO_BACKEND,
-        NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED, Service, VipValue, flow_ticks,
+        BACKEND_UP, EndpointKey, FLOOD_WINDOW_NS, FLOW_ESTABLISHED, FLOW_FIN, FLOW_RST, FLOW_SYNCED,
+        FLOW_TOUCH_TICKS, FlowKey, FlowValue, HALF_OPEN_SLOTS, HALF_OPEN_SYNACK_SEEN, MAX_VIPS_PER_BACKEND,
+        NO_BACKEND, NatBackend, PROTO_TCP, SERVICE_DSR, SERVICE_ENABLED, Service, VipValue, flow_ticks,
     },
     packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::{Reason, backend_counter, reason_counter, vip_counter},
