@@ -107,18 +107,7 @@ impl<M: Maps> Core<M> {
             revision,
             service: name.to_string(),
             state: next_service,
-            entry: record.map(|r| HistoryEntry {
-                id: 0,
-                time: r.time.clone(),
-                service: name.to_string(),
-                kind: r.kind,
-                from: r.from.clone(),
-                to: r.to.clone(),
-                mode: r.mode,
-                requester: r.requester.clone(),
-                reason: r.reason.clone(),
-                backend: None,
-            }),
+            entry: record.map(|r| HistoryEntry { service: name.to_string(), ..r.entry(0) }),
         };
         let mut next = self.state.clone();
         pending.apply_to(&mut next);
@@ -157,7 +146,9 @@ impl<M: Maps> Core<M> {
     /// Writes the whole state file when it is behind what is served (after [`Self::apply_fleet`]
     /// made a change live on its pending record), then drops the pending record. Whether it
     /// wrote anything. On failure the record stays, and the next change writes the whole state
-    /// before its map update.
+    /// before its map update. The node runs the same three steps with the engine lock released
+    /// in between (`FleetNode::settle`); the tests run them in one call.
+    #[cfg(test)]
     pub fn fleet_persist(&mut self) -> Result<bool, ApiError> {
         let Some(job) = self.fleet_persist_job() else { return Ok(false) };
         let written = job.write();

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use super::node::FleetNode;
 use super::records::{AppliedMark, HistoryRecord};
 use super::store::StoreError;
-use crate::api::model::{ApiError, AppliedBy, FleetHistory, HistoryEntry, HistoryItem};
+use crate::api::model::{ApiError, AppliedBy, FleetHistory, HistoryItem};
 use crate::dataplane::Maps;
 
 /// Keys read from etcd per request: entries and their applied marks (one per host) together.
@@ -87,21 +87,7 @@ impl<M: Maps> FleetNode<M> {
 /// A history entry as the API shows it.
 fn item(r: HistoryRecord, mut applied: Vec<AppliedBy>) -> HistoryItem {
     applied.sort_by(|a, b| a.host.cmp(&b.host));
-    HistoryItem {
-        entry: HistoryEntry {
-            id: r.seq,
-            time: r.time,
-            service: r.service,
-            kind: r.kind,
-            from: r.from,
-            to: r.to,
-            mode: r.mode,
-            requester: r.requester,
-            reason: r.reason,
-            backend: None,
-        },
-        fleet: Some(FleetHistory { via: r.via, forced: r.forced, applied }),
-    }
+    HistoryItem { entry: r.entry(r.seq), fleet: Some(FleetHistory { via: r.via, forced: r.forced, applied }) }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::model::{Active, HistoryKind, SwitchMode, WatchState};
+use crate::api::model::{Active, HistoryEntry, HistoryKind, SwitchMode, WatchState};
 
 /// The key layout of one cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +112,25 @@ pub struct HistoryRecord {
     /// Why (forced gate problems, automatic rollback reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+impl HistoryRecord {
+    /// This change as an entry of a host's history (numbered `id`): what a host records when
+    /// it applies it, and what the fleet's history shows.
+    pub fn entry(&self, id: u64) -> HistoryEntry {
+        HistoryEntry {
+            id,
+            time: self.time.clone(),
+            service: self.service.clone(),
+            kind: self.kind,
+            from: self.from.clone(),
+            to: self.to.clone(),
+            mode: self.mode,
+            requester: self.requester.clone(),
+            reason: self.reason.clone(),
+            backend: None,
+        }
+    }
 }
 
 /// A host's mark under a history entry: it serves that change.
