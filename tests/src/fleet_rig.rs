@@ -643,6 +643,11 @@ impl FleetRig {
                     active: "pool-a",
                 }],
             );
+            // A connection in flight when its host is drained or lost finishes through the other
+            // host, so this one never sees its FIN: its entry counts as established until it is
+            // idle for `drain_idle_timeout` (5 min by default). At the lowest value allowed,
+            // `host drain --wait` in these tests waits seconds for such a flow, not minutes.
+            config = format!("drain_idle_timeout = \"5s\"\n{config}");
             config += &format!(
                 "\n[bgp]\ninclude_file = \"{}\"\nbirdc_socket = \"{}\"\nbirdc = \"{}\"\n",
                 include.display(),

@@ -4,10 +4,16 @@
 //! first and the last host to apply each.
 //!
 //! The request is what `lbctl switch` sends (`POST /v1/switch` on lb1's socket, timed from just
-//! before it). One thread per host polls that host's `GET /v1/fleet` from before the request and
-//! records each change of its applied revision with its time; once the answer names the
-//! change's etcd revision, a host's "applied" time is its first sample at or past it. So the
-//! figures do not depend on lbctl's own poll interval.
+//! before it). A host applied the switch when its `SERVICES` update returned: its daemon logs
+//! that line with the change's etcd revision, and the machine has one clock, so the figures
+//! depend on no poll interval (polling every host's API every few hundred microseconds, as an
+//! earlier version did, took CPU from the daemons being timed). The next switch starts once lb1's
+//! `GET /v1/fleet` shows every host applied it (their statuses in etcd, what `--wait-fleet`
+//! waits for), polled every millisecond; that time is reported too, and so is the floor: one
+//! etcd transaction of the same shape, timed on the same etcd after each switch.
+//!
+//! Two series on one rig: back to back, each switch starting while the hosts still write the
+//! previous one's state file and applied marks; then paced, as a pipeline's switches are.
 
 use crate::{
     fleet_ctl::wait_in_sync,
@@ -16,13 +22,7 @@ use crate::{
 use anyhow::{Context, Result, bail, ensure};
 use lb_daemon::api::model::SwitchRequest;
 use serde::Serialize;
-use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 /// What to run.
 #[derive(Clone, Copy, Debug)]
@@ -33,11 +33,20 @@ pub struct SwitchLatencyOptions {
     pub switches: u32,
     /// Longest wait for one switch to be applied everywhere.
     pub timeout: Duration,
+    /// Pause before each switch of the second series (none when zero). The first series runs
+    /// its switches back to back: each starts while the hosts still write the previous one's
+    /// state file and applied marks, which a pipeline's switches, seconds apart, never do.
+    pub pace: Duration,
 }
 
 impl Default for SwitchLatencyOptions {
     fn default() -> Self {
-        SwitchLatencyOptions { hosts: 3, switches: 100, timeout: Duration::from_secs(10) }
+        SwitchLatencyOptions {
+            hosts: 3,
+            switches: 100,
+            timeout: Duration::from_secs(10),
+            pace: Duration::from_millis(100),
+        }
     }
 }
 
@@ -70,16 +79,32 @@ impl Percentiles {
 pub struct SwitchLatencyReport {
     /// Balancer hosts.
     pub hosts: usize,
-    /// Switches timed.
+    /// Switches timed per series.
     pub switches: usize,
+    /// Back to back first, then paced.
+    pub series: Vec<SwitchSeries>,
+}
+
+/// The figures of one series of switches.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct SwitchSeries {
+    /// Pause before each switch (0: back to back).
+    pub pace_ms: u64,
+    /// The floor, side by side: one transaction of the same shape (two compares, two puts)
+    /// committed on the same etcd by the daemon's own etcd client from lb1's namespace, with no
+    /// daemon logic around it, once after each switch was applied everywhere.
+    pub etcd_txn_ms: Percentiles,
     /// Request to the API's answer (the one etcd transaction committed and applied locally).
     pub answer_ms: Percentiles,
-    /// Request to applied on every host.
+    /// Request to applied on every host: the last host's log line written when its `SERVICES`
+    /// update returned (the moment new connections move), on the machine's one clock.
     pub all_applied_ms: Percentiles,
-    /// First to last host applying the same switch.
+    /// Request to lb1's fleet view showing every host applied it (each host's status written
+    /// to etcd and watched back), polled every millisecond: what `--wait-fleet` waits for.
+    pub api_seen_ms: Percentiles,
+    /// First to last host applying the same switch (their log lines).
     pub spread_ms: Percentiles,
     /// Where the time goes, step by step, from the daemons' own log lines (see [`breakdown`]).
-    #[serde(default)]
     pub steps: Vec<(String, Percentiles)>,
 }
 
@@ -87,16 +112,26 @@ impl SwitchLatencyReport {
     /// The bench's text lines.
     pub fn text(&self) -> String {
         let row = |name: &str, p: &Percentiles| {
-            format!("  {name:<34} p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms\n", p.p50, p.p99, p.max)
+            format!("  {name:<36} p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms\n", p.p50, p.p99, p.max)
         };
-        format!(
-            "fleet switch, {} hosts, {} switches (request by lb1's API, as lbctl sends it):\n{}{}{}",
-            self.hosts,
-            self.switches,
-            row("request -> API answer", &self.answer_ms),
-            row("request -> applied on every host", &self.all_applied_ms),
-            row("first -> last host applied", &self.spread_ms),
-        ) + &self.steps.iter().map(|(name, p)| row(name, p)).collect::<String>()
+        let mut out = String::new();
+        for s in &self.series {
+            let how = match s.pace_ms {
+                0 => "back to back".to_string(),
+                ms => format!("each {ms} ms after the previous one was applied"),
+            };
+            out += &format!(
+                "fleet switch, {} hosts, {} switches {how} (request by lb1's API, as lbctl sends it):\n",
+                self.hosts, self.switches
+            );
+            out += &row("etcd txn alone (floor, side by side)", &s.etcd_txn_ms);
+            out += &row("request -> API answer", &s.answer_ms);
+            out += &row("request -> applied on every host", &s.all_applied_ms);
+            out += &row("request -> lb1's fleet view says all", &s.api_seen_ms);
+            out += &row("first -> last host applied", &s.spread_ms);
+            out += &s.steps.iter().map(|(name, p)| row(name, p)).collect::<String>();
+        }
+        out
     }
 }
 
@@ -119,8 +154,9 @@ fn time_of_day_us(line: &str) -> Option<u64> {
 /// `revisions`): on the host that took the request, reading and deciding, the gate's read of
 /// the hosts, and etcd's commit of the ONE transaction; on every host, from the end of that
 /// commit to the change applied (watch delivery and the thread's turn), the pending record's
-/// write and the `SERVICES` update; then, after it reported the change applied, the whole
-/// state file and the applied marks. `logs[0]` is the host that took the requests.
+/// write and the `SERVICES` update; then, after it reported the change applied, its status
+/// with the applied mark (one etcd write) and the whole state file. `logs[0]` is the host that
+/// took the requests.
 pub fn breakdown(logs: &[String], revisions: &[i64]) -> Vec<(String, Percentiles)> {
     let us = |v: Vec<u64>| Percentiles::of(&v.into_iter().map(Duration::from_micros).collect::<Vec<_>>());
     let timed = |l: &&str| field(l, "revision").is_some_and(|r| revisions.contains(&(r as i64)));
@@ -130,13 +166,10 @@ pub fn breakdown(logs: &[String], revisions: &[i64]) -> Vec<(String, Percentiles
     let committed = logs.first().map(|l| lines(l, "fleet: change committed")).unwrap_or_default();
     let applied: Vec<String> =
         logs.iter().flat_map(|l| lines(l, "applied the fleet's desired state")).collect();
-    let settled: Vec<String> = logs
-        .iter()
-        .flat_map(|l| {
-            l.lines().filter(|l| l.contains("fleet: settled after apply") && field(l, "marks") == Some(1))
-        })
-        .map(String::from)
-        .collect();
+    let published: Vec<String> =
+        logs.iter().flat_map(|l| lines(l, "fleet: status and applied marks written")).collect();
+    let persisted: Vec<String> =
+        logs.iter().flat_map(|l| lines(l, "fleet: state file written after apply")).collect();
     let of = |v: &[String], name: &str| us(v.iter().filter_map(|l| field(l, name)).collect());
     // Commit end (lb1's clock) to applied on each host (same machine, same clock).
     let commit_end: std::collections::BTreeMap<u64, u64> =
@@ -157,101 +190,171 @@ pub fn breakdown(logs: &[String], revisions: &[i64]) -> Vec<(String, Percentiles
         ("commit -> host got it (watch)".into(), us(delivery)),
         ("host: pending record write".into(), of(&applied, "stage_us")),
         ("host: SERVICES update".into(), of(&applied, "map_us")),
-        ("host, after applied: state file".into(), of(&settled, "persist_us")),
-        ("host, after applied: etcd marks".into(), of(&settled, "marks_us")),
+        ("host, after applied: status + marks".into(), of(&published, "publish_us")),
+        ("host, after applied: state file".into(), of(&persisted, "persist_us")),
     ]
 }
 
-/// (time since the start, applied revision) each time a host's applied revision changed.
-type Samples = Arc<Mutex<Vec<(Duration, i64)>>>;
+/// The time of day now, in microseconds (UTC, as the daemons' log lines).
+fn now_time_of_day_us() -> u64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (since_epoch.as_micros() % (86_400 * 1_000_000)) as u64
+}
 
-/// Builds a rig with etcd and `opts.hosts` hosts and times `opts.switches` switches.
+/// `later - earlier` in microseconds of two times of day, across midnight too.
+fn day_diff_us(later: u64, earlier: u64) -> u64 {
+    const DAY: u64 = 86_400 * 1_000_000;
+    (later + DAY - earlier) % DAY
+}
+
+/// When each host's log says it applied `revision` (the `SERVICES` update returned), as a time
+/// of day in microseconds, in `logs`' order; `None` for a host whose log has no such line.
+pub fn applied_at(logs: &[String], revision: i64) -> Vec<Option<u64>> {
+    logs.iter()
+        .map(|log| {
+            log.lines()
+                .filter(|l| l.contains("applied the fleet's desired state"))
+                .find(|l| field(l, "revision") == Some(revision as u64))
+                .and_then(time_of_day_us)
+        })
+        .collect()
+}
+
+/// Builds a rig with etcd and `opts.hosts` hosts and times `opts.switches` switches back to
+/// back, then as many again each `opts.pace` after the previous one was applied everywhere.
 pub fn switch_latency(opts: SwitchLatencyOptions) -> Result<SwitchLatencyReport> {
     let rig = FleetRig::with("fsb", FleetOptions { hosts: opts.hosts, etcd: true })?;
     wait_in_sync(&rig, Duration::from_secs(30))?;
-    let start = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let samples: Vec<Samples> = rig.balancers.iter().map(|_| Samples::default()).collect();
-    let mut pollers = Vec::new();
-    for (b, s) in rig.balancers.iter().zip(&samples) {
-        let (client, s, stop) = (b.client(), s.clone(), stop.clone());
-        pollers.push(std::thread::spawn(move || {
-            let mut last = i64::MIN;
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(v) = client.get::<serde_json::Value>("/v1/fleet")
-                    && let Some(r) = v["applied_revision"].as_i64()
-                    && r != last
-                {
-                    last = r;
-                    s.lock().unwrap().push((start.elapsed(), r));
-                }
-                // Fine enough (each request takes a few hundred microseconds anyway), and leaves
-                // the CPUs to the daemons being measured.
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        }));
+    let floor = Floor::connect(&rig)?;
+    let mut series = vec![time_switches(&rig, &floor, Duration::ZERO, 0, opts)?];
+    if !opts.pace.is_zero() {
+        series.push(time_switches(&rig, &floor, opts.pace, opts.switches, opts)?);
     }
-    let result = time_switches(&rig, &samples, start, opts);
-    stop.store(true, Ordering::Relaxed);
-    for p in pollers {
-        let _ = p.join();
-    }
-    result
+    Ok(SwitchLatencyReport { hosts: rig.balancers.len(), switches: opts.switches as usize, series })
 }
 
+/// One series: `opts.switches` switches alternating pool-b and pool-a, each `pace` after the
+/// previous one was seen applied on every host.
 fn time_switches(
     rig: &FleetRig,
-    samples: &[Samples],
-    start: Instant,
+    floor: &Floor,
+    pace: Duration,
+    first: u32,
     opts: SwitchLatencyOptions,
-) -> Result<SwitchLatencyReport> {
+) -> Result<SwitchSeries> {
     let client = rig.balancers[0].client();
-    let (mut answer, mut all, mut spread) = (Vec::new(), Vec::new(), Vec::new());
-    let mut revisions = Vec::new();
+    let (mut timed, mut txns) = (Vec::new(), Vec::new());
     for i in 0..opts.switches {
         crate::cli::check_interrupted()?;
-        let pool = if i % 2 == 0 { "pool-b" } else { "pool-a" };
+        std::thread::sleep(pace);
+        // The rig starts on pool-a; `first` counts the switches of the earlier series.
+        let pool = if (first + i).is_multiple_of(2) { "pool-b" } else { "pool-a" };
         let req = SwitchRequest { pool: pool.into(), ..SwitchRequest::default() };
-        let sent = start.elapsed();
+        let sent_at = now_time_of_day_us();
+        let sent = Instant::now();
         let o: serde_json::Value =
             client.post("/v1/switch", &req).with_context(|| format!("switch {i} to {pool}"))?;
-        let answered = start.elapsed();
+        let answered = sent.elapsed();
         ensure!(o["changed"] == true, "switch {i} to {pool} changed nothing: {o}");
         let rev = o["revision"]
             .as_i64()
             .context("the switch's answer has no etcd revision: is [fleet] configured?")?;
-        revisions.push(rev);
-        let deadline = Instant::now() + opts.timeout;
-        let applied = loop {
-            let at: Vec<Option<Duration>> = samples
-                .iter()
-                .map(|s| s.lock().unwrap().iter().find(|(t, r)| *t >= sent && *r >= rev).map(|(t, _)| *t))
-                .collect();
-            if at.iter().all(Option::is_some) {
-                break at.into_iter().flatten().collect::<Vec<_>>();
+        // As `lbctl switch --wait-fleet` waits: lb1's fleet view (every live host's status, as
+        // published in etcd) polled until every host applied it, here every millisecond. The
+        // next switch starts then.
+        let deadline = sent + opts.timeout;
+        let api_seen = loop {
+            let v: serde_json::Value = client.get("/v1/fleet").unwrap_or_default();
+            let applied: Vec<i64> = v["hosts"]
+                .as_array()
+                .map(|hs| hs.iter().filter_map(|h| h["applied_revision"].as_i64()).collect())
+                .unwrap_or_default();
+            if applied.len() == opts.hosts && applied.iter().all(|r| *r >= rev) {
+                break sent.elapsed();
             }
             if Instant::now() > deadline {
-                bail!(
-                    "switch {i} (revision {rev}) not applied on every host within {:?}: {at:?}",
-                    opts.timeout
-                );
+                bail!("switch {i} (revision {rev}) not applied on every host within {:?}: {v}", opts.timeout);
             }
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(Duration::from_millis(1));
         };
-        let first = *applied.iter().min().unwrap_or(&sent);
-        let last = *applied.iter().max().unwrap_or(&sent);
-        answer.push(answered - sent);
-        all.push(last.saturating_sub(sent));
-        spread.push(last - first);
+        timed.push(Timed { rev, sent_at, answered, api_seen });
+        txns.push(floor.txn(&format!("{first}-{i}"))?);
     }
-    Ok(SwitchLatencyReport {
-        hosts: rig.balancers.len(),
-        switches: answer.len(),
-        answer_ms: Percentiles::of(&answer),
+    let logs: Vec<String> = rig.balancers.iter().map(|b| b.daemon_log()).collect();
+    let (mut all, mut spread) = (Vec::new(), Vec::new());
+    for t in &timed {
+        let at = applied_at(&logs, t.rev);
+        let at: Vec<u64> = at
+            .into_iter()
+            .collect::<Option<_>>()
+            .with_context(|| format!("a host's log does not say it applied revision {}", t.rev))?;
+        let (first, last) = (at.iter().min().copied().unwrap_or(0), at.iter().max().copied().unwrap_or(0));
+        all.push(Duration::from_micros(day_diff_us(last, t.sent_at)));
+        spread.push(Duration::from_micros(day_diff_us(last, first)));
+    }
+    let revisions: Vec<i64> = timed.iter().map(|t| t.rev).collect();
+    Ok(SwitchSeries {
+        pace_ms: pace.as_millis() as u64,
+        etcd_txn_ms: Percentiles::of(&txns),
+        answer_ms: Percentiles::of(&timed.iter().map(|t| t.answered).collect::<Vec<_>>()),
         all_applied_ms: Percentiles::of(&all),
+        api_seen_ms: Percentiles::of(&timed.iter().map(|t| t.api_seen).collect::<Vec<_>>()),
         spread_ms: Percentiles::of(&spread),
-        steps: breakdown(&rig.balancers.iter().map(|b| b.daemon_log()).collect::<Vec<_>>(), &revisions),
+        steps: breakdown(&logs, &revisions),
     })
+}
+
+/// The daemon's etcd client on lb1's etcd connection, for the floor: a transaction of a switch's
+/// shape on keys outside the cluster's prefix, which no daemon watches.
+struct Floor {
+    store: lb_daemon::fleet::etcd::client::EtcdStore,
+    prefix: String,
+    // Drives the store's connection; dropped after it.
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Floor {
+    /// Connects from lb1's namespace (the connection's socket stays there).
+    fn connect(rig: &FleetRig) -> Result<Floor> {
+        use lb_daemon::fleet::etcd::store::DesiredStore;
+        let config = lb_daemon::config::Config::load(&rig.balancers[0].config_path())?;
+        let fleet = config.fleet.context("lb1's config has no [fleet]")?;
+        let prefix = format!("/bench/{}/", rig.cluster);
+        rig.balancers[0].ns.run_in(move || -> Result<Floor> {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let store = lb_daemon::fleet::etcd::client::EtcdStore::new(&fleet, rt.handle().clone())?;
+            store.get(&prefix).map_err(|e| anyhow::anyhow!("etcd from lb1: {e}"))?;
+            Ok(Floor { store, prefix, _rt: rt })
+        })?
+    }
+
+    /// Times one transaction: two compares (a key absent, as the switch's history entry),
+    /// two puts of a switch's sizes.
+    fn txn(&self, name: &str) -> Result<Duration> {
+        use lb_daemon::fleet::etcd::store::{Compare, DesiredStore, Txn};
+        let (a, b) = (format!("{}{name}/desired", self.prefix), format!("{}{name}/history", self.prefix));
+        let txn = Txn {
+            compares: vec![Compare::ModRevision(a.clone(), 0), Compare::ModRevision(b.clone(), 0)],
+            puts: vec![(a, "d".repeat(120)), (b, "h".repeat(300))],
+        };
+        let t = Instant::now();
+        let done = self.store.commit(&txn).map_err(|e| anyhow::anyhow!("floor transaction: {e}"))?;
+        let took = t.elapsed();
+        ensure!(done.is_some(), "floor transaction {name}: a compare failed");
+        Ok(took)
+    }
+}
+
+/// One timed switch.
+struct Timed {
+    /// Its etcd revision.
+    rev: i64,
+    /// When the request was sent (time of day, microseconds).
+    sent_at: u64,
+    /// Request to the API's answer.
+    answered: Duration,
+    /// Request to lb1's fleet view showing it applied everywhere (polled).
+    api_seen: Duration,
 }
 
 #[cfg(test)]
@@ -272,7 +375,8 @@ mod tests {
     fn breakdown_reads_the_daemons_timing_fields() {
         let lb1 = "2026-12-03T13:00:00.001000Z  INFO lb_daemon::fleet::etcd::change: fleet: change committed service=web seq=9 revision=40 decided_us=700 gate_us=800 commit_us=3000\n\
                    2026-12-03T13:00:00.003000Z  INFO lb_daemon::engine::fleet: applied the fleet's desired state service=web revision=40 stage_us=100 map_us=20\n\
-                   2026-12-03T13:00:00.009000Z  INFO lb_daemon::fleet::etcd::node: fleet: settled after apply persist_us=5000 marks_us=2000 marks=1\n\
+                   2026-12-03T13:00:00.005000Z  INFO lb_daemon::fleet::etcd::status: fleet: status and applied marks written revision=40 marks=1 publish_us=2000\n\
+                   2026-12-03T13:00:00.009000Z  INFO lb_daemon::fleet::etcd::node: fleet: state file written after apply revision=40 persist_us=5000\n\
                    2026-12-03T13:00:00.000500Z  INFO lb_daemon::engine::fleet: applied the fleet's desired state service=web revision=12 stage_us=9 map_us=9";
         let steps = breakdown(&[lb1.to_string()], &[40]);
         let get = |n: &str| steps.iter().find(|(name, _)| name == n).unwrap().1.p50;
@@ -281,6 +385,7 @@ mod tests {
         assert!(near(get("host: pending record write"), 0.1), "revision 12 is not a timed switch");
         assert!(near(get("commit -> host got it (watch)"), 1.88));
         assert!(near(get("host, after applied: state file"), 5.0));
+        assert!(near(get("host, after applied: status + marks"), 2.0));
         assert_eq!(time_of_day_us("2026-12-03T01:02:03.5Z x"), Some(3_723_500_000));
     }
 }

@@ -95,7 +95,8 @@ fn config() -> FleetConfig {
     let text = format!(
         "interfaces = [\"eth0\"]\n[[services]]\nname = \"web\"\nvips = [\"192.0.2.10:80\"]\nmode = \"dsr\"\n\
          active = \"a\"\n[services.pools.a]\nbackends = [\"10.0.1.1:80\"]\n\
-         [fleet]\ncluster = \"t\"\nhost = \"h\"\nendpoints = [\"{ENDPOINT}\"]\ndial_timeout = \"2s\"\n"
+         [fleet]\ncluster = \"t\"\nhost = \"h\"\nendpoints = [\"{ENDPOINT}\"]\ndial_timeout = \"2s\"\n\
+         lease_ttl = \"1s\"\n"
     );
     lb_daemon::config::Config::from_toml_str(&text).unwrap().fleet.unwrap()
 }
@@ -176,10 +177,19 @@ fn transactions_races_watches_leases_and_loss_against_a_real_etcd() {
         assert_eq!(seen.len(), 10, "{seen:?}");
         assert!(matches!(seen.last(), Some(Event::Put(kv)) if kv.mod_revision == current), "{seen:?}");
 
-        // A leased key is seen by the other connection; the lease renews.
-        a.put_leased("/lb/t/hosts/h1", "{}").unwrap();
-        assert_eq!(b.get_prefix("/lb/t/hosts/").unwrap().kvs.len(), 1);
+        // A leased key is seen by the other connection, and so is a key put with it (a host's
+        // status and its applied marks), at the same revision; the lease renews.
+        let (status, mark) = ("/lb/t/hosts/h1", "/lb/t/history/1/applied/h1");
+        let rev = a.put_leased(status, "{}", &[(mark.into(), "m".into())]).unwrap();
+        let at = |k: &str| b.get(k).unwrap().0.map(|kv| kv.mod_revision);
+        assert_eq!((at(status), at(mark)), (Some(rev), Some(rev)));
         assert!(a.keep_alive().unwrap());
+        // Not renewed for longer than its TTL (1 s): the status is gone, the mark stays, and the
+        // next write takes a new lease instead of failing on the expired one.
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!((at(status), at(mark)), (None, Some(rev)));
+        let rev = a.put_leased(status, "{}", &[]).unwrap();
+        assert_eq!(at(status), Some(rev));
         drop(rt);
     })
     .unwrap();

@@ -10,7 +10,8 @@
 //! connection ECMP moves here keeps its backend. Counted as established they would make every
 //! host of a fleet report (and `--wait-drained` or `host drain --wait` wait on) its peers'
 //! connections too, until they went idle here (a copy sees no packet unless its connection
-//! moves here). A connection that did move here keeps the mark and is counted as synced.
+//! moves here). A connection that does move here loses the mark on its first packet here (the
+//! data plane clears it) and from then on counts as this host's own.
 
 use super::{core::Core, layout::ServiceLayout};
 use crate::{

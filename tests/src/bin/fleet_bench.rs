@@ -149,7 +149,10 @@ fn bench(args: &Args) -> Result<()> {
     }
     if matches!(args.case, Case::Switch | Case::All) {
         // Its own rig (3 hosts, etcd); the BGP rig above is gone by now.
-        say(&format!("fleet switch (etcd), 3 hosts, {} switch(es):", args.switches));
+        say(&format!(
+            "fleet switch (etcd), 3 hosts, {} switch(es) back to back, then as many paced:",
+            args.switches
+        ));
         let r = switch_latency(SwitchLatencyOptions { switches: args.switches, ..Default::default() })?;
         say(r.text().trim_end());
         out.switch = Some(r);

@@ -16,7 +16,13 @@ use crate::render::{Paint, table};
 
 /// Time between two polls of `GET /v1/fleet` while waiting (a change reaches every host in a
 /// few milliseconds: polling slower would only add latency to the CI step).
-pub const POLL: Duration = Duration::from_millis(10);
+pub const POLL: Duration = Duration::from_millis(2);
+/// How long the wait polls every [`POLL`]: a change reaches every host within that on a healthy
+/// fleet. A host that lags longer (down, cut off) is polled every [`SLOW_POLL`] until the
+/// timeout, so a wait on a lost host does not keep the daemon answering 500 requests a second.
+pub const FAST_FOR: Duration = Duration::from_millis(100);
+/// The poll interval after [`FAST_FOR`].
+pub const SLOW_POLL: Duration = Duration::from_millis(10);
 
 /// What lbctl reads of the daemon's fleet view (`GET /v1/fleet`, or the `fleet` member of
 /// `GET /v1/status`): the fields it shows or waits on, by the names the daemon sends.
@@ -169,7 +175,8 @@ pub fn wait_applied(
             );
             return (waited, Err(Failure::WaitTimedOut(msg)));
         }
-        clock.sleep(POLL.min(timeout - elapsed));
+        let poll = if elapsed < FAST_FOR { POLL } else { SLOW_POLL };
+        clock.sleep(poll.min(timeout - elapsed));
     }
 }
 
@@ -340,11 +347,8 @@ mod tests {
         assert_eq!(calls.get(), 3);
         assert!(w.applied && w.lagging.is_empty());
         assert_eq!(w.hosts, vec!["lb1", "lb2"]);
-        assert_eq!(w.waited_ms, 20, "two polls of 10 ms");
-        assert_eq!(
-            applied_line(&w),
-            "fleet: revision 42 applied on every live host (lb1, lb2) after 20 ms\n"
-        );
+        assert_eq!(w.waited_ms, 4, "two polls of 2 ms");
+        assert_eq!(applied_line(&w), "fleet: revision 42 applied on every live host (lb1, lb2) after 4 ms\n");
     }
 
     #[test]
@@ -361,8 +365,9 @@ mod tests {
         assert!(!w.applied);
         assert_eq!(w.hosts, vec!["lb1"]);
         assert_eq!(w.lagging, vec!["lb2 (at 40)", "lb3 (at 41)"]);
-        // Polled every 10 ms for 2 s, then the last poll at the deadline itself.
-        assert_eq!(calls.get(), 201);
+        // Polled every 2 ms for the first 100 ms (50 polls), then every 10 ms from 100 ms to
+        // the deadline itself (191 polls).
+        assert_eq!(calls.get(), 241);
         assert_eq!(clock.0, Duration::from_secs(2));
     }
 

@@ -133,6 +133,7 @@ impl<M: Maps> FleetNode<M> {
             read_mod,
             revision: st.revision,
             hosts: Some(st.hosts.values().cloned().collect()),
+            watch: st.watches.get(name).cloned(),
             cached: true,
         })
     }
@@ -153,7 +154,19 @@ impl<M: Maps> FleetNode<M> {
                 DesiredService { active, previous, epoch, seq: 0 }
             }
         };
-        Ok(View { current, read_mod, revision, hosts: None, cached: false })
+        let (watch_kv, _) = self.store.get(&self.keys.watch(name)).map_err(unavailable)?;
+        let watch = match watch_kv {
+            Some(kv) => Some((
+                serde_json::from_str::<WatchRecord>(&kv.value).map_err(|e| {
+                    ApiError::internal(format!(
+                        "{name}: unreadable watch record in etcd ({e}); nothing changed"
+                    ))
+                })?,
+                kv.mod_revision,
+            )),
+            None => None,
+        };
+        Ok(View { current, read_mod, revision, hosts: None, watch, cached: false })
     }
 
     /// One decision on `view`, and its transaction unless the answer needs none.
@@ -168,7 +181,7 @@ impl<M: Maps> FleetNode<M> {
         started: Instant,
         view: View,
     ) -> Result<Decided, ApiError> {
-        let View { current, read_mod, revision: read_revision, hosts, cached } = view;
+        let View { current, read_mod, revision: read_revision, hosts, watch: known_watch, cached } = view;
         let name = name.to_string();
         let key = key.to_string();
         if let Some(expected) = &req.expect_active
@@ -256,13 +269,13 @@ impl<M: Maps> FleetNode<M> {
                 rollback_seq: None,
                 rolled_back_by: None,
             }),
-            _ => self.sync().watches.get(&name).filter(|(w, _)| w.state == WatchState::Watching).map(
-                |(w, _)| WatchRecord {
+            _ => known_watch.as_ref().filter(|(w, _)| w.state == WatchState::Watching).map(|(w, _)| {
+                WatchRecord {
                     state: WatchState::Cancelled,
                     reason: Some(format!("superseded by change #{seq}")),
                     ..w.clone()
-                },
-            ),
+                }
+            }),
         };
         if let Some(w) = &watch {
             puts.push((self.keys.watch(&name), to_json(w)?));
@@ -271,6 +284,7 @@ impl<M: Maps> FleetNode<M> {
             compares: vec![
                 Compare::ModRevision(key.clone(), read_mod),
                 Compare::ModRevision(self.keys.history_entry(seq), 0),
+                Compare::ModRevision(self.keys.watch(&name), known_watch.as_ref().map_or(0, |(_, m)| *m)),
             ],
             puts,
         };
@@ -379,6 +393,10 @@ struct View {
     revision: i64,
     /// The live hosts' status, when it came from the watch cache.
     hosts: Option<Vec<HostStatus>>,
+    /// The service's `--watch` record and its key's `mod_revision`, if it has one: a change
+    /// cancels a running watch, and the transaction compares the key, so a change decided on
+    /// a stale record (a newer watch unseen) is decided again instead of overwriting it.
+    watch: Option<(WatchRecord, i64)>,
     /// Read from the watch cache (a decision to confirm), not from etcd.
     cached: bool,
 }

@@ -285,17 +285,17 @@ impl DesiredStore for EtcdStore {
         Ok(r.succeeded().then(|| r.header().map_or(0, |h| h.revision())))
     }
 
-    fn put_leased(&self, key: &str, value: &str) -> Result<i64, StoreError> {
+    fn put_leased(&self, key: &str, value: &str, also: &[(String, String)]) -> Result<i64, StoreError> {
         let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).to_owned();
         let lease = match lease {
             Some(id) => id,
             None => self.grant()?,
         };
         let put = |id: i64| {
-            let (key, value) = (key.to_string(), value.to_string());
-            self.call(
-                move |mut c| async move { c.put(key, value, Some(PutOptions::new().with_lease(id))).await },
-            )
+            let mut ops = vec![TxnOp::put(key, value, Some(PutOptions::new().with_lease(id)))];
+            ops.extend(also.iter().map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None)));
+            let t = EtcdTxn::new().and_then(ops);
+            self.call(move |mut c| async move { c.txn(t).await })
         };
         let r = match put(lease) {
             // The lease expired (etcd was away longer than its TTL): a new one.

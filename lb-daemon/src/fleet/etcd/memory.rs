@@ -141,12 +141,15 @@ impl DesiredStore for MemClient {
         Ok(Some(revision))
     }
 
-    fn put_leased(&self, key: &str, value: &str) -> Result<i64, StoreError> {
+    fn put_leased(&self, key: &str, value: &str, also: &[(String, String)]) -> Result<i64, StoreError> {
         let mut g = self.up()?;
         g.alive.insert(self.id, true);
         g.revision += 1;
         let revision = g.revision;
         MemStore::put_locked(&mut g, key, value, revision);
+        for (k, v) in also {
+            MemStore::put_locked(&mut g, k, v, revision);
+        }
         let leased = g.leased.entry(self.id).or_default();
         if !leased.iter().any(|k| k == key) {
             leased.push(key.into());

@@ -74,9 +74,9 @@ pub struct FleetNode<M: Maps> {
     pub(super) api: Option<String>,
     /// This host's flow-sync address, published in its status (`[sync]` with `[fleet]`).
     pub(super) sync_addr: std::sync::OnceLock<std::net::SocketAddr>,
-    /// History entries applied in this turn, `(seq, revision)`, marked in etcd after the turn
-    /// reported them applied (see [`FleetNode::settle`]).
-    marks: Mutex<Vec<(u64, i64)>>,
+    /// History entries applied and not yet marked so in etcd, `(seq, revision)`: written with the
+    /// host's status after the turn reported them applied (see [`FleetNode::publish`]).
+    pub(super) marks: Mutex<Vec<(u64, i64)>>,
 }
 
 impl<M: Maps> FleetNode<M> {
@@ -138,17 +138,22 @@ impl<M: Maps> FleetNode<M> {
     }
 
     /// One turn: (re)sync if needed, wait up to `wait` for events and apply them (reported
-    /// applied as soon as the maps serve them), then publish the host's status and check the
-    /// `--watch` records, then [`settle`](Self::settle) what the applies left to do.
+    /// applied as soon as the maps serve them), then publish the host's status with the applied
+    /// marks and check the `--watch` records, then apply the events that came meanwhile, then
+    /// [`settle`](Self::settle) the state file.
     pub fn step(&self, wait: Duration) {
-        self.turn(wait);
+        if self.turn(wait) {
+            self.tick();
+            // After a switch the other hosts' statuses arrive while this one writes its own:
+            // taken in now, not after the state file, `--wait-fleet` here sees them sooner.
+            self.drain();
+        }
         self.settle();
     }
 
     /// The work an apply leaves for after this host reported it applied, off the path of
     /// `--wait-fleet` and of the API's answer: the whole state file (the apply wrote only its
-    /// pending record, see [`crate::engine::fleet_pending`]), then the applied marks of the
-    /// history entries in etcd (best effort).
+    /// pending record, see [`crate::engine::fleet_pending`]).
     pub(super) fn settle(&self) {
         let t0 = Instant::now();
         // The state file's fsyncs run without the engine lock (see `engine::persist`): a change
@@ -167,18 +172,15 @@ impl<M: Maps> FleetNode<M> {
         if let Err(e) = &persisted {
             tracing::error!(error = %e, "fleet: state file not written after an apply");
         }
-        let marks = std::mem::take(&mut *self.marks.lock().unwrap_or_else(|e| e.into_inner()));
-        let t1 = Instant::now();
-        for (seq, revision) in &marks {
-            self.mark_applied(*seq, *revision);
-        }
-        if matches!(persisted, Ok(true)) || !marks.is_empty() {
-            let marks_us = t1.elapsed().as_micros() as u64;
-            tracing::info!(persist_us, marks_us, marks = marks.len(), "fleet: settled after apply");
+        if matches!(persisted, Ok(true)) {
+            let revision = self.sync().applied_revision;
+            tracing::info!(revision, persist_us, "fleet: state file written after apply");
         }
     }
 
-    fn turn(&self, wait: Duration) {
+    /// Syncs or waits for events and applies them; whether the periodic work is due (not while
+    /// etcd is unreachable or a resync waits for its retry time).
+    fn turn(&self, wait: Duration) -> bool {
         let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
         if feed.is_some() && !self.sync().connected {
             // A call failed meanwhile (status, rollback): read everything again once etcd answers.
@@ -189,35 +191,50 @@ impl<M: Maps> FleetNode<M> {
             if !due {
                 drop(feed);
                 std::thread::sleep(wait);
-                return;
+                return false;
             }
             match self.resync() {
                 Ok(f) => *feed = Some(f),
                 Err(e) => {
                     drop(feed);
                     self.lost(&e);
-                    return;
+                    return false;
                 }
             }
         }
-        let events = feed.as_mut().map(|f| f.next(wait)).unwrap_or(Ok(None));
-        match events {
-            Ok(Some(events)) => self.on_events(&events),
-            Ok(None) => {}
-            Err(e) => {
-                *feed = None;
-                drop(feed);
-                self.lost(&e);
-                return;
-            }
+        if !self.next_events(&mut feed, wait) {
+            return false;
         }
         if !self.sync().failed.is_empty() {
             // Try the whole read again later: the config may have been fixed by a reload.
             *feed = None;
             self.sync().retry_after = Some(Instant::now() + RETRY);
         }
-        drop(feed);
-        self.tick();
+        true
+    }
+
+    /// Applies the events the watch delivered already, without waiting.
+    fn drain(&self) {
+        let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        if feed.is_some() && self.sync().connected {
+            self.next_events(&mut feed, Duration::ZERO);
+        }
+    }
+
+    /// Waits up to `wait` for the next batch of events and applies it; false when the watch
+    /// broke (dropped: the next turn resyncs).
+    fn next_events(&self, feed: &mut MutexGuard<'_, Option<Box<dyn Feed>>>, wait: Duration) -> bool {
+        let Some(f) = feed.as_mut() else { return true };
+        match f.next(wait) {
+            Ok(Some(events)) => self.on_events(&events),
+            Ok(None) => {}
+            Err(e) => {
+                **feed = None;
+                self.lost(&e);
+                return false;
+            }
+        }
+        true
     }
 
     /// etcd lost: out of sync until the next resync; forwarding continues as it is.
@@ -406,25 +423,6 @@ impl<M: Maps> FleetNode<M> {
     fn read_record(&self, seq: u64) -> Option<HistoryRecord> {
         let (kv, _) = self.store.get(&self.keys.history_entry(seq)).ok()?;
         serde_json::from_str(&kv?.value).ok()
-    }
-
-    /// Marks history entry `seq` as applied by this host (best effort: the fleet view's
-    /// applied revisions are what `--wait-fleet` relies on).
-    fn mark_applied(&self, seq: u64, revision: i64) {
-        let mark = super::records::AppliedMark {
-            revision,
-            time: crate::engine::core::rfc3339_of_ms((self.clock)()),
-        };
-        let txn = Txn {
-            compares: Vec::new(),
-            puts: vec![(
-                self.keys.applied(seq, &self.host),
-                serde_json::to_string(&mark).unwrap_or_default(),
-            )],
-        };
-        if let Err(e) = self.store.commit(&txn) {
-            tracing::debug!(seq, error = %e, "fleet: applied mark not written");
-        }
     }
 
     fn parse_watch(&self, kv: &Kv) -> Option<(String, (WatchRecord, i64))> {

@@ -43,7 +43,10 @@ impl<M: Maps> FleetNode<M> {
     }
 
     /// Writes the status when it changed (or the lease expired) and renews the lease when due.
-    /// Skipped while disconnected: the next resync reconnects first.
+    /// The applied marks of the history entries this host applied since ride along in the same
+    /// transaction: after an apply the status changes anyway (its applied revision), so a switch
+    /// costs each host one write to etcd, not two. Skipped while disconnected (the marks wait):
+    /// the next resync reconnects first.
     pub(super) fn publish(&self) {
         if !self.sync().connected {
             return;
@@ -67,21 +70,47 @@ impl<M: Maps> FleetNode<M> {
                 Err(e) => return self.lost(&e),
             }
         }
-        if !changed && !expired {
+        let marks = std::mem::take(&mut *self.marks.lock().unwrap_or_else(|e| e.into_inner()));
+        if !changed && !expired && marks.is_empty() {
             return;
         }
         let body = match serde_json::to_string(&status) {
             Ok(b) => b,
             Err(e) => return tracing::error!(error = %e, "fleet: host status not encoded"),
         };
-        match self.store.put_leased(&self.keys.host(&self.host), &body) {
+        let also: Vec<(String, String)> = marks.iter().map(|m| self.applied_mark(m)).collect();
+        let t0 = Instant::now();
+        match self.store.put_leased(&self.keys.host(&self.host), &body, &also) {
             Ok(_) => {
                 let mut st = self.sync();
                 st.published = Some(content);
                 st.last_keepalive = Some(Instant::now());
+                drop(st);
+                if let Some(&(_, revision)) = marks.last() {
+                    let publish_us = t0.elapsed().as_micros() as u64;
+                    tracing::info!(
+                        revision,
+                        marks = marks.len(),
+                        publish_us,
+                        "fleet: status and applied marks written"
+                    );
+                }
             }
-            Err(e) => self.lost(&e),
+            Err(e) => {
+                // Kept for the next write (best effort: `--wait-fleet` relies on the status).
+                self.marks.lock().unwrap_or_else(|e| e.into_inner()).splice(0..0, marks);
+                self.lost(&e);
+            }
         }
+    }
+
+    /// The key and value of the mark saying this host applied history entry `seq` (at `revision`).
+    fn applied_mark(&self, &(seq, revision): &(u64, i64)) -> (String, String) {
+        let mark = super::records::AppliedMark {
+            revision,
+            time: crate::engine::core::rfc3339_of_ms((self.clock)()),
+        };
+        (self.keys.applied(seq, &self.host), serde_json::to_string(&mark).unwrap_or_default())
     }
 
     /// `GET /v1/fleet`.

@@ -108,8 +108,9 @@ pub trait DesiredStore: Send + Sync {
     /// (nothing was written).
     fn commit(&self, txn: &Txn) -> Result<Option<i64>, StoreError>;
     /// Puts `key` under this store's lease (granted when there is none, or it expired): the key
-    /// disappears when the process stops renewing it.
-    fn put_leased(&self, key: &str, value: &str) -> Result<i64, StoreError>;
+    /// disappears when the process stops renewing it. `also` (keys that outlive the lease) are
+    /// put in the same transaction: one write to etcd instead of several.
+    fn put_leased(&self, key: &str, value: &str, also: &[(String, String)]) -> Result<i64, StoreError>;
     /// Renews the lease; `Ok(false)` when it had expired (leased keys are gone: put them again).
     fn keep_alive(&self) -> Result<bool, StoreError>;
     /// Watches every key under `prefix` from revision `from` (inclusive).

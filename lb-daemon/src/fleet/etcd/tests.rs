@@ -293,10 +293,16 @@ fn a_watch_that_ends_healthy_passes_and_a_later_change_cancels_the_next() {
     let req = ChangeRequest { watch_s: Some(60), ..a.switch("pool-b") };
     a.node.change(None, &req, "ci").unwrap();
     a.step();
+    // lb2 has not seen that watch yet (its cache holds the passed one): its change is decided
+    // again on a fresh read and cancels the running watch. Before the fix it wrote its stale
+    // record over it (cancelling the passed watch of switch #3, the running one lost).
+    let watched = a.node.watch_view("web").unwrap().switch_history_id;
+    assert_ne!(b.node.watch_view("web").unwrap().switch_history_id, watched);
     b.node.change(None, &back, "ci").unwrap();
     a.step();
     b.step();
-    assert_eq!(a.node.watch_view("web").unwrap().state, WatchState::Cancelled);
+    let w = a.node.watch_view("web").unwrap();
+    assert_eq!((w.state, w.switch_history_id), (WatchState::Cancelled, watched), "{w:?}");
     a.down(3);
     a.step();
     b.step();
@@ -352,8 +358,8 @@ fn a_fresh_empty_etcd_is_seeded_once_and_every_host_is_in_sync_at_one_revision()
     assert_eq!(va.applied_revision, vb.applied_revision, "{va:?} {vb:?}");
 }
 
-/// A host's etcd client that notes, at each applied mark it writes, the applied revision the
-/// host reports at that moment.
+/// A host's etcd client that notes, at each applied mark it writes (with its status), the
+/// applied revision the host reports at that moment.
 struct MarkSpy {
     inner: super::memory::MemClient,
     node: Arc<std::sync::OnceLock<std::sync::Weak<FleetNode<FakeMaps>>>>,
@@ -368,15 +374,20 @@ impl super::store::DesiredStore for MarkSpy {
         self.inner.get_prefix(prefix)
     }
     fn commit(&self, txn: &super::store::Txn) -> Result<Option<i64>, super::store::StoreError> {
-        if txn.puts.iter().any(|(k, _)| k.contains("/applied/"))
+        self.inner.commit(txn)
+    }
+    fn put_leased(
+        &self,
+        key: &str,
+        value: &str,
+        also: &[(String, String)],
+    ) -> Result<i64, super::store::StoreError> {
+        if also.iter().any(|(k, _)| k.contains("/applied/"))
             && let Some(node) = self.node.get().and_then(std::sync::Weak::upgrade)
         {
             self.seen.lock().unwrap().push(node.view().applied_revision);
         }
-        self.inner.commit(txn)
-    }
-    fn put_leased(&self, key: &str, value: &str) -> Result<i64, super::store::StoreError> {
-        self.inner.put_leased(key, value)
+        self.inner.put_leased(key, value, also)
     }
     fn keep_alive(&self) -> Result<bool, super::store::StoreError> {
         self.inner.keep_alive()
@@ -444,7 +455,11 @@ fn a_change_on_an_in_sync_host_is_one_round_trip_to_etcd() {
     let calls = store.calls();
     let back = ChangeRequest { kind: Some(HistoryKind::Rollback), ..ChangeRequest::default() };
     assert_eq!(a.node.change(None, &back, "ci").unwrap().after, pool("pool-a"));
-    assert_eq!(store.calls() - calls, 2, "read + transaction (no gate on a rollback)");
+    assert_eq!(
+        store.calls() - calls,
+        3,
+        "reads of the service and its watch record, the transaction (no gate on a rollback)"
+    );
 }
 
 #[test]
