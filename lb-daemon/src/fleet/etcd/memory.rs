@@ -22,6 +22,8 @@ struct Inner {
     commits: u64,
     /// Calls made by every client (each one round trip to a real etcd).
     calls: u64,
+    /// Lease renewals asked by every client.
+    keepalives: u64,
 }
 
 /// The shared store; [`MemStore::client`] gives each simulated host its own handle (lease).
@@ -88,6 +90,11 @@ impl MemStore {
     /// Transactions that wrote something.
     pub fn commits(&self) -> u64 {
         self.lock().commits
+    }
+
+    /// Lease renewals asked so far.
+    pub fn keepalives(&self) -> u64 {
+        self.lock().keepalives
     }
 
     /// Writes `kv` at a new revision (callers hold the lock).
@@ -160,7 +167,8 @@ impl DesiredStore for MemClient {
     }
 
     fn keep_alive(&self) -> Result<bool, StoreError> {
-        let g = self.up()?;
+        let mut g = self.up()?;
+        g.keepalives += 1;
         Ok(g.alive.get(&self.id).copied().unwrap_or(false))
     }
 

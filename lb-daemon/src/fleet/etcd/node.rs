@@ -361,10 +361,17 @@ impl<M: Maps> FleetNode<M> {
                 match event {
                     Event::Put(kv) => {
                         if let Some((n, h)) = self.parse_host(kv) {
+                            if !st.hosts.contains_key(&n) {
+                                tracing::info!(host = %n, "fleet: host joined (its status is live in etcd)");
+                            }
                             st.hosts.insert(n, h);
                         }
                     }
                     Event::Delete { .. } => {
+                        tracing::info!(
+                            host = name,
+                            "fleet: host left (its status lease ended: stopped, lost or cut off from etcd)"
+                        );
                         st.hosts.remove(name);
                     }
                 }

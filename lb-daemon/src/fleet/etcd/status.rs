@@ -82,10 +82,11 @@ impl<M: Maps> FleetNode<M> {
         let t0 = Instant::now();
         match self.store.put_leased(&self.keys.host(&self.host), &body, &also) {
             Ok(_) => {
-                let mut st = self.sync();
-                st.published = Some(content);
-                st.last_keepalive = Some(Instant::now());
-                drop(st);
+                // Not a renewal: a put attaches the key to the lease but leaves the lease's TTL
+                // running. (Counting it as one, as before, let a host whose status changed more
+                // often than every third of the TTL (a switch every 100 ms) lose its lease and
+                // vanish from the fleet's view until its next renewal, 700 ms later.)
+                self.sync().published = Some(content);
                 if let Some(&(_, revision)) = marks.last() {
                     let publish_us = t0.elapsed().as_micros() as u64;
                     tracing::info!(

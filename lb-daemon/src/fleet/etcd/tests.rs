@@ -514,3 +514,41 @@ fn expect_active_on_a_stale_cache_answers_on_what_etcd_holds() {
     assert!(out.changed && out.after == pool("pool-a"), "{out:?}");
     assert_eq!(store.commits(), commits + 1);
 }
+
+/// A host whose status changes at every turn (a switch every few milliseconds here) still
+/// renews its lease every third of the TTL: a status write attaches the key to the lease but
+/// does not renew it. Before the fix each write counted as a renewal, so while switches kept
+/// coming the lease was never renewed and expired, and the host vanished from every host's view
+/// of the fleet (and from `--wait-fleet`'s) until its next renewal, 700 ms later on a 2 s TTL.
+#[test]
+fn frequent_status_writes_do_not_stand_in_for_lease_renewals() {
+    let store = MemStore::default();
+    let rig = Rig::new(CONFIG);
+    let node = FleetNode::new(
+        "edge1",
+        "lb1",
+        Arc::new(Mutex::new(rig.core)),
+        Arc::new(store.client(1)),
+        Duration::from_millis(30),
+        Duration::ZERO,
+        None,
+        Box::new(|| crate::engine::tests::T0_MS),
+    );
+    node.step(Duration::ZERO);
+    let (renewals, start) = (store.keepalives(), std::time::Instant::now());
+    let mut switches = 0u32;
+    while start.elapsed() < Duration::from_millis(100) {
+        let pool = if switches.is_multiple_of(2) { "pool-b" } else { "pool-a" };
+        let req = ChangeRequest {
+            kind: Some(HistoryKind::Switch),
+            target: Some(Active::Pool(pool.into())),
+            ..ChangeRequest::default()
+        };
+        assert!(node.change(None, &req, "ci").unwrap().changed);
+        node.step(Duration::ZERO);
+        switches += 1;
+    }
+    // Due every 10 ms: about 10 renewals in 100 ms, at least 3 however slow the machine.
+    let renewed = store.keepalives() - renewals;
+    assert!(renewed >= 3, "{renewed} renewals over 100 ms of {switches} switches (each one a status write)");
+}
