@@ -22,7 +22,10 @@ use crate::{
 use anyhow::{Context, Result, bail, ensure};
 use lb_daemon::api::model::SwitchRequest;
 use serde::Serialize;
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 /// What to run.
 #[derive(Clone, Copy, Debug)]
@@ -90,7 +93,7 @@ pub struct SwitchLatencyReport {
 pub struct SwitchSeries {
     /// Pause before each switch (0: back to back).
     pub pace_ms: u64,
-    /// The floor, side by side: one transaction of the same shape (two compares, two puts)
+    /// The floor, side by side: one transaction of the same shape (three compares, two puts)
     /// committed on the same etcd by the daemon's own etcd client from lb1's namespace, with no
     /// daemon logic around it, once after each switch was applied everywhere.
     pub etcd_txn_ms: Percentiles,
@@ -172,7 +175,7 @@ pub fn breakdown(logs: &[String], revisions: &[i64]) -> Vec<(String, Percentiles
         logs.iter().flat_map(|l| lines(l, "fleet: state file written after apply")).collect();
     let of = |v: &[String], name: &str| us(v.iter().filter_map(|l| field(l, name)).collect());
     // Commit end (lb1's clock) to applied on each host (same machine, same clock).
-    let commit_end: std::collections::BTreeMap<u64, u64> =
+    let commit_end: BTreeMap<u64, u64> =
         committed.iter().filter_map(|l| Some((field(l, "revision")?, time_of_day_us(l)?))).collect();
     let delivery: Vec<u64> = applied
         .iter()
@@ -207,15 +210,15 @@ fn day_diff_us(later: u64, earlier: u64) -> u64 {
     (later + DAY - earlier) % DAY
 }
 
-/// When each host's log says it applied `revision` (the `SERVICES` update returned), as a time
-/// of day in microseconds, in `logs`' order; `None` for a host whose log has no such line.
-pub fn applied_at(logs: &[String], revision: i64) -> Vec<Option<u64>> {
+/// When each host's log says it applied each revision (the `SERVICES` update returned), as a
+/// time of day in microseconds, in `logs`' order: read once for every switch of a series.
+pub fn applied_at(logs: &[String]) -> Vec<BTreeMap<u64, u64>> {
     logs.iter()
         .map(|log| {
             log.lines()
                 .filter(|l| l.contains("applied the fleet's desired state"))
-                .find(|l| field(l, "revision") == Some(revision as u64))
-                .and_then(time_of_day_us)
+                .filter_map(|l| Some((field(l, "revision")?, time_of_day_us(l)?)))
+                .collect()
         })
         .collect()
 }
@@ -281,11 +284,12 @@ fn time_switches(
         txns.push(floor.txn(&format!("{first}-{i}"))?);
     }
     let logs: Vec<String> = rig.balancers.iter().map(|b| b.daemon_log()).collect();
+    let applied = applied_at(&logs);
     let (mut all, mut spread) = (Vec::new(), Vec::new());
     for t in &timed {
-        let at = applied_at(&logs, t.rev);
-        let at: Vec<u64> = at
-            .into_iter()
+        let at: Vec<u64> = applied
+            .iter()
+            .map(|host| host.get(&(t.rev as u64)).copied())
             .collect::<Option<_>>()
             .with_context(|| format!("a host's log does not say it applied revision {}", t.rev))?;
         let (first, last) = (at.iter().min().copied().unwrap_or(0), at.iter().max().copied().unwrap_or(0));
@@ -328,13 +332,18 @@ impl Floor {
         })?
     }
 
-    /// Times one transaction: two compares (a key absent, as the switch's history entry),
-    /// two puts of a switch's sizes.
+    /// Times one transaction of a switch's shape: three compares (the desired state, the history
+    /// entry and the watch record; here keys that are absent), two puts of a switch's sizes.
     fn txn(&self, name: &str) -> Result<Duration> {
         use lb_daemon::fleet::etcd::store::{Compare, DesiredStore, Txn};
-        let (a, b) = (format!("{}{name}/desired", self.prefix), format!("{}{name}/history", self.prefix));
+        let key = |what: &str| format!("{}{name}/{what}", self.prefix);
+        let (a, b) = (key("desired"), key("history"));
         let txn = Txn {
-            compares: vec![Compare::ModRevision(a.clone(), 0), Compare::ModRevision(b.clone(), 0)],
+            compares: vec![
+                Compare::ModRevision(a.clone(), 0),
+                Compare::ModRevision(b.clone(), 0),
+                Compare::ModRevision(key("watch"), 0),
+            ],
             puts: vec![(a, "d".repeat(120)), (b, "h".repeat(300))],
         };
         let t = Instant::now();

@@ -62,8 +62,9 @@ impl<M: Maps> Core<M> {
     /// Serves `desired` for service `name`, as the fleet decided at etcd `revision`: recorded
     /// first (its pending record, with the history entry `record` when known; see
     /// [`super::fleet_pending`]), then made live with one `SERVICES` update; the caller writes
-    /// the whole state file after it reported the change applied ([`Self::fleet_persist`]). Returns whether anything changed; an identical desired state only
-    /// repairs what the disk or the maps miss. Refused (nothing changed) when this host cannot
+    /// the whole state file after it reported the change applied
+    /// ([`Self::fleet_persist_job`]). Returns whether anything changed; an identical desired
+    /// state only repairs what the disk or the maps miss. Refused (nothing changed) when this host cannot
     /// serve it, e.g. its config lacks the pool: the host then reports itself out of sync.
     pub fn apply_fleet(
         &mut self,
@@ -115,7 +116,7 @@ impl<M: Maps> Core<M> {
         // etcd holds this desired state durably already; what must reach the disk before the
         // map update is what a restart needs not to go back behind the pinned maps: the
         // pending record (page cache, survives a crash of the daemon). The whole state file
-        // follows in `fleet_persist`, after the host reported the change applied. When the
+        // follows (`fleet_persist_job`), after the host reported the change applied. When the
         // disk is behind already (a write failed), the whole state is written first, as before.
         let staged = if self.unsaved {
             self.store.save(&next).map(|()| false)
@@ -165,7 +166,7 @@ impl<M: Maps> Core<M> {
 
     /// Records what [`PersistJob::write`] did: when the state is still the one written, the disk
     /// is up to date and the pending record goes; when a change came meanwhile, its own pending
-    /// record stays (the disk is behind it) and the next [`Self::fleet_persist`] writes it.
+    /// record stays (the disk is behind it) and the next [`Self::fleet_persist_job`] writes it.
     /// Whether the snapshot was written.
     pub fn fleet_persist_done(
         &mut self,

@@ -24,6 +24,16 @@ pub(super) fn host(store: &MemStore, id: u32, name: &str) -> Host {
     host_with(store, id, name, CONFIG)
 }
 
+/// lb1 and lb2, both in sync, each with the other's status in its cache (lb1 stepped again
+/// after lb2 published): a change on lb1 is decided on its watch cache.
+fn in_sync_pair(store: &MemStore) -> (Host, Host) {
+    let (a, b) = (host(store, 1, "lb1"), host(store, 2, "lb2"));
+    a.step();
+    b.step();
+    a.step();
+    (a, b)
+}
+
 /// A host whose config is `config`.
 pub(super) fn host_with(store: &MemStore, id: u32, name: &str, config: &str) -> Host {
     let rig = Rig::new(config);
@@ -438,10 +448,7 @@ fn a_host_reports_a_change_applied_before_it_writes_its_applied_mark_and_state_f
 #[test]
 fn a_change_on_an_in_sync_host_is_one_round_trip_to_etcd() {
     let store = MemStore::default();
-    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
-    a.step();
-    b.step();
-    a.step();
+    let (a, _b) = in_sync_pair(&store);
     assert!(a.node.view().in_sync && a.node.view().hosts.len() == 2);
     let calls = store.calls();
     let out = a.node.change(None, &a.switch("pool-b"), "ci").unwrap();
@@ -465,10 +472,7 @@ fn a_change_on_an_in_sync_host_is_one_round_trip_to_etcd() {
 #[test]
 fn a_change_decided_on_a_stale_cache_does_not_overwrite_a_newer_desired_state() {
     let store = MemStore::default();
-    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
-    a.step();
-    b.step();
-    a.step();
+    let (a, b) = in_sync_pair(&store);
     // b switches; a has not seen it yet (its cache says pool-a, still in sync).
     b.node.change(None, &b.switch("pool-b"), "b").unwrap();
     let commits = store.commits();
@@ -496,10 +500,7 @@ fn a_change_decided_on_a_stale_cache_does_not_overwrite_a_newer_desired_state() 
 #[test]
 fn expect_active_on_a_stale_cache_answers_on_what_etcd_holds() {
     let store = MemStore::default();
-    let (a, b) = (host(&store, 1, "lb1"), host(&store, 2, "lb2"));
-    a.step();
-    b.step();
-    a.step();
+    let (a, b) = in_sync_pair(&store);
     b.node.change(None, &b.switch("pool-b"), "b").unwrap();
     // a's cache still says pool-a: the expectation matches it, not etcd.
     let commits = store.commits();
